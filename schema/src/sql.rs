@@ -1,0 +1,280 @@
+//! Pure builders of every SQL statement d1-sync sends.
+//!
+//! Rules that hold for all of them:
+//! - identifiers are always double-quoted, with embedded quotes doubled, so reserved words,
+//!   spaces and quotes in names work;
+//! - an upsert is `INSERT ... ON CONFLICT (<primary key>) DO UPDATE SET ...`, never
+//!   `INSERT OR REPLACE` (which, with foreign keys on as on D1, deletes the old row first:
+//!   children cascade away and omitted columns fall back to their defaults);
+//! - insert-only columns (`created_at`) are written by the insert and left out of the update;
+//!   when no column is left to update the statement says `DO NOTHING`;
+//! - a delete names the primary key only.
+//!
+//! Two families: one row per statement with numbered parameters ([`upsert_sql`],
+//! [`delete_sql`]), which the derive bakes into `SyncRow::UPSERT_SQL` / `DELETE_SQL`; and many
+//! rows per statement carried by one JSON parameter and expanded with `json_each`
+//! ([`upsert_json_sql`], [`delete_json_sql`]), which the worker ships. The JSON form keeps
+//! 64-bit integers exact (SQLite parses JSON integers as 64-bit; D1 binds JSON numbers in
+//! `params` as REAL), uses one parameter whatever the row count, and was measured at about
+//! 3x the rows/s of one statement per row on Cloudflare's local D1.
+
+/// Quotes an SQL identifier: `my "col"` → `"my ""col"""`.
+///
+/// ```
+/// assert_eq!(d1_sync_schema::sql::quote_ident(r#"odd "name""#), r#""odd ""name""""#);
+/// ```
+pub fn quote_ident(name: &str) -> String {
+    let mut s = String::with_capacity(name.len() + 2);
+    s.push('"');
+    for c in name.chars() {
+        if c == '"' {
+            s.push('"');
+        }
+        s.push(c);
+    }
+    s.push('"');
+    s
+}
+
+/// Quotes an SQL string literal: `it's` → `'it''s'`.
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The columns an upsert updates on conflict: all but the key and the insert-only ones.
+pub fn update_columns<'a>(
+    columns: &[&'a str],
+    primary_key: &[&str],
+    insert_only: &[&str],
+) -> Vec<&'a str> {
+    columns
+        .iter()
+        .copied()
+        .filter(|c| !primary_key.contains(c) && !insert_only.contains(c))
+        .collect()
+}
+
+fn join_quoted(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|c| quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn conflict_clause(columns: &[&str], primary_key: &[&str], insert_only: &[&str]) -> String {
+    let updates = update_columns(columns, primary_key, insert_only);
+    let target = join_quoted(primary_key);
+    if updates.is_empty() {
+        format!("ON CONFLICT ({target}) DO NOTHING")
+    } else {
+        let set = updates
+            .iter()
+            .map(|c| {
+                let q = quote_ident(c);
+                format!("{q} = excluded.{q}")
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("ON CONFLICT ({target}) DO UPDATE SET {set}")
+    }
+}
+
+/// One-row upsert with parameters `?1..?N` in `columns` order.
+///
+/// ```
+/// use d1_sync_schema::sql::upsert_sql;
+/// assert_eq!(
+///     upsert_sql("t", &["k", "v"], &["k"], &[]),
+///     r#"INSERT INTO "t" ("k", "v") VALUES (?1, ?2) ON CONFLICT ("k") DO UPDATE SET "v" = excluded."v""#
+/// );
+/// // nothing left to update: the key alone
+/// assert_eq!(
+///     upsert_sql("t", &["k"], &["k"], &[]),
+///     r#"INSERT INTO "t" ("k") VALUES (?1) ON CONFLICT ("k") DO NOTHING"#
+/// );
+/// ```
+pub fn upsert_sql(
+    table: &str,
+    columns: &[&str],
+    primary_key: &[&str],
+    insert_only: &[&str],
+) -> String {
+    let params = (1..=columns.len())
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "INSERT INTO {} ({}) VALUES ({}) {}",
+        quote_ident(table),
+        join_quoted(columns),
+        params,
+        conflict_clause(columns, primary_key, insert_only)
+    )
+}
+
+/// One-row delete by primary key, parameters `?1..?K` in key order.
+///
+/// ```
+/// assert_eq!(
+///     d1_sync_schema::sql::delete_sql("t", &["a", "b"]),
+///     r#"DELETE FROM "t" WHERE "a" = ?1 AND "b" = ?2"#
+/// );
+/// ```
+pub fn delete_sql(table: &str, primary_key: &[&str]) -> String {
+    let cond = primary_key
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{} = ?{}", quote_ident(c), i + 1))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    format!("DELETE FROM {} WHERE {}", quote_ident(table), cond)
+}
+
+/// How a column's values travel inside the JSON parameter of the `json_each` forms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JsonEncoding {
+    /// As JSON `null`, integer, real or string; SQLite reads each back with its storage class.
+    Plain,
+    /// Blobs as a hex string, turned back into a blob with `unhex()`.
+    Hex,
+}
+
+fn json_expr(index: usize, encoding: JsonEncoding) -> String {
+    match encoding {
+        JsonEncoding::Plain => format!("json_extract(value, '$[{index}]')"),
+        JsonEncoding::Hex => format!("unhex(json_extract(value, '$[{index}]'))"),
+    }
+}
+
+/// Many-row upsert: `?1` is a JSON array of rows, each row an array of values in `columns`
+/// order. `encodings[i]` says how column `i` is carried (see [`JsonEncoding`]). Rows apply in
+/// array order, so two rows with the same key end with the later one.
+///
+/// `WHERE true` is required: without it SQLite parses `ON CONFLICT` as a join constraint.
+///
+/// ```
+/// use d1_sync_schema::sql::{upsert_json_sql, JsonEncoding::*};
+/// assert_eq!(
+///     upsert_json_sql("t", &["k", "b"], &[Plain, Hex], &["k"], &[]),
+///     r#"INSERT INTO "t" ("k", "b") SELECT json_extract(value, '$[0]'), unhex(json_extract(value, '$[1]')) FROM json_each(?1) WHERE true ON CONFLICT ("k") DO UPDATE SET "b" = excluded."b""#
+/// );
+/// ```
+pub fn upsert_json_sql(
+    table: &str,
+    columns: &[&str],
+    encodings: &[JsonEncoding],
+    primary_key: &[&str],
+    insert_only: &[&str],
+) -> String {
+    let exprs = (0..columns.len())
+        .map(|i| json_expr(i, encodings.get(i).copied().unwrap_or(JsonEncoding::Plain)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "INSERT INTO {} ({}) SELECT {} FROM json_each(?1) WHERE true {}",
+        quote_ident(table),
+        join_quoted(columns),
+        exprs,
+        conflict_clause(columns, primary_key, insert_only)
+    )
+}
+
+/// Many-row delete by primary key: `?1` is a JSON array of keys, each an array of the key's
+/// values in `primary_key` order.
+///
+/// ```
+/// use d1_sync_schema::sql::{delete_json_sql, JsonEncoding::*};
+/// assert_eq!(
+///     delete_json_sql("t", &["a", "b"], &[Plain, Plain]),
+///     r#"DELETE FROM "t" WHERE ("a", "b") IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?1))"#
+/// );
+/// ```
+pub fn delete_json_sql(table: &str, primary_key: &[&str], encodings: &[JsonEncoding]) -> String {
+    let exprs = (0..primary_key.len())
+        .map(|i| json_expr(i, encodings.get(i).copied().unwrap_or(JsonEncoding::Plain)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (lhs, rhs) = if primary_key.len() == 1 {
+        (quote_ident(primary_key[0]), exprs)
+    } else {
+        (format!("({})", join_quoted(primary_key)), exprs)
+    };
+    format!(
+        "DELETE FROM {} WHERE {} IN (SELECT {} FROM json_each(?1))",
+        quote_ident(table),
+        lhs,
+        rhs
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use JsonEncoding::*;
+
+    #[test]
+    fn quoting_doubles_embedded_quotes() {
+        assert_eq!(quote_ident("order"), "\"order\"");
+        assert_eq!(quote_ident("a b"), "\"a b\"");
+        assert_eq!(quote_ident("x\"y"), "\"x\"\"y\"");
+        assert_eq!(quote_ident(""), "\"\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn upsert_keeps_insert_only_columns_out_of_the_update() {
+        let sql = upsert_sql(
+            "messages",
+            &["id", "raw_text", "created_at"],
+            &["id"],
+            &["created_at"],
+        );
+        assert_eq!(
+            sql,
+            "INSERT INTO \"messages\" (\"id\", \"raw_text\", \"created_at\") VALUES (?1, ?2, ?3) \
+             ON CONFLICT (\"id\") DO UPDATE SET \"raw_text\" = excluded.\"raw_text\""
+        );
+        assert!(!sql.contains("OR REPLACE"));
+    }
+
+    #[test]
+    fn composite_keys_go_in_the_conflict_target_and_the_delete() {
+        let sql = upsert_sql("links", &["a", "b", "v"], &["a", "b"], &[]);
+        assert!(sql.ends_with("ON CONFLICT (\"a\", \"b\") DO UPDATE SET \"v\" = excluded.\"v\""));
+        assert_eq!(
+            delete_sql("links", &["a", "b"]),
+            "DELETE FROM \"links\" WHERE \"a\" = ?1 AND \"b\" = ?2"
+        );
+    }
+
+    #[test]
+    fn do_nothing_when_only_key_and_insert_only_columns() {
+        let sql = upsert_sql("t", &["k", "created_at"], &["k"], &["created_at"]);
+        assert!(sql.ends_with("ON CONFLICT (\"k\") DO NOTHING"), "{sql}");
+        let sql = upsert_json_sql("t", &["k"], &[Plain], &["k"], &[]);
+        assert!(sql.ends_with("ON CONFLICT (\"k\") DO NOTHING"), "{sql}");
+    }
+
+    #[test]
+    fn odd_names_are_quoted_everywhere() {
+        let sql = upsert_sql("select", &["my key", "we\"ird"], &["my key"], &[]);
+        assert_eq!(
+            sql,
+            "INSERT INTO \"select\" (\"my key\", \"we\"\"ird\") VALUES (?1, ?2) \
+             ON CONFLICT (\"my key\") DO UPDATE SET \"we\"\"ird\" = excluded.\"we\"\"ird\""
+        );
+        assert_eq!(
+            delete_json_sql("select", &["my key"], &[Plain]),
+            "DELETE FROM \"select\" WHERE \"my key\" IN (SELECT json_extract(value, '$[0]') FROM json_each(?1))"
+        );
+    }
+
+    #[test]
+    fn update_columns_filters_key_and_insert_only() {
+        assert_eq!(
+            update_columns(&["id", "a", "created_at", "b"], &["id"], &["created_at"]),
+            ["a", "b"]
+        );
+    }
+}

@@ -1,0 +1,101 @@
+//! The model → the `SyncRow` impl.
+
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+
+use crate::ast::{Container, Field};
+use crate::ctxt::Ctxt;
+use crate::{fallback, schema_check, valid};
+
+pub fn derive(input: &syn::DeriveInput) -> TokenStream {
+    let mut cx = Ctxt::default();
+    let Some(cont) = Container::from_ast(&mut cx, input) else {
+        let stub = fallback::stub(input);
+        let errors = cx.into_compile_errors();
+        return quote! { #errors #stub };
+    };
+    valid::check(&mut cx, &cont);
+
+    let columns: Vec<&str> = cont.columns().map(|f| f.column.as_str()).collect();
+    let keys: Vec<&str> = cont.key_fields().map(|f| f.column.as_str()).collect();
+    let insert_only: Vec<&str> = cont
+        .columns()
+        .filter(|f| f.is_insert_only())
+        .map(|f| f.column.as_str())
+        .collect();
+    let upsert = d1_sync_schema::sql::upsert_sql(&cont.table, &columns, &keys, &insert_only);
+    let delete = d1_sync_schema::sql::delete_sql(&cont.table, &keys);
+
+    let schema_files = schema_check::check(&mut cx, &cont, &upsert, &delete);
+    if cx.has_errors() {
+        let stub = fallback::stub(input);
+        let errors = cx.into_compile_errors();
+        return quote! { #errors #stub };
+    }
+    impl_sync_row(
+        &cont,
+        &columns,
+        &keys,
+        &insert_only,
+        &upsert,
+        &delete,
+        &schema_files,
+    )
+}
+
+fn value_expr(f: &Field) -> TokenStream {
+    let ident = f.ident;
+    let ty = f.ty;
+    // Spanned on the type, so a type without `ToValue` is reported on the field.
+    quote_spanned! {ty.span()=>
+        <#ty as ::d1_sync::__private::ToValue>::to_value(&self.#ident)
+    }
+}
+
+fn impl_sync_row(
+    cont: &Container,
+    columns: &[&str],
+    keys: &[&str],
+    insert_only: &[&str],
+    upsert: &str,
+    delete: &str,
+    schema_files: &[std::path::PathBuf],
+) -> TokenStream {
+    let ident = &cont.input.ident;
+    let (impl_g, ty_g, where_c) = cont.input.generics.split_for_impl();
+    let table = &cont.table;
+    let kinds = cont.columns().map(|f| {
+        let ty = f.ty;
+        quote_spanned! {ty.span()=> <#ty as ::d1_sync::__private::ToValue>::KIND }
+    });
+    let values = cont.columns().map(value_expr);
+    let key_values = cont.key_fields().map(value_expr);
+    // Cargo rebuilds a crate when a file it `include_bytes!`es changes.
+    let deps = schema_files.iter().filter_map(|p| p.to_str()).map(|p| {
+        quote! { const _: &[u8] = ::core::include_bytes!(#p); }
+    });
+    quote! {
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals, unused_attributes, unused_qualifications)]
+        const _: () = {
+            #(#deps)*
+            #[automatically_derived]
+            impl #impl_g ::d1_sync::__private::SyncRow for #ident #ty_g #where_c {
+                const TABLE: &'static str = #table;
+                const COLUMNS: &'static [&'static str] = &[#(#columns),*];
+                const PRIMARY_KEY: &'static [&'static str] = &[#(#keys),*];
+                const INSERT_ONLY: &'static [&'static str] = &[#(#insert_only),*];
+                const COLUMN_KINDS: &'static [::d1_sync::__private::ValueKind] = &[#(#kinds),*];
+                const UPSERT_SQL: &'static str = #upsert;
+                const DELETE_SQL: &'static str = #delete;
+                fn values(&self) -> ::d1_sync::__private::Vec<::d1_sync::__private::Value> {
+                    ::std::vec![#(#values),*]
+                }
+                fn key_values(&self) -> ::d1_sync::__private::Vec<::d1_sync::__private::Value> {
+                    ::std::vec![#(#key_values),*]
+                }
+            }
+        };
+    }
+}

@@ -1,0 +1,99 @@
+//! [`SyncRow`]: what `#[derive(D1Sync)]` implements, and [`TableDef`], its run-time form.
+
+use crate::value::{Value, ValueKind};
+
+/// A row type that d1-sync can write to D1. Implement it with `#[derive(D1Sync)]`.
+///
+/// Every constant is computed at compile time; the SQL is checked against the schema files
+/// when the derive names them with `#[d1(schema = "...")]`.
+///
+/// ```
+/// use d1_sync::{D1Sync, SyncRow, Value};
+///
+/// #[derive(D1Sync)]
+/// #[d1(table = "notes")]
+/// struct Note {
+///     #[d1(primary_key)]
+///     id: i64,
+///     body: String,
+///     #[d1(insert_only)]
+///     created_at: i64,
+/// }
+///
+/// assert_eq!(Note::COLUMNS, ["id", "body", "created_at"]);
+/// assert_eq!(
+///     Note::UPSERT_SQL,
+///     r#"INSERT INTO "notes" ("id", "body", "created_at") VALUES (?1, ?2, ?3) ON CONFLICT ("id") DO UPDATE SET "body" = excluded."body""#
+/// );
+/// assert_eq!(Note::DELETE_SQL, r#"DELETE FROM "notes" WHERE "id" = ?1"#);
+/// let n = Note { id: 7, body: "hi".into(), created_at: 1 };
+/// assert_eq!(n.key_values(), [Value::Integer(7)]);
+/// ```
+pub trait SyncRow {
+    /// The table's name.
+    const TABLE: &'static str;
+    /// The column whitelist, in field order.
+    const COLUMNS: &'static [&'static str];
+    /// The primary-key columns, in key order.
+    const PRIMARY_KEY: &'static [&'static str];
+    /// Columns written on insert and never changed by an update (`created_at`).
+    const INSERT_ONLY: &'static [&'static str];
+    /// The kind of value each column stores, in `COLUMNS` order.
+    const COLUMN_KINDS: &'static [ValueKind];
+    /// `INSERT ... ON CONFLICT (pk) DO UPDATE ...` with `?1..?N` in `COLUMNS` order.
+    const UPSERT_SQL: &'static str;
+    /// `DELETE ... WHERE pk = ?1 ...` with the key in `PRIMARY_KEY` order.
+    const DELETE_SQL: &'static str;
+
+    /// The row's values, in `COLUMNS` order.
+    fn values(&self) -> Vec<Value>;
+    /// The row's primary-key values, in `PRIMARY_KEY` order.
+    fn key_values(&self) -> Vec<Value>;
+
+    /// The table's description for a worker's registry.
+    fn table_def() -> TableDef {
+        TableDef {
+            name: Self::TABLE.to_string(),
+            columns: Self::COLUMNS.iter().map(|c| c.to_string()).collect(),
+            primary_key: Self::PRIMARY_KEY.iter().map(|c| c.to_string()).collect(),
+            insert_only: Self::INSERT_ONLY.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+}
+
+/// What the worker knows of a table: its name, the columns it may write (the whitelist),
+/// its primary key and its insert-only columns. Built from a [`SyncRow`] type or from a
+/// table loaded from schema files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableDef {
+    /// Table name.
+    pub name: String,
+    /// Writable columns.
+    pub columns: Vec<String>,
+    /// Primary-key columns, in key order.
+    pub primary_key: Vec<String>,
+    /// Insert-only columns.
+    pub insert_only: Vec<String>,
+}
+
+impl TableDef {
+    /// From a table loaded from schema files: every writable column, the table's key, and
+    /// the columns named in `insert_only` that the table has.
+    pub fn from_schema(table: &d1_sync_schema::Table, insert_only: &[&str]) -> TableDef {
+        TableDef {
+            name: table.name.clone(),
+            columns: table.writable_columns().map(|c| c.name.clone()).collect(),
+            primary_key: table.primary_key.clone(),
+            insert_only: insert_only
+                .iter()
+                .filter(|c| table.column(c).is_some())
+                .map(|c| c.to_string())
+                .collect(),
+        }
+    }
+
+    /// Whether `column` is in the whitelist.
+    pub fn has_column(&self, column: &str) -> bool {
+        self.columns.iter().any(|c| c == column)
+    }
+}

@@ -1,0 +1,1 @@
+//! Shared helpers of d1-sync's cross-crate tests.

@@ -1,0 +1,6 @@
+CREATE TABLE ok (id TEXT PRIMARY KEY);
+
+CREATE TABLE broken (
+  id TEXT PRIMARY KEY,
+  name TEXT,,
+);
