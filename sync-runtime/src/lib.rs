@@ -1,34 +1,82 @@
 //! # d1-sync
 //!
-//! Keeps Cloudflare D1 in step with an application's local SQLite database.
+//! Keeps Cloudflare D1 in step with an application's local SQLite database, without losing a
+//! write, in order, and without hand-written SQL.
 //!
 //! - `#[derive(D1Sync)]` turns a row struct into a [`SyncRow`]: the column whitelist, the
-//!   upsert and the delete SQL, built and checked at compile time.
+//!   upsert and the delete SQL, built — and, with `#[d1(schema = "migrations")]`, checked
+//!   against the project's D1 migrations — at compile time.
+//! - The [`Outbox`] is a queue table in the application's own SQLite file: a change is
+//!   enqueued in the same transaction as the row write.
+//! - The [`SyncWorker`] drains it to a [`Target`] — D1 over its REST API ([`D1Http`]) or a
+//!   local SQLite file ([`SqliteTarget`]) — in batches, in per-row order, with backoff,
+//!   pauses on rate limits and refused credentials, and a dead-letter state that never drops
+//!   a record silently.
 //!
 //! ```
-//! use d1_sync::{D1Sync, SyncRow};
+//! use d1_sync::{D1Sync, Outbox, SqliteTarget, SyncWorker};
 //!
 //! #[derive(D1Sync)]
-//! struct Session {
+//! #[d1(table = "notes")]
+//! struct Note {
 //!     #[d1(primary_key)]
-//!     id: String,
-//!     message_count: i64,
-//!     summary: Option<String>,
+//!     id: i64,
+//!     body: String,
+//!     #[d1(insert_only)]
+//!     created_at: i64,
 //! }
-//! assert_eq!(Session::TABLE, "session");
-//! assert_eq!(Session::PRIMARY_KEY, ["id"]);
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let (app_path, mirror_path) = (dir.path().join("app.db"), dir.path().join("mirror.db"));
+//! let schema = "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL, created_at INTEGER NOT NULL)";
+//! let mut app = d1_sync::open(&app_path)?;          // WAL, synchronous = FULL, outbox installed
+//! app.execute_batch(schema)?;
+//! let mirror = SqliteTarget::open(&mirror_path)?;   // or D1Http::new(D1Config::from_env()?)?
+//! mirror.with_connection(|c| c.execute_batch(schema))?;
+//!
+//! let worker = SyncWorker::builder(&app_path, mirror).register::<Note>().build()?;
+//! worker.start()?;
+//!
+//! let tx = app.transaction()?;
+//! Outbox::new().save(&tx, &Note { id: 1, body: "hello".into(), created_at: 1 })?;
+//! tx.commit()?;
+//! worker.notify();
+//!
+//! worker.flush().await?;
+//! assert_eq!(worker.stats().await?.records_synced, 1);
+//! worker.shutdown().await?;
+//! # Ok(()) }
 //! ```
 
 // The derive names everything as `::d1_sync::...`; this makes that path work inside this
 // crate's own tests and doctests too.
 extern crate self as d1_sync;
 
+pub mod backoff;
+pub mod change;
+pub mod codec;
+pub mod error;
+pub mod outbox;
+pub mod pack;
+pub mod registry;
 pub mod row;
+pub mod stats;
+pub mod target;
 pub mod value;
+pub mod worker;
 
+pub use backoff::Backoff;
 pub use d1_sync_derive::D1Sync;
+pub use error::{Error, Result};
+pub use outbox::{open, Counts, DeadLetter, Outbox, Selection, Status};
+pub use registry::Registry;
 pub use row::{SyncRow, TableDef};
+pub use stats::{Stats, WorkerState};
+pub use target::{D1Config, D1Http, SqliteTarget, Target, TargetError};
 pub use value::{ToValue, Value, ValueKind};
+pub use worker::{SyncWorker, WorkerBuilder, WorkerConfig};
 
 /// SQL builders and the schema model, for callers that build statements themselves.
 pub use d1_sync_schema as schema;

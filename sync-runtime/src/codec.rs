@@ -1,0 +1,277 @@
+//! JSON encodings of values: the outbox's stored payloads, and the rows sent to D1.
+//!
+//! **Stored** (outbox payloads and row keys) must give back exactly the [`Value`] that was
+//! written: integers as JSON integers (read back as `i64`), finite reals always with a `.` or
+//! an exponent (read back as `f64`), text as strings, and the two kinds JSON lacks as tagged
+//! objects: `{"blob": "<hex>"}` and `{"real": "inf" | "-inf" | "nan"}`.
+//!
+//! **Wire** (the rows of a `json_each` statement) is what SQLite reads back with
+//! `json_extract`: integers stay 64-bit, reals stay reals, text stays text; blobs go as hex
+//! text turned back with `unhex()` ([`JsonEncoding::Hex`]); infinities as `±9e999`, which
+//! SQLite reads as ±Inf; NaN as `null` (SQLite stores NaN as NULL anyway).
+
+use std::fmt::Write as _;
+
+use d1_sync_schema::sql::JsonEncoding;
+
+use crate::value::Value;
+
+fn push_json_string(out: &mut String, s: &str) {
+    // serde_json's escaping: quotes, backslashes and control characters.
+    match serde_json::to_string(s) {
+        Ok(q) => out.push_str(&q),
+        Err(_) => out.push_str("null"),
+    }
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() * 2);
+    for b in bytes {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
+    }
+}
+
+fn push_finite_real(out: &mut String, f: f64) {
+    let text =
+        serde_json::Number::from_f64(f).map_or_else(|| "null".to_string(), |n| n.to_string());
+    out.push_str(&text);
+    // serde_json prints 1e300 as "1e300" and 3.0 as "3.0": both parse back as f64.
+    if !text.contains(['.', 'e', 'E']) {
+        out.push_str(".0");
+    }
+}
+
+/// Appends the stored form of `v`.
+pub fn push_stored(out: &mut String, v: &Value) {
+    match v {
+        Value::Null => out.push_str("null"),
+        Value::Integer(i) => {
+            let _ = write!(out, "{i}");
+        }
+        Value::Real(f) if f.is_finite() => push_finite_real(out, *f),
+        Value::Real(f) => {
+            let tag = if f.is_nan() {
+                "nan"
+            } else if *f > 0.0 {
+                "inf"
+            } else {
+                "-inf"
+            };
+            let _ = write!(out, "{{\"real\":\"{tag}\"}}");
+        }
+        Value::Text(s) => push_json_string(out, s),
+        Value::Blob(b) => {
+            out.push_str("{\"blob\":\"");
+            push_hex(out, b);
+            out.push_str("\"}");
+        }
+    }
+}
+
+/// The stored form of `values` as a JSON array (row keys).
+pub fn stored_array(values: &[Value]) -> String {
+    let mut out = String::from("[");
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_stored(&mut out, v);
+    }
+    out.push(']');
+    out
+}
+
+/// The stored form of a row as a JSON object, column → value.
+pub fn stored_object<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a Value)>) -> String {
+    let mut out = String::from("{");
+    for (i, (col, v)) in pairs.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_string(&mut out, col);
+        out.push(':');
+        push_stored(&mut out, v);
+    }
+    out.push('}');
+    out
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    };
+    s.as_bytes()
+        .chunks(2)
+        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
+        .collect()
+}
+
+/// Reads one stored value back; `Err` says what is wrong with it.
+pub fn parse_stored(v: &serde_json::Value) -> Result<Value, String> {
+    use serde_json::Value as J;
+    match v {
+        J::Null => Ok(Value::Null),
+        J::Bool(b) => Ok(Value::Integer(i64::from(*b))),
+        J::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Ok(Value::Integer(i))
+            } else if n.is_u64() {
+                Err(format!("integer {n} does not fit in 64 signed bits"))
+            } else {
+                n.as_f64()
+                    .map(Value::Real)
+                    .ok_or_else(|| format!("number {n} is not a 64-bit float"))
+            }
+        }
+        J::String(s) => Ok(Value::Text(s.clone())),
+        J::Object(map) if map.len() == 1 => {
+            if let Some(J::String(hex)) = map.get("blob") {
+                return unhex(hex)
+                    .map(Value::Blob)
+                    .ok_or_else(|| "blob is not an even-length hex string".to_string());
+            }
+            match map.get("real").and_then(J::as_str) {
+                Some("inf") => Ok(Value::Real(f64::INFINITY)),
+                Some("-inf") => Ok(Value::Real(f64::NEG_INFINITY)),
+                Some("nan") => Ok(Value::Real(f64::NAN)),
+                _ => Err(format!("an object value must be {{\"blob\": hex}} or {{\"real\": \"inf\"|\"-inf\"|\"nan\"}}, not {v}")),
+            }
+        }
+        J::Object(_) => Err(format!(
+            "an object value must be {{\"blob\": hex}} or {{\"real\": ...}}, not {v}"
+        )),
+        J::Array(_) => Err("an array is not a column value".to_string()),
+    }
+}
+
+/// How a value travels on the wire: `Hex` for blobs, `Plain` for the rest.
+pub fn wire_encoding(v: &Value) -> JsonEncoding {
+    match v {
+        Value::Blob(_) => JsonEncoding::Hex,
+        _ => JsonEncoding::Plain,
+    }
+}
+
+/// Appends the wire form of `v` (see the module docs).
+pub fn push_wire(out: &mut String, v: &Value) {
+    match v {
+        Value::Null => out.push_str("null"),
+        Value::Integer(i) => {
+            let _ = write!(out, "{i}");
+        }
+        Value::Real(f) if f.is_nan() => out.push_str("null"),
+        Value::Real(f) if f.is_infinite() => {
+            out.push_str(if *f > 0.0 { "9e999" } else { "-9e999" })
+        }
+        Value::Real(f) => push_finite_real(out, *f),
+        Value::Text(s) => push_json_string(out, s),
+        Value::Blob(b) => {
+            out.push('"');
+            push_hex(out, b);
+            out.push('"');
+        }
+    }
+}
+
+/// Appends one wire row: a JSON array of the values.
+pub fn push_wire_row(out: &mut String, values: &[Value]) {
+    out.push('[');
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_wire(out, v);
+    }
+    out.push(']');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(v: Value) {
+        let mut s = String::new();
+        push_stored(&mut s, &v);
+        let json: serde_json::Value = serde_json::from_str(&s).unwrap();
+        let back = parse_stored(&json).unwrap();
+        match (&v, &back) {
+            (Value::Real(a), Value::Real(b)) if a.is_nan() => assert!(b.is_nan(), "{s}"),
+            _ => assert_eq!(back, v, "{s}"),
+        }
+    }
+
+    #[test]
+    fn stored_values_round_trip_exactly() {
+        for v in [
+            Value::Null,
+            Value::Integer(0),
+            Value::Integer(i64::MAX),
+            Value::Integer(i64::MIN),
+            Value::Integer(9_007_199_254_740_993),
+            Value::Real(3.0),
+            Value::Real(-0.0),
+            Value::Real(1e300),
+            Value::Real(f64::MIN_POSITIVE),
+            Value::Real(0.1 + 0.2),
+            Value::Real(f64::INFINITY),
+            Value::Real(f64::NEG_INFINITY),
+            Value::Real(f64::NAN),
+            Value::Text(String::new()),
+            Value::Text("quote \" backslash \\ tab \t nul \0 emoji 🦀 'x'".into()),
+            Value::Blob(vec![]),
+            Value::Blob((0..=255).collect()),
+        ] {
+            round_trip(v);
+        }
+    }
+
+    #[test]
+    fn bad_stored_values_are_reported() {
+        let p = |s: &str| parse_stored(&serde_json::from_str(s).unwrap());
+        assert!(p("18446744073709551615")
+            .unwrap_err()
+            .contains("64 signed bits"));
+        assert!(p(r#"{"blob":"abc"}"#).unwrap_err().contains("hex"));
+        assert!(p(r#"{"blob":"zz"}"#).unwrap_err().contains("hex"));
+        assert!(p(r#"{"x":1}"#).is_err());
+        assert!(p("[1]").is_err());
+        assert_eq!(p("true").unwrap(), Value::Integer(1));
+    }
+
+    #[test]
+    fn wire_rows() {
+        let mut s = String::new();
+        push_wire_row(
+            &mut s,
+            &[
+                Value::Integer(-9_223_372_036_854_775_808),
+                Value::Real(2.0),
+                Value::Real(f64::NEG_INFINITY),
+                Value::Real(f64::NAN),
+                Value::Text("a\"b".into()),
+                Value::Blob(vec![0, 0xAB]),
+                Value::Null,
+            ],
+        );
+        assert_eq!(
+            s,
+            r#"[-9223372036854775808,2.0,-9e999,null,"a\"b","00ab",null]"#
+        );
+        assert_eq!(
+            stored_array(&[Value::Text("k".into()), Value::Integer(1)]),
+            r#"["k",1]"#
+        );
+        assert_eq!(
+            stored_object([("a", &Value::Integer(1)), ("b \"c\"", &Value::Null)]),
+            r#"{"a":1,"b \"c\"":null}"#
+        );
+    }
+}

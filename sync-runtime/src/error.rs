@@ -1,0 +1,59 @@
+//! The runtime's error type.
+
+use std::path::PathBuf;
+
+/// What went wrong, in words a user can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The local database could not be opened or set up.
+    #[error("local database `{}`: {source}", path.display())]
+    Database {
+        /// The file.
+        path: PathBuf,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
+    /// An outbox operation failed in SQLite.
+    #[error("outbox: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The outbox table does not exist on this connection.
+    #[error("the outbox table `{0}` does not exist: call `Outbox::install(&conn)` (or open the database with `d1_sync::open`) first")]
+    NotInstalled(String),
+    /// The outbox table was made by a newer d1-sync.
+    #[error("the outbox table `{table}` is at version {found}, newer than this d1-sync understands ({supported}); upgrade d1-sync")]
+    QueueTooNew {
+        /// Queue table.
+        table: String,
+        /// Version found.
+        found: i64,
+        /// Newest version this build knows.
+        supported: i64,
+    },
+    /// A partial update named a column the row type does not have.
+    #[error("`{column}` is not a column of table `{table}`")]
+    UnknownColumn {
+        /// Table.
+        table: String,
+        /// Column.
+        column: String,
+    },
+    /// A key had the wrong number of values.
+    #[error("table `{table}` has {want} primary-key column(s), but {got} key value(s) were given")]
+    KeyArity {
+        /// Table.
+        table: String,
+        /// Key columns.
+        want: usize,
+        /// Values given.
+        got: usize,
+    },
+    /// Bad configuration.
+    #[error("{0}")]
+    Config(String),
+    /// The worker is not running (never started, or shut down).
+    #[error("the sync worker is not running")]
+    NotRunning,
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

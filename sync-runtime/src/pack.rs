@@ -1,0 +1,296 @@
+//! Packing changes into D1 requests: as few requests as D1's limits allow, with the order of
+//! the changes kept exactly.
+//!
+//! Consecutive changes of the same *shape* (table, operation, columns, blob columns) share one
+//! `json_each` statement that carries all their rows in one JSON parameter. Changes are never
+//! reordered, not even across rows: reordering could break a UNIQUE constraint or a foreign
+//! key that the local order satisfied. Each request opens with `PRAGMA defer_foreign_keys = on`
+//! so that a child written before its parent within one request is still accepted, as it would
+//! be in one local transaction.
+
+use d1_sync_schema::sql::{delete_json_sql, upsert_json_sql, JsonEncoding};
+
+use crate::change::{Change, Op};
+use crate::codec;
+
+/// The first statement of every request.
+pub const DEFER_FOREIGN_KEYS: &str = "PRAGMA defer_foreign_keys = on";
+
+/// One SQL statement with its parameters (sent as strings, as D1's REST API documents).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    /// SQL text.
+    pub sql: String,
+    /// Parameters, `?1..?N`.
+    pub params: Vec<String>,
+}
+
+/// Size limits of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackLimits {
+    /// Bytes of the JSON parameter of one statement (D1: 2,000,000 per string).
+    pub max_param_bytes: usize,
+    /// Rows in one statement.
+    pub max_rows_per_statement: usize,
+    /// Statements in one request.
+    pub max_statements: usize,
+    /// Bytes of SQL and parameters in one request.
+    pub max_request_bytes: usize,
+}
+
+impl Default for PackLimits {
+    fn default() -> Self {
+        PackLimits {
+            max_param_bytes: 1_000_000,
+            max_rows_per_statement: 5_000,
+            max_statements: 500,
+            max_request_bytes: 4_000_000,
+        }
+    }
+}
+
+/// A request: its statements, and which changes each statement carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Statements, the first being [`DEFER_FOREIGN_KEYS`].
+    pub statements: Vec<Statement>,
+    /// Queue ids of the changes, in order.
+    pub ids: Vec<i64>,
+}
+
+#[derive(PartialEq, Eq)]
+struct Shape<'a> {
+    table: &'a str,
+    op: Op,
+    columns: &'a [String],
+    encodings: Vec<JsonEncoding>,
+}
+
+fn shape(c: &Change) -> Shape<'_> {
+    Shape {
+        table: &c.table.name,
+        op: c.op,
+        columns: &c.columns,
+        encodings: c.values.iter().map(codec::wire_encoding).collect(),
+    }
+}
+
+fn statement_sql(s: &Shape, c: &Change) -> String {
+    let cols: Vec<&str> = s.columns.iter().map(String::as_str).collect();
+    match s.op {
+        Op::Upsert => {
+            let pk: Vec<&str> = c.table.primary_key.iter().map(String::as_str).collect();
+            let io: Vec<&str> = c.table.insert_only.iter().map(String::as_str).collect();
+            upsert_json_sql(s.table, &cols, &s.encodings, &pk, &io)
+        }
+        Op::Delete => delete_json_sql(s.table, &cols, &s.encodings),
+    }
+}
+
+struct Open<'a> {
+    shape: Shape<'a>,
+    sql: String,
+    json: String,
+    rows: usize,
+}
+
+/// Packs `changes` (in queue order) into requests. A change too large for any statement
+/// cannot happen here: [`crate::change::check`] refuses values and rows over D1's limits,
+/// and the default limits leave room for one such row.
+pub fn pack(changes: &[Change], limits: &PackLimits) -> Vec<Request> {
+    let mut requests = Vec::new();
+    let mut cur = Request {
+        statements: vec![defer()],
+        ids: Vec::new(),
+    };
+    let mut cur_bytes = DEFER_FOREIGN_KEYS.len();
+    let mut open: Option<Open> = None;
+
+    let close = |open: &mut Option<Open>, cur: &mut Request, cur_bytes: &mut usize| {
+        if let Some(o) = open.take() {
+            let mut json = o.json;
+            json.push(']');
+            *cur_bytes += o.sql.len() + json.len();
+            cur.statements.push(Statement {
+                sql: o.sql,
+                params: vec![json],
+            });
+        }
+    };
+
+    for c in changes {
+        let s = shape(c);
+        let mut row = String::new();
+        codec::push_wire_row(&mut row, &c.values);
+
+        let fits_open = open.as_ref().is_some_and(|o| {
+            o.shape == s
+                && o.rows < limits.max_rows_per_statement
+                && o.json.len() + 1 + row.len() < limits.max_param_bytes
+                && cur_bytes + o.sql.len() + o.json.len() + row.len() + 2
+                    <= limits.max_request_bytes
+        });
+        if !fits_open {
+            close(&mut open, &mut cur, &mut cur_bytes);
+            let sql = statement_sql(&s, c);
+            let full = cur.statements.len() >= limits.max_statements
+                || cur_bytes + sql.len() + row.len() + 2 > limits.max_request_bytes;
+            if full && !cur.ids.is_empty() {
+                requests.push(std::mem::replace(
+                    &mut cur,
+                    Request {
+                        statements: vec![defer()],
+                        ids: Vec::new(),
+                    },
+                ));
+                cur_bytes = DEFER_FOREIGN_KEYS.len();
+            }
+            open = Some(Open {
+                shape: s,
+                sql,
+                json: String::from("["),
+                rows: 0,
+            });
+        }
+        if let Some(o) = open.as_mut() {
+            if o.rows > 0 {
+                o.json.push(',');
+            }
+            o.json.push_str(&row);
+            o.rows += 1;
+        }
+        cur.ids.push(c.id);
+    }
+    close(&mut open, &mut cur, &mut cur_bytes);
+    if !cur.ids.is_empty() {
+        requests.push(cur);
+    }
+    requests
+}
+
+fn defer() -> Statement {
+    Statement {
+        sql: DEFER_FOREIGN_KEYS.to_string(),
+        params: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::row::TableDef;
+    use crate::value::Value;
+
+    fn table(name: &str) -> Arc<TableDef> {
+        Arc::new(TableDef {
+            name: name.into(),
+            columns: vec!["id".into(), "v".into()],
+            primary_key: vec!["id".into()],
+            insert_only: vec![],
+        })
+    }
+
+    fn up(id: i64, t: &Arc<TableDef>, v: Value) -> Change {
+        Change {
+            id,
+            row_key: format!("[{id}]"),
+            table: t.clone(),
+            op: Op::Upsert,
+            columns: vec!["id".into(), "v".into()],
+            values: vec![Value::Integer(id), v],
+            attempts: 0,
+        }
+    }
+
+    fn del(id: i64, t: &Arc<TableDef>) -> Change {
+        Change {
+            id,
+            row_key: format!("[{id}]"),
+            table: t.clone(),
+            op: Op::Delete,
+            columns: vec!["id".into()],
+            values: vec![Value::Integer(id)],
+            attempts: 0,
+        }
+    }
+
+    #[test]
+    fn consecutive_changes_of_one_shape_share_a_statement() {
+        let a = table("a");
+        let changes: Vec<Change> = (1..=1000)
+            .map(|i| up(i, &a, Value::Text(format!("v{i}"))))
+            .collect();
+        let reqs = pack(&changes, &PackLimits::default());
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(reqs[0].statements.len(), 2, "the PRAGMA and one upsert");
+        assert_eq!(reqs[0].statements[0].sql, DEFER_FOREIGN_KEYS);
+        assert!(reqs[0].statements[1].sql.contains("json_each(?1)"));
+        assert!(reqs[0].statements[1].params[0].starts_with(r#"[[1,"v1"],[2,"v2"]"#));
+        assert_eq!(reqs[0].ids.len(), 1000);
+    }
+
+    #[test]
+    fn order_is_kept_across_tables_and_operations() {
+        let (a, b) = (table("a"), table("b"));
+        let changes = vec![
+            up(1, &a, Value::Null),
+            up(2, &a, Value::Null),
+            up(3, &b, Value::Null),
+            del(4, &a),
+            up(5, &a, Value::Null),
+            up(6, &a, Value::Blob(vec![1])),
+        ];
+        let reqs = pack(&changes, &PackLimits::default());
+        assert_eq!(reqs.len(), 1);
+        let sqls: Vec<&str> = reqs[0].statements.iter().map(|s| s.sql.as_str()).collect();
+        assert_eq!(sqls.len(), 6, "{sqls:#?}");
+        assert!(sqls[1].starts_with("INSERT INTO \"a\""));
+        assert!(sqls[2].starts_with("INSERT INTO \"b\""));
+        assert!(sqls[3].starts_with("DELETE FROM \"a\""));
+        assert!(sqls[4].starts_with("INSERT INTO \"a\"") && !sqls[4].contains("unhex"));
+        assert!(sqls[5].contains("unhex"), "a blob value changes the shape");
+        assert_eq!(reqs[0].ids, [1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn limits_split_statements_and_requests_without_losing_a_change() {
+        let a = table("a");
+        let changes: Vec<Change> = (1..=100)
+            .map(|i| up(i, &a, Value::Text("x".repeat(100))))
+            .collect();
+        let limits = PackLimits {
+            max_param_bytes: 1_000,
+            max_rows_per_statement: 5_000,
+            max_statements: 4,
+            max_request_bytes: 1_000_000,
+        };
+        let reqs = pack(&changes, &limits);
+        let ids: Vec<i64> = reqs.iter().flat_map(|r| r.ids.clone()).collect();
+        assert_eq!(ids, (1..=100).collect::<Vec<_>>());
+        for r in &reqs {
+            assert!(r.statements.len() <= 4);
+            for s in &r.statements[1..] {
+                assert!(s.params[0].len() <= 1_000);
+            }
+        }
+        let rows = pack(
+            &changes,
+            &PackLimits {
+                max_rows_per_statement: 7,
+                ..PackLimits::default()
+            },
+        );
+        assert_eq!(
+            rows[0].statements.len(),
+            1 + 15,
+            "100 rows in statements of 7"
+        );
+    }
+
+    #[test]
+    fn nothing_to_pack() {
+        assert!(pack(&[], &PackLimits::default()).is_empty());
+    }
+}

@@ -1,0 +1,273 @@
+//! [`D1Http`]: D1's REST API over reqwest with rustls.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::classify::{classify_response, parse_retry_after};
+use super::{BoxFuture, PackLimits, Statement, Target, TargetError};
+use crate::error::Error;
+
+/// Where and how to reach a D1 database.
+#[derive(Clone)]
+pub struct D1Config {
+    /// Cloudflare account id.
+    pub account_id: String,
+    /// D1 database id (a UUID).
+    pub database_id: String,
+    /// API token with D1 write permission. Never printed.
+    pub api_token: String,
+    /// API base URL; `https://api.cloudflare.com` in production, a local D1 in tests.
+    pub base_url: String,
+    /// Whole-request timeout (D1 stops a query after 30 s).
+    pub timeout: Duration,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+}
+
+impl fmt::Debug for D1Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("D1Config")
+            .field("account_id", &self.account_id)
+            .field("database_id", &self.database_id)
+            .field("api_token", &"<redacted>")
+            .field("base_url", &self.base_url)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl D1Config {
+    /// The production API.
+    pub const DEFAULT_BASE_URL: &'static str = "https://api.cloudflare.com";
+
+    /// A config with the default base URL and timeouts (35 s, connect 10 s).
+    pub fn new(
+        account_id: impl Into<String>,
+        database_id: impl Into<String>,
+        api_token: impl Into<String>,
+    ) -> D1Config {
+        D1Config {
+            account_id: account_id.into(),
+            database_id: database_id.into(),
+            api_token: api_token.into(),
+            base_url: Self::DEFAULT_BASE_URL.to_string(),
+            timeout: Duration::from_secs(35),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// From `CLOUDFLARE_ACCOUNT_ID`, `CLOUDFLARE_API_TOKEN`, `D1_DATABASE_ID` and, if set,
+    /// `D1_BASE_URL`. The error names every variable that is missing.
+    pub fn from_env() -> Result<D1Config, Error> {
+        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let (a, t, d) = (
+            get("CLOUDFLARE_ACCOUNT_ID"),
+            get("CLOUDFLARE_API_TOKEN"),
+            get("D1_DATABASE_ID"),
+        );
+        match (a, t, d) {
+            (Some(a), Some(t), Some(d)) => {
+                let mut c = D1Config::new(a, d, t);
+                if let Some(base) = get("D1_BASE_URL") {
+                    c.base_url = base;
+                }
+                Ok(c)
+            }
+            (a, t, d) => {
+                let missing: Vec<&str> = [
+                    (a.is_none(), "CLOUDFLARE_ACCOUNT_ID"),
+                    (t.is_none(), "CLOUDFLARE_API_TOKEN"),
+                    (d.is_none(), "D1_DATABASE_ID"),
+                ]
+                .into_iter()
+                .filter_map(|(m, k)| m.then_some(k))
+                .collect();
+                Err(Error::Config(format!(
+                    "D1 target: set {} (and D1_BASE_URL for a local D1)",
+                    missing.join(", ")
+                )))
+            }
+        }
+    }
+
+    /// The `/query` endpoint.
+    pub fn query_url(&self) -> String {
+        format!(
+            "{}/client/v4/accounts/{}/d1/database/{}/query",
+            self.base_url.trim_end_matches('/'),
+            self.account_id,
+            self.database_id
+        )
+    }
+}
+
+/// D1 over its REST API: `POST .../query` with `{"batch": [...]}`, one reqwest client reused
+/// for keep-alive, explicit timeouts. A request counts as applied only when D1 says success
+/// and returns one result per statement (see [`classify_response`]).
+pub struct D1Http {
+    client: reqwest::Client,
+    url: String,
+    auth: String,
+    config: D1Config,
+    limits: PackLimits,
+}
+
+impl fmt::Debug for D1Http {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("D1Http")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    batch: Vec<Query<'a>>,
+}
+
+#[derive(Serialize)]
+struct Query<'a> {
+    sql: &'a str,
+    params: &'a [String],
+}
+
+impl D1Http {
+    /// A client for `config`.
+    pub fn new(config: D1Config) -> Result<D1Http, Error> {
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("d1-sync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
+        Ok(D1Http {
+            url: config.query_url(),
+            auth: format!("Bearer {}", config.api_token),
+            client,
+            config,
+            limits: PackLimits::default(),
+        })
+    }
+
+    /// Replaces the packing limits.
+    pub fn with_limits(mut self, limits: PackLimits) -> D1Http {
+        self.limits = limits;
+        self
+    }
+
+    /// The config (its `Debug` hides the token).
+    pub fn config(&self) -> &D1Config {
+        &self.config
+    }
+
+    /// Sends one raw batch and returns D1's JSON `result` list. For set-up and inspection
+    /// (creating tables, reading rows back), not for syncing.
+    pub async fn query(
+        &self,
+        statements: &[Statement],
+    ) -> Result<Vec<serde_json::Value>, TargetError> {
+        let (status, retry_after, body) = self.post(statements).await?;
+        classify_response(status, retry_after, &body, statements.len())?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| TargetError::Transient(e.to_string()))?;
+        Ok(v.get("result")
+            .and_then(|r| r.as_array())
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn post(
+        &self,
+        statements: &[Statement],
+    ) -> Result<(u16, Option<Duration>, Vec<u8>), TargetError> {
+        let body = Body {
+            batch: statements
+                .iter()
+                .map(|s| Query {
+                    sql: &s.sql,
+                    params: &s.params,
+                })
+                .collect(),
+        };
+        let resp = self
+            .client
+            .post(&self.url)
+            .header(reqwest::header::AUTHORIZATION, &self.auth)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| TargetError::Transient(describe_reqwest(&e)))?;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let bytes = resp.bytes().await.map_err(|e| {
+            TargetError::Transient(format!("reading the response: {}", describe_reqwest(&e)))
+        })?;
+        Ok((status, retry_after, bytes.to_vec()))
+    }
+}
+
+fn describe_reqwest(e: &reqwest::Error) -> String {
+    // reqwest's Display includes the URL, which holds ids but no secret.
+    let kind = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "HTTP error"
+    };
+    let mut msg = format!("{kind}: {e}");
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    msg
+}
+
+impl Target for D1Http {
+    fn execute<'a>(
+        &'a self,
+        statements: &'a [Statement],
+    ) -> BoxFuture<'a, Result<(), TargetError>> {
+        Box::pin(async move {
+            let (status, retry_after, body) = self.post(statements).await?;
+            classify_response(status, retry_after, &body, statements.len())
+        })
+    }
+
+    fn limits(&self) -> PackLimits {
+        self.limits
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "D1 database {} at {}",
+            self.config.database_id, self.config.base_url
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_never_shows_in_debug() {
+        let c = D1Config::new("acct", "db", "s3cr3t-token");
+        let t = D1Http::new(c.clone()).unwrap();
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+        assert!(!format!("{t:?}").contains("s3cr3t"));
+        assert!(!t.describe().contains("s3cr3t"));
+        assert_eq!(
+            c.query_url(),
+            "https://api.cloudflare.com/client/v4/accounts/acct/d1/database/db/query"
+        );
+    }
+}
