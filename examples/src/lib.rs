@@ -35,3 +35,21 @@ pub fn apply_migrations(conn: &d1_sync::rusqlite::Connection) -> d1_sync::rusqli
     }
     Ok(())
 }
+
+/// A registry of the seven tables, for a worker.
+pub fn registry() -> d1_sync::Registry {
+    use rows::*;
+    d1_sync::Registry::new()
+        .with::<Message>()
+        .with::<Execution>()
+        .with::<Session>()
+        .with::<LocalConversation>()
+        .with::<ConversationLink>()
+        .with::<RenewalJob>()
+        .with::<BrowserRequestPolicyState>()
+}
+
+/// The migrations folder, for tools that load it from disk.
+pub fn migrations_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations")
+}

@@ -131,19 +131,23 @@ pub fn delete_sql(table: &str, primary_key: &[&str]) -> String {
     format!("DELETE FROM {} WHERE {}", quote_ident(table), cond)
 }
 
-/// How a column's values travel inside the JSON parameter of the `json_each` forms.
+/// How a column's values travel in the `json_each` forms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JsonEncoding {
     /// As JSON `null`, integer, real or string; SQLite reads each back with its storage class.
     Plain,
     /// Blobs as a hex string, turned back into a blob with `unhex()`.
     Hex,
+    /// Not in the JSON at all: bound parameter `?N` (N ≥ 2). For a real that SQLite's JSON
+    /// number parser would not read back bit for bit; such a statement carries one row.
+    Param(u16),
 }
 
 fn json_expr(index: usize, encoding: JsonEncoding) -> String {
     match encoding {
         JsonEncoding::Plain => format!("json_extract(value, '$[{index}]')"),
         JsonEncoding::Hex => format!("unhex(json_extract(value, '$[{index}]'))"),
+        JsonEncoding::Param(n) => format!("?{n}"),
     }
 }
 
@@ -208,10 +212,63 @@ pub fn delete_json_sql(table: &str, primary_key: &[&str], encodings: &[JsonEncod
     )
 }
 
+/// Many-row update of some columns by primary key: `?1` is a JSON array of rows, each an
+/// array of the key values (in `primary_key` order) followed by the values of `set`. A row
+/// whose key is not in the table changes nothing. Keys must be distinct within one statement
+/// (with duplicates, SQLite uses one of the rows, unspecified which).
+///
+/// ```
+/// use d1_sync_schema::sql::{update_json_sql, JsonEncoding::*};
+/// assert_eq!(
+///     update_json_sql("t", &["k"], &["v"], &[Plain, Plain]),
+///     r#"UPDATE "t" SET "v" = j."c1" FROM (SELECT json_extract(value, '$[0]') AS "c0", json_extract(value, '$[1]') AS "c1" FROM json_each(?1)) AS j WHERE "t"."k" = j."c0""#
+/// );
+/// ```
+pub fn update_json_sql(
+    table: &str,
+    primary_key: &[&str],
+    set: &[&str],
+    encodings: &[JsonEncoding],
+) -> String {
+    let n = primary_key.len() + set.len();
+    let exprs = (0..n)
+        .map(|i| {
+            let e = json_expr(i, encodings.get(i).copied().unwrap_or(JsonEncoding::Plain));
+            format!("{e} AS \"c{i}\"")
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let t = quote_ident(table);
+    let assignments = set
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{} = j.\"c{}\"", quote_ident(c), primary_key.len() + i))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let cond = primary_key
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{t}.{} = j.\"c{i}\"", quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    format!(
+        "UPDATE {t} SET {assignments} FROM (SELECT {exprs} FROM json_each(?1)) AS j WHERE {cond}"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use JsonEncoding::*;
+
+    #[test]
+    fn bound_parameters_replace_json_values() {
+        let sql = upsert_json_sql("t", &["k", "r"], &[Plain, Param(2)], &["k"], &[]);
+        assert!(
+            sql.contains("SELECT json_extract(value, '$[0]'), ?2 FROM json_each(?1)"),
+            "{sql}"
+        );
+    }
 
     #[test]
     fn quoting_doubles_embedded_quotes() {

@@ -13,8 +13,10 @@ use crate::value::Value;
 /// What a record asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
-    /// Insert or update the row (all columns, or the subset in the payload).
+    /// Insert the row, or update it if its key exists (insert-only columns kept).
     Upsert,
+    /// Update some columns of an existing row; no row is created.
+    Update,
     /// Delete the row by primary key.
     Delete,
 }
@@ -24,6 +26,7 @@ impl Op {
     pub fn as_str(self) -> &'static str {
         match self {
             Op::Upsert => "upsert",
+            Op::Update => "update",
             Op::Delete => "delete",
         }
     }
@@ -32,6 +35,7 @@ impl Op {
     pub fn parse(s: &str) -> Option<Op> {
         match s {
             "upsert" => Some(Op::Upsert),
+            "update" => Some(Op::Update),
             "delete" => Some(Op::Delete),
             _ => None,
         }
@@ -66,7 +70,8 @@ pub struct Change {
     pub table: Arc<TableDef>,
     /// Upsert or delete.
     pub op: Op,
-    /// Upsert: the columns written, in the table's column order. Delete: the key columns.
+    /// Upsert: the columns written, in the table's column order. Update: the key columns,
+    /// then the columns set. Delete: the key columns.
     pub columns: Vec<String>,
     /// The values, in `columns` order.
     pub values: Vec<Value>,
@@ -90,7 +95,7 @@ pub fn check(record: &RawRecord, registry: &Registry) -> Result<Change, String> 
     })?;
     let op = Op::parse(&record.op).ok_or_else(|| {
         format!(
-            "unknown operation `{}`: expected `upsert` or `delete`",
+            "unknown operation `{}`: expected `upsert`, `update` or `delete`",
             record.op
         )
     })?;
@@ -133,6 +138,25 @@ pub fn check(record: &RawRecord, registry: &Registry) -> Result<Change, String> 
             .filter(|c| map.contains_key(*c))
             .cloned()
             .collect(),
+        Op::Update => {
+            let set: Vec<String> = table
+                .columns
+                .iter()
+                .filter(|c| {
+                    map.contains_key(*c)
+                        && !table.primary_key.contains(c)
+                        && !table.insert_only.contains(c)
+                })
+                .cloned()
+                .collect();
+            if set.is_empty() {
+                return Err(
+                    "an update must set at least one column that is not in the key or insert-only"
+                        .into(),
+                );
+            }
+            table.primary_key.iter().cloned().chain(set).collect()
+        }
         Op::Delete => table.primary_key.clone(),
     };
     let mut values = Vec::with_capacity(columns.len());
@@ -211,6 +235,11 @@ mod tests {
         let c = check(&rec("t", "upsert", r#"{"b":"x","id":1}"#), &registry()).unwrap();
         assert_eq!(c.columns, ["id", "b"]);
         assert_eq!(c.values, [Value::Integer(1), Value::Text("x".into())]);
+        let u = check(&rec("t", "update", r#"{"b":"x","id":1}"#), &registry()).unwrap();
+        assert_eq!(
+            (u.op, u.columns.as_slice()),
+            (Op::Update, ["id".to_string(), "b".to_string()].as_slice())
+        );
         let d = check(&rec("t", "delete", r#"{"id":1}"#), &registry()).unwrap();
         assert_eq!(
             (d.op, d.columns.as_slice()),
@@ -224,6 +253,7 @@ mod tests {
         let reason = |t: &str, op: &str, p: &str| check(&rec(t, op, p), &r).unwrap_err();
         assert!(reason("nope", "upsert", "{}").contains("unknown table `nope`"));
         assert!(reason("t", "merge", r#"{"id":1}"#).contains("unknown operation `merge`"));
+        assert!(reason("t", "update", r#"{"id":1}"#).contains("at least one column"));
         assert!(reason("t", "upsert", "{oops").contains("not JSON"));
         assert!(reason("t", "upsert", "[1]").contains("not an array"));
         assert!(

@@ -37,6 +37,14 @@ pub enum Error {
         /// Column.
         column: String,
     },
+    /// A partial update named a key or insert-only column.
+    #[error("`{column}` of table `{table}` is part of the key or insert-only, so an update cannot set it")]
+    NotUpdatable {
+        /// Table.
+        table: String,
+        /// Column.
+        column: String,
+    },
     /// A key had the wrong number of values.
     #[error("table `{table}` has {want} primary-key column(s), but {got} key value(s) were given")]
     KeyArity {

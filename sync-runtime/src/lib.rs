@@ -65,6 +65,7 @@ pub mod row;
 pub mod stats;
 pub mod target;
 pub mod value;
+pub mod verify;
 pub mod worker;
 
 pub use backoff::Backoff;

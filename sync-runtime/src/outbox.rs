@@ -269,18 +269,30 @@ impl Outbox {
         self.enqueue::<T>(tx, &row.key_values(), Op::Upsert, payload)
     }
 
-    /// Enqueues an update of some columns only (the key is always included). On D1 it is an
-    /// upsert of those columns: other columns keep their values, or take their defaults if the
-    /// row is new there.
+    /// Enqueues an update of some columns of an existing row: an `UPDATE` on D1, which
+    /// leaves other columns alone and creates no row. Key and insert-only columns cannot be
+    /// set; at least one other column must be.
     pub fn update<T: SyncRow>(
         &self,
         tx: &Transaction<'_>,
         row: &T,
         columns: &[&str],
     ) -> Result<i64> {
+        if columns.is_empty() {
+            return Err(Error::Config(format!(
+                "an update of `{}` must name at least one column",
+                T::TABLE
+            )));
+        }
         for c in columns {
             if !T::COLUMNS.contains(c) {
                 return Err(Error::UnknownColumn {
+                    table: T::TABLE.to_string(),
+                    column: (*c).to_string(),
+                });
+            }
+            if T::PRIMARY_KEY.contains(c) || T::INSERT_ONLY.contains(c) {
+                return Err(Error::NotUpdatable {
                     table: T::TABLE.to_string(),
                     column: (*c).to_string(),
                 });
@@ -294,7 +306,7 @@ impl Outbox {
                 .zip(values.iter())
                 .filter(|(c, _)| T::PRIMARY_KEY.contains(c) || columns.contains(c)),
         );
-        self.enqueue::<T>(tx, &row.key_values(), Op::Upsert, payload)
+        self.enqueue::<T>(tx, &row.key_values(), Op::Update, payload)
     }
 
     /// Enqueues a delete of the row. Does not delete locally: see [`Outbox::remove`].

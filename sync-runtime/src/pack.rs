@@ -8,21 +8,55 @@
 //! so that a child written before its parent within one request is still accepted, as it would
 //! be in one local transaction.
 
-use d1_sync_schema::sql::{delete_json_sql, upsert_json_sql, JsonEncoding};
+use std::collections::HashSet;
+
+use d1_sync_schema::sql::{delete_json_sql, update_json_sql, upsert_json_sql, JsonEncoding};
 
 use crate::change::{Change, Op};
 use crate::codec;
+use crate::value::Value;
 
 /// The first statement of every request.
 pub const DEFER_FOREIGN_KEYS: &str = "PRAGMA defer_foreign_keys = on";
 
-/// One SQL statement with its parameters (sent as strings, as D1's REST API documents).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A bound parameter: text (D1's REST API documents string parameters), or a real that must
+/// be bound as a number to arrive bit for bit (D1 binds JSON numbers as doubles).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(untagged)]
+pub enum Param {
+    /// Text (the JSON parameter of the `json_each` forms, or plain text).
+    Text(String),
+    /// A double.
+    Real(f64),
+}
+
+impl rusqlite::ToSql for Param {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(ToSqlOutput::Borrowed(match self {
+            Param::Text(s) => ValueRef::Text(s.as_bytes()),
+            Param::Real(f) => ValueRef::Real(*f),
+        }))
+    }
+}
+
+/// One SQL statement with its parameters.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Statement {
     /// SQL text.
     pub sql: String,
     /// Parameters, `?1..?N`.
-    pub params: Vec<String>,
+    pub params: Vec<Param>,
+}
+
+impl Statement {
+    /// A statement without parameters.
+    pub fn new(sql: impl Into<String>) -> Statement {
+        Statement {
+            sql: sql.into(),
+            params: Vec::new(),
+        }
+    }
 }
 
 /// Size limits of a request.
@@ -49,8 +83,8 @@ impl Default for PackLimits {
     }
 }
 
-/// A request: its statements, and which changes each statement carries.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A request: its statements, and which changes it carries.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Request {
     /// Statements, the first being [`DEFER_FOREIGN_KEYS`].
     pub statements: Vec<Statement>,
@@ -66,23 +100,55 @@ struct Shape<'a> {
     encodings: Vec<JsonEncoding>,
 }
 
-fn shape(c: &Change) -> Shape<'_> {
-    Shape {
-        table: &c.table.name,
-        op: c.op,
-        columns: &c.columns,
-        encodings: c.values.iter().map(codec::wire_encoding).collect(),
+impl Shape<'_> {
+    /// A shape with bound values carries exactly one row.
+    fn single_row(&self) -> bool {
+        self.encodings
+            .iter()
+            .any(|e| matches!(e, JsonEncoding::Param(_)))
     }
+}
+
+/// The shape of a change, and the values bound outside the JSON (reals SQLite's JSON parser
+/// would not read back exactly), numbered from `?2`.
+fn shape(c: &Change) -> (Shape<'_>, Vec<Param>) {
+    let mut bound = Vec::new();
+    let encodings = c
+        .values
+        .iter()
+        .map(|v| match v {
+            Value::Real(f) if !codec::fits_json(v) => {
+                bound.push(Param::Real(*f));
+                JsonEncoding::Param(u16::try_from(bound.len() + 1).unwrap_or(u16::MAX))
+            }
+            _ => codec::wire_encoding(v),
+        })
+        .collect();
+    (
+        Shape {
+            table: &c.table.name,
+            op: c.op,
+            columns: &c.columns,
+            encodings,
+        },
+        bound,
+    )
 }
 
 fn statement_sql(s: &Shape, c: &Change) -> String {
     let cols: Vec<&str> = s.columns.iter().map(String::as_str).collect();
+    let pk: Vec<&str> = c.table.primary_key.iter().map(String::as_str).collect();
     match s.op {
         Op::Upsert => {
-            let pk: Vec<&str> = c.table.primary_key.iter().map(String::as_str).collect();
             let io: Vec<&str> = c.table.insert_only.iter().map(String::as_str).collect();
             upsert_json_sql(s.table, &cols, &s.encodings, &pk, &io)
         }
+        Op::Update => update_json_sql(
+            s.table,
+            &pk,
+            &cols[pk.len().min(cols.len())..],
+            &s.encodings,
+        ),
         Op::Delete => delete_json_sql(s.table, &cols, &s.encodings),
     }
 }
@@ -91,44 +157,39 @@ struct Open<'a> {
     shape: Shape<'a>,
     sql: String,
     json: String,
+    bound: Vec<Param>,
     rows: usize,
+    /// Row keys in this statement (kept for updates, whose keys must be distinct).
+    keys: HashSet<&'a str>,
 }
 
-/// Packs `changes` (in queue order) into requests. A change too large for any statement
-/// cannot happen here: [`crate::change::check`] refuses values and rows over D1's limits,
-/// and the default limits leave room for one such row.
+impl Open<'_> {
+    fn bytes(&self) -> usize {
+        self.sql.len() + self.json.len() + self.bound.len() * 24
+    }
+}
+
+/// Packs `changes` (in queue order) into requests. Changes too large for any statement cannot
+/// reach here: [`crate::change::check`] refuses values and rows over D1's limits, and the
+/// default limits leave room for one such row.
 pub fn pack(changes: &[Change], limits: &PackLimits) -> Vec<Request> {
     let mut requests = Vec::new();
-    let mut cur = Request {
-        statements: vec![defer()],
-        ids: Vec::new(),
-    };
+    let mut cur = new_request();
     let mut cur_bytes = DEFER_FOREIGN_KEYS.len();
     let mut open: Option<Open> = None;
 
-    let close = |open: &mut Option<Open>, cur: &mut Request, cur_bytes: &mut usize| {
-        if let Some(o) = open.take() {
-            let mut json = o.json;
-            json.push(']');
-            *cur_bytes += o.sql.len() + json.len();
-            cur.statements.push(Statement {
-                sql: o.sql,
-                params: vec![json],
-            });
-        }
-    };
-
     for c in changes {
-        let s = shape(c);
+        let (s, bound) = shape(c);
         let mut row = String::new();
         codec::push_wire_row(&mut row, &c.values);
 
         let fits_open = open.as_ref().is_some_and(|o| {
             o.shape == s
+                && !s.single_row()
                 && o.rows < limits.max_rows_per_statement
                 && o.json.len() + 1 + row.len() < limits.max_param_bytes
-                && cur_bytes + o.sql.len() + o.json.len() + row.len() + 2
-                    <= limits.max_request_bytes
+                && cur_bytes + o.bytes() + row.len() + 2 <= limits.max_request_bytes
+                && !(s.op == Op::Update && o.keys.contains(c.row_key.as_str()))
         });
         if !fits_open {
             close(&mut open, &mut cur, &mut cur_bytes);
@@ -136,20 +197,16 @@ pub fn pack(changes: &[Change], limits: &PackLimits) -> Vec<Request> {
             let full = cur.statements.len() >= limits.max_statements
                 || cur_bytes + sql.len() + row.len() + 2 > limits.max_request_bytes;
             if full && !cur.ids.is_empty() {
-                requests.push(std::mem::replace(
-                    &mut cur,
-                    Request {
-                        statements: vec![defer()],
-                        ids: Vec::new(),
-                    },
-                ));
+                requests.push(std::mem::replace(&mut cur, new_request()));
                 cur_bytes = DEFER_FOREIGN_KEYS.len();
             }
             open = Some(Open {
                 shape: s,
                 sql,
                 json: String::from("["),
+                bound,
                 rows: 0,
+                keys: HashSet::new(),
             });
         }
         if let Some(o) = open.as_mut() {
@@ -158,6 +215,9 @@ pub fn pack(changes: &[Change], limits: &PackLimits) -> Vec<Request> {
             }
             o.json.push_str(&row);
             o.rows += 1;
+            if o.shape.op == Op::Update {
+                o.keys.insert(&c.row_key);
+            }
         }
         cur.ids.push(c.id);
     }
@@ -168,10 +228,21 @@ pub fn pack(changes: &[Change], limits: &PackLimits) -> Vec<Request> {
     requests
 }
 
-fn defer() -> Statement {
-    Statement {
-        sql: DEFER_FOREIGN_KEYS.to_string(),
-        params: Vec::new(),
+fn close(open: &mut Option<Open>, cur: &mut Request, cur_bytes: &mut usize) {
+    if let Some(o) = open.take() {
+        *cur_bytes += o.bytes() + 1;
+        let mut json = o.json;
+        json.push(']');
+        let mut params = vec![Param::Text(json)];
+        params.extend(o.bound);
+        cur.statements.push(Statement { sql: o.sql, params });
+    }
+}
+
+fn new_request() -> Request {
+    Request {
+        statements: vec![Statement::new(DEFER_FOREIGN_KEYS)],
+        ids: Vec::new(),
     }
 }
 
@@ -227,7 +298,10 @@ mod tests {
         assert_eq!(reqs[0].statements.len(), 2, "the PRAGMA and one upsert");
         assert_eq!(reqs[0].statements[0].sql, DEFER_FOREIGN_KEYS);
         assert!(reqs[0].statements[1].sql.contains("json_each(?1)"));
-        assert!(reqs[0].statements[1].params[0].starts_with(r#"[[1,"v1"],[2,"v2"]"#));
+        let Param::Text(json) = &reqs[0].statements[1].params[0] else {
+            panic!()
+        };
+        assert!(json.starts_with(r#"[[1,"v1"],[2,"v2"]"#), "{json}");
         assert_eq!(reqs[0].ids.len(), 1000);
     }
 
@@ -272,7 +346,10 @@ mod tests {
         for r in &reqs {
             assert!(r.statements.len() <= 4);
             for s in &r.statements[1..] {
-                assert!(s.params[0].len() <= 1_000);
+                let Param::Text(json) = &s.params[0] else {
+                    panic!()
+                };
+                assert!(json.len() <= 1_000);
             }
         }
         let rows = pack(
@@ -287,6 +364,51 @@ mod tests {
             1 + 15,
             "100 rows in statements of 7"
         );
+    }
+
+    #[test]
+    fn reals_outside_the_json_band_are_bound_one_row_per_statement() {
+        let a = table("a");
+        let changes = vec![
+            up(1, &a, Value::Real(0.5)),
+            up(2, &a, Value::Real(1e-300)),
+            up(3, &a, Value::Real(2e300)),
+            up(4, &a, Value::Real(0.25)),
+        ];
+        let reqs = pack(&changes, &PackLimits::default());
+        let st = &reqs[0].statements;
+        assert_eq!(st.len(), 5, "{st:#?}");
+        assert!(
+            st[2].sql.contains(", ?2 FROM json_each(?1)"),
+            "{}",
+            st[2].sql
+        );
+        assert_eq!(st[2].params[1], Param::Real(1e-300));
+        assert_eq!(st[3].params[1], Param::Real(2e300));
+        assert_eq!(st[4].params.len(), 1, "0.25 travels in the JSON");
+    }
+
+    #[test]
+    fn an_update_statement_never_holds_one_key_twice() {
+        let a = table("a");
+        let upd = |id: i64, k: i64| Change {
+            id,
+            row_key: format!("[{k}]"),
+            table: a.clone(),
+            op: Op::Update,
+            columns: vec!["id".into(), "v".into()],
+            values: vec![Value::Integer(k), Value::Integer(id)],
+            attempts: 0,
+        };
+        let reqs = pack(&[upd(1, 7), upd(2, 8), upd(3, 7)], &PackLimits::default());
+        assert_eq!(
+            reqs[0].statements.len(),
+            3,
+            "the second update of key 7 starts a statement"
+        );
+        assert!(reqs[0].statements[1]
+            .sql
+            .starts_with("UPDATE \"a\" SET \"v\""));
     }
 
     #[test]

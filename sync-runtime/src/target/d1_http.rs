@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::classify::{classify_response, parse_retry_after};
-use super::{BoxFuture, PackLimits, Statement, Target, TargetError};
+use super::{BoxFuture, PackLimits, Param, Statement, Target, TargetError};
 use crate::error::Error;
 
 /// Where and how to reach a D1 database.
@@ -130,7 +130,7 @@ struct Body<'a> {
 #[derive(Serialize)]
 struct Query<'a> {
     sql: &'a str,
-    params: &'a [String],
+    params: &'a [Param],
 }
 
 impl D1Http {

@@ -13,7 +13,7 @@ pub use classify::classify_response;
 pub use d1_http::{D1Config, D1Http};
 pub use sqlite::SqliteTarget;
 
-pub use crate::pack::{PackLimits, Statement};
+pub use crate::pack::{PackLimits, Param, Statement};
 
 /// A boxed future, so targets can be used as trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -31,6 +31,36 @@ pub trait Target: Send + Sync + 'static {
 
     /// A short description for logs and reports (never a secret).
     fn describe(&self) -> String;
+}
+
+impl<T: Target + ?Sized> Target for Box<T> {
+    fn execute<'a>(
+        &'a self,
+        statements: &'a [Statement],
+    ) -> BoxFuture<'a, Result<(), TargetError>> {
+        (**self).execute(statements)
+    }
+    fn limits(&self) -> PackLimits {
+        (**self).limits()
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+}
+
+impl<T: Target + ?Sized> Target for std::sync::Arc<T> {
+    fn execute<'a>(
+        &'a self,
+        statements: &'a [Statement],
+    ) -> BoxFuture<'a, Result<(), TargetError>> {
+        (**self).execute(statements)
+    }
+    fn limits(&self) -> PackLimits {
+        (**self).limits()
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
 }
 
 /// Why a request was not applied, sorted by what the worker does about it.

@@ -1,0 +1,161 @@
+//! An application database with the example tables and an outbox, a target, and a worker
+//! between them — what most runtime tests start from.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use d1_sync::rusqlite::Connection;
+use d1_sync::{Backoff, Outbox, Registry, SyncWorker, TableDef, WorkerBuilder};
+
+use crate::targets::TestTarget;
+
+/// Backoff fast enough for tests.
+pub fn fast_backoff() -> Backoff {
+    Backoff {
+        base: Duration::from_millis(20),
+        cap: Duration::from_millis(200),
+        floor: Duration::from_millis(5),
+    }
+}
+
+/// The example tables plus `schemas/values.sql`'s.
+pub fn registry() -> Registry {
+    let mut r = d1_sync_example::registry();
+    r.register::<Val>();
+    r.register::<Person>();
+    r
+}
+
+/// A row of `vals`: any value in `v`.
+#[derive(Debug, Clone, PartialEq, d1_sync::D1Sync)]
+#[d1(table = "vals", schema = "schemas/values.sql")]
+pub struct Val {
+    /// Key.
+    #[d1(primary_key)]
+    pub id: i64,
+    /// What the value is.
+    pub note: Option<String>,
+    /// The value.
+    pub v: d1_sync::Value,
+}
+
+/// A row of `people` (UNIQUE email).
+#[derive(Debug, Clone, PartialEq, d1_sync::D1Sync)]
+#[d1(table = "people", schema = "schemas/values.sql")]
+pub struct Person {
+    /// Key.
+    #[d1(primary_key)]
+    pub id: i64,
+    /// Unique.
+    pub email: String,
+    /// Name.
+    pub name: Option<String>,
+}
+
+/// The application side of a test.
+pub struct Fixture {
+    /// Keeps the files.
+    pub dir: tempfile::TempDir,
+    /// The application database file.
+    pub app_path: PathBuf,
+    /// The application's connection.
+    pub app: Connection,
+    /// The outbox.
+    pub outbox: Outbox,
+    /// The target.
+    pub target: TestTarget,
+}
+
+fn schema_paths() -> [PathBuf; 2] {
+    [
+        d1_sync_example::migrations_dir(),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/values.sql"),
+    ]
+}
+
+impl Fixture {
+    /// A fresh app database and `target`, both with every test table.
+    pub async fn new(make_target: impl FnOnce(&std::path::Path) -> TestTarget) -> Fixture {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let app_path = dir.path().join("app.db");
+        let app = d1_sync::open(&app_path).expect("open the app database");
+        let target = make_target(dir.path());
+        for p in schema_paths() {
+            let schema = d1_sync::schema::load_schema(&p).expect("load the schema");
+            for ddl in &schema.ddl {
+                app.execute_batch(ddl).expect("create the app schema");
+            }
+            target.apply_schema(&p).await;
+        }
+        Fixture {
+            dir,
+            app_path,
+            app,
+            outbox: Outbox::new(),
+            target,
+        }
+    }
+
+    /// A worker builder over this fixture with test-friendly timings.
+    pub fn worker(&self) -> WorkerBuilder {
+        SyncWorker::builder(&self.app_path, self.target.shared())
+            .registry(registry())
+            .poll_interval(Duration::from_millis(50))
+            .backoff(fast_backoff())
+            .pause(Duration::from_millis(300))
+            .lease(Duration::from_secs(5))
+            .shutdown_timeout(Duration::from_secs(2))
+    }
+
+    /// Runs `f` in one transaction of the app database.
+    pub fn write<R>(
+        &mut self,
+        f: impl FnOnce(&Outbox, &d1_sync::rusqlite::Transaction<'_>) -> R,
+    ) -> R {
+        let tx = self.app.transaction().expect("begin");
+        let out = f(&self.outbox, &tx);
+        tx.commit().expect("commit");
+        out
+    }
+
+    /// Asserts the target holds exactly the app's rows in `table`.
+    pub async fn assert_in_step(&self, table: &TableDef) {
+        let local = d1_sync::verify::dump_local(&self.app, table).expect("dump local");
+        let remote = self.target.dump(table).await;
+        assert_eq!(
+            remote, local,
+            "table `{}` differs between target and app",
+            table.name
+        );
+    }
+
+    /// Asserts every registered table is in step.
+    pub async fn assert_all_in_step(&self) {
+        let r = registry();
+        for name in r.names() {
+            if let Some(def) = r.get(name) {
+                self.assert_in_step(def).await;
+            }
+        }
+    }
+
+    /// The queue's counts.
+    pub fn counts(&self) -> d1_sync::Counts {
+        self.outbox.counts(&self.app).expect("counts")
+    }
+
+    /// Highest attempts charged to any record.
+    pub fn max_attempts_charged(&self) -> i64 {
+        self.app
+            .query_row(
+                "SELECT coalesce(max(attempts), 0) FROM d1_sync_queue",
+                [],
+                |r| r.get(0),
+            )
+            .expect("attempts")
+    }
+}
+
+/// A shared handle, for tests that move the fixture's target into several workers.
+pub type SharedTarget = Arc<dyn d1_sync::Target>;

@@ -1,0 +1,261 @@
+//! The same behaviour from both targets: the local SQLite file and D1 (Cloudflare's local D1
+//! engine behind the REST API). Every test runs once per target.
+
+use d1_sync::{SyncRow, Value};
+use d1_sync_example::rows::Message;
+use d1_sync_tests::fixture::{Fixture, Val};
+
+fn message(id: &str, text: &str, created_at: i64) -> Message {
+    Message {
+        id: id.into(),
+        platform: "web".into(),
+        conversation_id: Some("c1".into()),
+        role: "user".into(),
+        raw_text: Some(text.into()),
+        summary: None,
+        observed_at: 1_700_000_000_000,
+        static_path: None,
+        page_url: None,
+        page_title: Some("Ünïcödé \"t\" 'q'".into()),
+        created_at,
+        organization_id: None,
+    }
+}
+
+macro_rules! both_targets {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(d1_sync_tests::fixture::Fixture::new(TestTarget::sqlite).await).await;
+                }
+            )*
+            use d1_sync_tests::targets::TestTarget;
+        }
+        mod d1 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(d1_sync_tests::fixture::Fixture::new(|_| TestTarget::d1()).await).await;
+                }
+            )*
+            use d1_sync_tests::targets::TestTarget;
+        }
+    };
+}
+
+both_targets!(
+    upsert_update_keeps_created_at_and_delete_removes_the_row,
+    per_row_order_within_one_batch,
+    per_row_order_across_batches,
+    values_round_trip_exactly,
+    partial_updates_touch_only_their_columns,
+);
+
+async fn upsert_update_keeps_created_at_and_delete_removes_the_row(mut f: Fixture) {
+    let worker = f.worker().build().unwrap();
+    worker.start().unwrap();
+    f.write(|o, tx| {
+        o.save(tx, &message("m1", "hello", 10)).unwrap();
+        o.save(tx, &message("m2", "bye", 11)).unwrap();
+    });
+    worker.flush().await.unwrap();
+    f.assert_in_step(&Message::table_def()).await;
+
+    f.write(|o, tx| {
+        o.save(tx, &message("m1", "edited", 999)).unwrap();
+        o.remove(tx, &message("m2", "bye", 11)).unwrap();
+    });
+    worker.flush().await.unwrap();
+    let rows = f.target.dump(&Message::table_def()).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows[0].contains("\"edited\""), "{}", rows[0]);
+    assert!(
+        rows[0].contains("\"integer\",\"10\""),
+        "created_at kept: {}",
+        rows[0]
+    );
+    f.assert_in_step(&Message::table_def()).await;
+    let c = f.counts();
+    assert_eq!((c.pending, c.in_flight, c.failed), (0, 0, 0));
+    worker.shutdown().await.unwrap();
+}
+
+/// insert → update → delete → insert of one key, all claimed in one batch.
+async fn per_row_order_within_one_batch(mut f: Fixture) {
+    f.write(|o, tx| {
+        o.save(tx, &message("k", "v1", 1)).unwrap();
+        o.save(tx, &message("k", "v2", 1)).unwrap();
+        o.remove(tx, &message("k", "", 1)).unwrap();
+        o.save(tx, &message("k", "v3", 3)).unwrap();
+        o.save(tx, &message("other", "x", 1)).unwrap();
+    });
+    let worker = f.worker().build().unwrap();
+    worker.start().unwrap();
+    worker.flush().await.unwrap();
+    let rows = f.target.dump(&Message::table_def()).await;
+    assert!(
+        rows.iter()
+            .any(|r| r.contains("\"v3\"") && r.contains("\"integer\",\"3\"")),
+        "{rows:?}"
+    );
+    f.assert_in_step(&Message::table_def()).await;
+    worker.shutdown().await.unwrap();
+}
+
+/// The same sequence, one record per batch.
+async fn per_row_order_across_batches(mut f: Fixture) {
+    f.write(|o, tx| {
+        o.save(tx, &message("k", "v1", 1)).unwrap();
+        o.save(tx, &message("k", "v2", 1)).unwrap();
+        o.remove(tx, &message("k", "", 1)).unwrap();
+        o.save(tx, &message("k", "v3", 3)).unwrap();
+    });
+    let worker = f.worker().batch_size(1).build().unwrap();
+    worker.start().unwrap();
+    worker.flush().await.unwrap();
+    f.assert_in_step(&Message::table_def()).await;
+    assert_eq!(worker.stats().await.unwrap().records_synced, 4);
+    worker.shutdown().await.unwrap();
+}
+
+fn tricky_values() -> Vec<(&'static str, Value)> {
+    vec![
+        ("zero", Value::Integer(0)),
+        ("i64 max", Value::Integer(i64::MAX)),
+        ("i64 min", Value::Integer(i64::MIN)),
+        ("2^53 + 1", Value::Integer(9_007_199_254_740_993)),
+        ("-(2^53 + 1)", Value::Integer(-9_007_199_254_740_993)),
+        ("0.1", Value::Real(0.1)),
+        ("1/3", Value::Real(1.0 / 3.0)),
+        ("integral real", Value::Real(3.0)),
+        ("negative zero", Value::Real(-0.0)),
+        ("f64 max", Value::Real(f64::MAX)),
+        ("smallest subnormal", Value::Real(5e-324)),
+        ("1e-300", Value::Real(1e-300)),
+        ("inf", Value::Real(f64::INFINITY)),
+        ("-inf", Value::Real(f64::NEG_INFINITY)),
+        ("empty text", Value::Text(String::new())),
+        ("unicode", Value::Text("héllo 🦀 日本語 Ω".into())),
+        (
+            "quotes",
+            Value::Text("it's \"quoted\" \\ back\nline\ttab".into()),
+        ),
+        ("numeric-looking text", Value::Text("007".into())),
+        ("exponent-looking text", Value::Text("1e5".into())),
+        (
+            "sql-looking text",
+            Value::Text("'); DROP TABLE vals; --".into()),
+        ),
+        ("empty blob", Value::Blob(vec![])),
+        ("all bytes", Value::Blob((0..=255).collect())),
+        ("null", Value::Null),
+        ("true", Value::Integer(1)),
+        ("false", Value::Integer(0)),
+    ]
+}
+
+async fn values_round_trip_exactly(mut f: Fixture) {
+    let values = tricky_values();
+    f.write(|o, tx| {
+        for (i, (note, v)) in values.iter().enumerate() {
+            let row = Val {
+                id: i as i64,
+                note: Some(note.to_string()),
+                v: v.clone(),
+            };
+            o.save(tx, &row).unwrap();
+        }
+        // Integers across the whole i64 range, in one statement.
+        for k in 0..64 {
+            let v = (1i64 << k) ^ (k * 0x5DEE_CE66);
+            for (j, x) in [v, -v, v.wrapping_sub(1)].into_iter().enumerate() {
+                let id = 1000 + k * 3 + j as i64;
+                o.save(
+                    tx,
+                    &Val {
+                        id,
+                        note: None,
+                        v: Value::Integer(x),
+                    },
+                )
+                .unwrap();
+            }
+        }
+    });
+    let worker = f.worker().build().unwrap();
+    worker.start().unwrap();
+    worker.flush().await.unwrap();
+    let local = d1_sync::verify::dump_local(&f.app, &Val::table_def()).unwrap();
+    let remote = f.target.dump(&Val::table_def()).await;
+    for (l, r) in local.iter().zip(&remote) {
+        assert_eq!(r, l, "a value changed on the way");
+    }
+    assert_eq!(remote.len(), local.len());
+    // And the storage classes are the ones written, not just equal on both sides.
+    assert!(remote
+        .iter()
+        .any(|r| r.contains(r#""integer","9223372036854775807""#)));
+    assert!(remote
+        .iter()
+        .any(|r| r.contains(r#""integer","-9007199254740993""#)));
+    assert!(
+        remote.iter().any(|r| r.contains(r#""real","3.0""#)),
+        "{remote:#?}"
+    );
+    assert!(remote.iter().any(|r| r.contains(r#""text","007""#)));
+    assert!(
+        remote.iter().any(|r| r.contains(r#""blob","""#)),
+        "empty blob stays a blob"
+    );
+    assert!(
+        remote.iter().any(|r| r.contains(r#""real","Inf""#)),
+        "{remote:#?}"
+    );
+    worker.shutdown().await.unwrap();
+}
+
+async fn partial_updates_touch_only_their_columns(mut f: Fixture) {
+    let worker = f.worker().build().unwrap();
+    worker.start().unwrap();
+    f.write(|o, tx| o.save(tx, &message("m", "original", 5)).unwrap());
+    worker.flush().await.unwrap();
+    // Someone else edits raw_text on the target; our update names summary only.
+    f.target
+        .exec(&["UPDATE messages SET raw_text = 'edited remotely' WHERE id = 'm'"])
+        .await
+        .unwrap();
+    let mut changed = message("m", "ignored locally", 5);
+    changed.summary = Some("a summary".into());
+    f.write(|o, tx| {
+        tx.execute(
+            "UPDATE messages SET summary = ?1 WHERE id = 'm'",
+            ["a summary"],
+        )
+        .unwrap();
+        o.update(tx, &changed, &["summary"]).unwrap();
+        // An update of a row the target does not have creates nothing.
+        o.update(tx, &message("absent", "x", 1), &["raw_text"])
+            .unwrap();
+    });
+    worker.flush().await.unwrap();
+    let rows = f.target.dump(&Message::table_def()).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(
+        rows[0].contains("\"edited remotely\"") && rows[0].contains("\"a summary\""),
+        "{}",
+        rows[0]
+    );
+    let c = f.counts();
+    assert_eq!((c.pending, c.failed), (0, 0));
+
+    let err = f.write(|o, tx| o.update(tx, &changed, &["nope"]).unwrap_err());
+    assert_eq!(
+        err.to_string(),
+        "`nope` is not a column of table `messages`"
+    );
+    let err = f.write(|o, tx| o.update(tx, &changed, &["created_at"]).unwrap_err());
+    assert!(err.to_string().contains("insert-only"), "{err}");
+    worker.shutdown().await.unwrap();
+}
