@@ -1,0 +1,316 @@
+//! What the worker does when D1 fails: every outcome class of DESIGN.md, against Cloudflare's
+//! local D1 engine with scripted faults.
+
+use std::time::{Duration, Instant};
+
+use d1_sync::{D1Http, SyncRow, SyncWorker, WorkerState};
+use d1_sync_example::rows::Message;
+use d1_sync_tests::d1peer::D1Peer;
+use d1_sync_tests::fixture::{Fixture, Person};
+use d1_sync_tests::targets::TestTarget;
+
+fn message(i: usize) -> Message {
+    Message {
+        id: format!("m{i:05}"),
+        platform: "web".into(),
+        conversation_id: Some(format!("c{}", i % 7)),
+        role: "user".into(),
+        raw_text: Some(format!("message number {i}")),
+        summary: None,
+        observed_at: 1_700_000_000_000 + i as i64,
+        static_path: None,
+        page_url: None,
+        page_title: None,
+        created_at: 1_700_000_000_000,
+        organization_id: None,
+    }
+}
+
+async fn d1_fixture(messages: usize) -> Fixture {
+    let mut f = Fixture::new(|_| TestTarget::d1()).await;
+    f.write(|o, tx| {
+        for i in 0..messages {
+            o.save(tx, &message(i)).unwrap();
+        }
+    });
+    f
+}
+
+async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < timeout, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_waits_for_retry_after_and_charges_nothing() {
+    let f = d1_fixture(20).await;
+    let db = f.target.test_db().unwrap().clone();
+    D1Peer::shared().set_faults(&db, &["429:1"]).await;
+    let worker = f.worker().build().unwrap();
+    let start = Instant::now();
+    worker.start().unwrap();
+    worker.flush().await.unwrap();
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "resent before Retry-After"
+    );
+    assert_eq!(f.max_attempts_charged(), 0, "a 429 charges no record");
+    let s = worker.stats().await.unwrap();
+    assert_eq!((s.records_synced, s.requests_failed), (20, 1));
+    assert_eq!(
+        D1Peer::shared().stats(&db).await.faults.get("429:1"),
+        Some(&1)
+    );
+    f.assert_in_step(&Message::table_def()).await;
+    worker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_html_bodies_and_lost_responses_are_retried() {
+    let f = d1_fixture(50).await;
+    let db = f.target.test_db().unwrap().clone();
+    // 500 with JSON, 503 with an HTML body, and a response lost after D1 committed.
+    D1Peer::shared()
+        .set_faults(&db, &["500", "503", "after"])
+        .await;
+    let worker = f.worker().build().unwrap();
+    worker.start().unwrap();
+    worker.flush().await.unwrap();
+    assert_eq!(f.max_attempts_charged(), 0);
+    let s = worker.stats().await.unwrap();
+    assert_eq!((s.records_synced, s.requests_failed), (50, 3));
+    assert!(s.last_error.unwrap().contains("internal error"));
+    f.assert_in_step(&Message::table_def()).await;
+    worker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_pause_the_worker_and_dead_letter_nothing() {
+    let f = d1_fixture(10).await;
+    let db = f.target.test_db().unwrap().clone();
+    // A token D1 refuses on every request.
+    let target = D1Http::new(db.with_token("wrong-token")).unwrap();
+    let worker = SyncWorker::builder(&f.app_path, target)
+        .registry(d1_sync_tests::fixture::registry())
+        .pause(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    worker.start().unwrap();
+    let start = Instant::now();
+    let reason = loop {
+        let s = worker.stats().await.unwrap();
+        if let WorkerState::Paused { reason, .. } = s.state {
+            break reason;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the worker never paused: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s = worker.stats().await.unwrap();
+    assert!(reason.contains("Authentication error"), "{reason}");
+    assert_eq!(
+        (s.queue.failed, s.queue.pending),
+        (0, 10),
+        "nothing dead-lettered, nothing lost"
+    );
+    assert_eq!(f.max_attempts_charged(), 0);
+    assert!(s.requests >= 2, "it tries again after the pause");
+    worker.shutdown().await.unwrap();
+
+    // The right token: the same queue drains.
+    let worker = f.worker().build().unwrap();
+    worker.start().unwrap();
+    worker.flush().await.unwrap();
+    f.assert_in_step(&Message::table_def()).await;
+    worker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_403_in_the_middle_pauses_then_resumes() {
+    let f = d1_fixture(10).await;
+    let db = f.target.test_db().unwrap().clone();
+    D1Peer::shared().set_faults(&db, &["403"]).await;
+    let worker = f.worker().build().unwrap();
+    worker.start().unwrap();
+    worker.flush().await.unwrap();
+    let s = worker.stats().await.unwrap();
+    assert_eq!((s.records_synced, s.queue.failed), (10, 0));
+    assert!(s
+        .last_error
+        .unwrap()
+        .contains("authentication failed (HTTP 403)"));
+    worker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_constraint_violation_in_500_fails_alone() {
+    let mut f = Fixture::new(|_| TestTarget::d1()).await;
+    // D1 already holds the email one local row will use.
+    f.target
+        .exec(&[
+            "INSERT INTO people (id, email, name) VALUES (100000, 'taken@example.com', 'remote')",
+        ])
+        .await
+        .unwrap();
+    f.write(|o, tx| {
+        for i in 1..=500i64 {
+            let email = if i == 250 {
+                "taken@example.com".to_string()
+            } else {
+                format!("p{i}@example.com")
+            };
+            o.save(
+                tx,
+                &Person {
+                    id: i,
+                    email,
+                    name: Some(format!("P{i}")),
+                },
+            )
+            .unwrap();
+        }
+    });
+    let worker = f.worker().max_attempts(2).build().unwrap();
+    worker.start().unwrap();
+    wait_until(
+        "the bad record is dead-lettered",
+        Duration::from_secs(60),
+        || {
+            let w = worker.clone();
+            async move {
+                w.flush().await.unwrap();
+                let s = w.stats().await.unwrap();
+                s.queue.failed == 1 && s.queue.pending == 0
+            }
+        },
+    )
+    .await;
+    let s = worker.stats().await.unwrap();
+    assert_eq!(s.records_synced, 499);
+    let dead = f.outbox.failed(&f.app, 10).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].row_key, "[250]");
+    assert_eq!(dead[0].attempts, 2);
+    assert!(
+        dead[0]
+            .last_error
+            .contains("UNIQUE constraint failed: people.email"),
+        "{}",
+        dead[0].last_error
+    );
+    let remote = f.target.dump(&Person::table_def()).await;
+    assert_eq!(remote.len(), 500, "499 rows shipped beside the remote one");
+    // Finding one record in 500 takes about two requests per halving, per attempt.
+    assert!(s.requests <= 40, "{} requests", s.requests);
+    worker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_record_naming_an_unknown_column_is_dead_lettered_with_the_reason() {
+    let mut f = d1_fixture(30).await;
+    f.write(|o, tx| {
+        o.enqueue_raw(
+            tx,
+            "messages",
+            r#"["bad"]"#,
+            "upsert",
+            r#"{"id":"bad","nope":1}"#,
+        )
+        .unwrap();
+        o.save(tx, &message(999)).unwrap();
+    });
+    let worker = f.worker().build().unwrap();
+    worker.start().unwrap();
+    worker.flush().await.unwrap();
+    let dead = f.outbox.failed(&f.app, 10).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].last_error,
+        "`nope` is not a column of table `messages`"
+    );
+    assert_eq!(worker.stats().await.unwrap().records_synced, 31);
+    f.assert_in_step(&Message::table_def()).await;
+    worker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drains_after_an_outage_without_new_writes() {
+    let f = d1_fixture(40).await;
+    let db = f.target.test_db().unwrap().clone();
+    D1Peer::shared()
+        .set_faults(&db, &["503", "503", "503", "503", "503"])
+        .await;
+    let worker = f.worker().build().unwrap();
+    worker.start().unwrap();
+    worker.flush().await.unwrap();
+    assert_eq!(worker.stats().await.unwrap().records_synced, 40);
+    assert!(D1Peer::shared().stats(&db).await.requests >= 6);
+    f.assert_in_step(&Message::table_def()).await;
+    worker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drains_on_restart() {
+    let mut f = d1_fixture(25).await;
+    // Written while no worker ran.
+    let worker = f.worker().build().unwrap();
+    worker.start().unwrap();
+    assert!(!worker.start().unwrap(), "a second start is a no-op");
+    worker.flush().await.unwrap();
+    worker.shutdown().await.unwrap();
+    worker.shutdown().await.unwrap();
+    f.assert_in_step(&Message::table_def()).await;
+
+    f.write(|o, tx| {
+        for i in 100..110 {
+            o.save(tx, &message(i)).unwrap();
+        }
+    });
+    let worker = f.worker().build().unwrap();
+    worker.start().unwrap();
+    worker.flush().await.unwrap();
+    f.assert_in_step(&Message::table_def()).await;
+    worker.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_returns_within_its_bound_while_a_request_hangs() {
+    let f = d1_fixture(15).await;
+    let db = f.target.test_db().unwrap().clone();
+    D1Peer::shared().set_faults(&db, &["hang:30000"]).await;
+    let worker = f
+        .worker()
+        .shutdown_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    worker.start().unwrap();
+    wait_until("a request is in flight", Duration::from_secs(10), || {
+        let db = db.clone();
+        async move { D1Peer::shared().stats(&db).await.requests >= 1 }
+    })
+    .await;
+    let start = Instant::now();
+    worker.shutdown().await.unwrap();
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "shutdown took {took:?} while the request hangs for 30 s"
+    );
+    let c = f.counts();
+    assert_eq!(
+        (c.in_flight, c.pending, c.failed),
+        (0, 15, 0),
+        "claims given back uncharged"
+    );
+    assert!(!worker.is_running());
+}
