@@ -1,1 +1,102 @@
-fn main() {}
+//! `d1sync`: generate row structs from D1 migrations, inspect and operate an outbox, push it
+//! to D1, and run the demo.
+
+mod demo;
+mod error;
+mod generate;
+mod outbox_cmds;
+mod push;
+mod target;
+mod workload;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::error::CliError;
+
+/// Keep Cloudflare D1 in step with a local SQLite database.
+#[derive(Parser)]
+#[command(name = "d1sync", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write Rust row structs from schema files, or check that they are fresh.
+    #[command(
+        after_help = "Examples:\n  d1sync generate --schema migrations --out src/rows.rs\n  d1sync generate --schema migrations --out src/rows.rs --check   # in CI"
+    )]
+    Generate(generate::GenerateArgs),
+    /// Show the outbox: counts by status, oldest unsynced record, last error, leases.
+    #[command(after_help = "Example:\n  d1sync status --db app.db --json")]
+    Status(DbArgs),
+    /// List, retry or drop dead letters.
+    #[command(
+        after_help = "Examples:\n  d1sync failed list --db app.db\n  d1sync failed retry --db app.db --id 42\n  d1sync failed drop --db app.db --all"
+    )]
+    Failed {
+        #[command(subcommand)]
+        action: outbox_cmds::FailedAction,
+    },
+    /// Drain the outbox once, with a progress bar; exits 1 if a record failed or the target
+    /// could not be reached.
+    #[command(
+        after_help = "Examples:\n  d1sync push --db app.db --schema migrations --target d1\n  d1sync push --db app.db --target sqlite:mirror.db"
+    )]
+    Push(push::PushArgs),
+    /// Run the sync worker until Ctrl-C, then shut down gracefully.
+    #[command(
+        after_help = "Example:\n  CLOUDFLARE_ACCOUNT_ID=... CLOUDFLARE_API_TOKEN=... D1_DATABASE_ID=... d1sync run --db app.db --target d1"
+    )]
+    Run(push::PushArgs),
+    /// Build a demo app database from the example migrations, write a realistic workload and
+    /// drain it to a local SQLite file (or D1), then verify every table.
+    #[command(
+        after_help = "Examples:\n  d1sync demo\n  d1sync demo --changes 100000 --dir /tmp/demo\n  d1sync demo --target d1   # with CLOUDFLARE_ACCOUNT_ID, CLOUDFLARE_API_TOKEN, D1_DATABASE_ID"
+    )]
+    Demo(demo::DemoArgs),
+}
+
+/// The database and queue an operator command works on.
+#[derive(Args, Clone)]
+pub struct DbArgs {
+    /// The application's SQLite file.
+    #[arg(long)]
+    pub db: PathBuf,
+    /// The outbox table.
+    #[arg(long, default_value = d1_sync::Outbox::DEFAULT_TABLE)]
+    pub queue_table: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => generate::run(&a),
+        Command::Status(a) => outbox_cmds::status(&a),
+        Command::Failed { action } => outbox_cmds::failed(&action),
+        Command::Push(a) => runtime().and_then(|rt| rt.block_on(push::push(&a))),
+        Command::Run(a) => runtime().and_then(|rt| rt.block_on(push::run(&a))),
+        Command::Demo(a) => runtime().and_then(|rt| rt.block_on(demo::run(&a))),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("d1sync: error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))
+}

@@ -182,14 +182,6 @@ pub fn render(schema: &Schema, opts: &Options, inputs_hash: &str) -> Result<Stri
         }
         items.push(render_table(table, &name, opts, &derives)?);
     }
-    let file: syn::File = syn::parse2(quote! {
-        use d1_sync::D1Sync;
-        #(#items)*
-    })
-    .map_err(|_| CodegenError::BadRust {
-        what: "file (an internal error of the generator)",
-        text: String::new(),
-    })?;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -204,8 +196,19 @@ pub fn render(schema: &Schema, opts: &Options, inputs_hash: &str) -> Result<Stri
         out,
         "// Regenerate with `d1sync generate`; CI checks it with `d1sync generate --check`."
     );
-    out.push('\n');
-    out.push_str(&prettyplease::unparse(&file));
+    // One item at a time, so items are separated by a blank line.
+    for tokens in std::iter::once(quote!(
+        use d1_sync::D1Sync;
+    ))
+    .chain(items)
+    {
+        let file: syn::File = syn::parse2(tokens).map_err(|e| CodegenError::BadRust {
+            what: "item (an internal error of the generator)",
+            text: e.to_string(),
+        })?;
+        out.push('\n');
+        out.push_str(&prettyplease::unparse(&file));
+    }
     Ok(out)
 }
 

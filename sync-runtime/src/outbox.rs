@@ -218,6 +218,40 @@ impl Outbox {
         Ok(())
     }
 
+    /// Checks, without writing, that the queue exists and that this build understands it.
+    pub fn check(&self, conn: &Connection) -> Result<()> {
+        let exists: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [&self.table],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            return Err(Error::NotInstalled(self.table.clone()));
+        }
+        let meta: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = 'd1_sync_meta'",
+            [],
+            |r| r.get(0),
+        )?;
+        if meta {
+            let found: Option<i64> = conn
+                .query_row(
+                    "SELECT value FROM d1_sync_meta WHERE key = ?1",
+                    [format!("queue_version:{}", self.table)],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(found) = found.filter(|f| *f > QUEUE_VERSION) {
+                return Err(Error::QueueTooNew {
+                    table: self.table.clone(),
+                    found,
+                    supported: QUEUE_VERSION,
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn map_missing(&self, e: rusqlite::Error) -> Error {
         if e.to_string().contains("no such table") {
             Error::NotInstalled(self.table.clone())

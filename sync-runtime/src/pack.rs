@@ -77,7 +77,7 @@ impl Default for PackLimits {
         PackLimits {
             max_param_bytes: 1_000_000,
             max_rows_per_statement: 5_000,
-            max_statements: 500,
+            max_statements: 1_000,
             max_request_bytes: 4_000_000,
         }
     }

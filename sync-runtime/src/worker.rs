@@ -176,6 +176,7 @@ fn open_queue_connection(path: &Path) -> Result<Connection> {
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
     )
     .map_err(db)?;
+    conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 

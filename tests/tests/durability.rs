@@ -13,7 +13,12 @@ fn message(i: usize) -> Message {
         id: format!("m{i:05}"),
         platform: "web".into(),
         conversation_id: None,
-        role: if i.is_multiple_of(2) { "user" } else { "assistant" }.into(),
+        role: if i.is_multiple_of(2) {
+            "user"
+        } else {
+            "assistant"
+        }
+        .into(),
         raw_text: Some(format!("text {i}")),
         summary: None,
         observed_at: i as i64,

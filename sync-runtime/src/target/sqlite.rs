@@ -35,6 +35,8 @@ impl SqliteTarget {
         })?;
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")
             .map_err(|e| Error::Database { path: path.clone(), source: e })?;
+        // One statement text per shape (table, operation, columns): more than rusqlite's 16.
+        conn.set_prepared_statement_cache_capacity(256);
         Ok(SqliteTarget {
             conn: Arc::new(Mutex::new(conn)),
             path,

@@ -1,0 +1,290 @@
+//! `d1sync demo`: the whole flow on the embedded default — a local app database built from the
+//! example migrations, a realistic workload written through the typed API, drained to a local
+//! SQLite file standing in for D1 (or to D1 itself), and every table verified.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use d1_sync::rusqlite::Connection;
+use d1_sync::target::Statement;
+use d1_sync::{Outbox, SqliteTarget, SyncWorker, Target};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::error::CliError;
+use crate::target::d1_from_env;
+use crate::workload;
+
+const MARKER: &str = ".d1sync-demo";
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DemoTarget {
+    /// A local SQLite file standing in for D1 (no account needed).
+    Sqlite,
+    /// D1 over its REST API (CLOUDFLARE_ACCOUNT_ID, CLOUDFLARE_API_TOKEN, D1_DATABASE_ID).
+    D1,
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Folder for the demo's files; made if missing, and never one it did not make.
+    #[arg(long, default_value = "d1sync-demo")]
+    dir: PathBuf,
+    /// How many changes to write.
+    #[arg(long, default_value_t = 20_000)]
+    changes: u64,
+    /// Where to sync.
+    #[arg(long, value_enum, default_value_t = DemoTarget::Sqlite)]
+    target: DemoTarget,
+    /// Another D1 API address (a local D1, for example).
+    #[arg(long, env = "D1_BASE_URL")]
+    d1_base_url: Option<String>,
+    /// Records claimed per worker tick.
+    #[arg(long, default_value_t = 1000)]
+    batch_size: usize,
+    /// Seed of the workload.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+fn prepare_dir(dir: &Path) -> Result<(), CliError> {
+    let io = |what: &str, e: std::io::Error| {
+        CliError::Failed(format!("cannot {what} `{}`: {e}", dir.display()))
+    };
+    if dir.exists() {
+        if !dir.is_dir() {
+            return Err(CliError::Usage(format!(
+                "`{}` exists and is not a folder",
+                dir.display()
+            )));
+        }
+        if !dir.join(MARKER).exists() {
+            let empty = std::fs::read_dir(dir)
+                .map_err(|e| io("read", e))?
+                .next()
+                .is_none();
+            if !empty {
+                return Err(CliError::Usage(format!(
+                    "refusing to write into `{}`: it exists and was not made by `d1sync demo`; pass another --dir",
+                    dir.display()
+                )));
+            }
+        }
+        for name in [
+            "app.db",
+            "app.db-wal",
+            "app.db-shm",
+            "target.db",
+            "target.db-wal",
+            "target.db-shm",
+        ] {
+            let p = dir.join(name);
+            if p.exists() {
+                std::fs::remove_file(&p).map_err(|e| io("remove a file in", e))?;
+            }
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| io("create", e))?;
+    std::fs::write(
+        dir.join(MARKER),
+        "made by `d1sync demo`; the demo rewrites this folder's files\n",
+    )
+    .map_err(|e| io("write into", e))?;
+    Ok(())
+}
+
+/// The example schema's DDL, replayable on a database that may already have it.
+fn demo_ddl() -> Result<Vec<String>, CliError> {
+    let conn = Connection::open_in_memory().map_err(|e| CliError::Failed(e.to_string()))?;
+    d1_sync_example::apply_migrations(&conn).map_err(|e| CliError::Failed(e.to_string()))?;
+    let mut stmt = conn
+        .prepare("SELECT sql FROM sqlite_schema WHERE sql IS NOT NULL ORDER BY rowid")
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    let ddl = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    Ok(ddl
+        .into_iter()
+        .map(|s| {
+            s.replacen("CREATE TABLE ", "CREATE TABLE IF NOT EXISTS ", 1)
+                .replacen("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1)
+        })
+        .collect())
+}
+
+enum Remote {
+    Sqlite(Arc<SqliteTarget>),
+    D1(Arc<d1_sync::D1Http>),
+}
+
+impl Remote {
+    fn target(&self) -> Arc<dyn Target> {
+        match self {
+            Remote::Sqlite(t) => t.clone(),
+            Remote::D1(t) => t.clone(),
+        }
+    }
+
+    async fn dump(&self, table: &d1_sync::TableDef) -> Result<Vec<String>, CliError> {
+        match self {
+            Remote::Sqlite(t) => t
+                .with_connection(|c| d1_sync::verify::dump_local(c, table))
+                .map_err(|e| CliError::Failed(format!("reading `{}` back: {e}", table.name))),
+            Remote::D1(d) => d1_sync::verify::dump_d1(d, table).await.map_err(|e| {
+                CliError::Failed(format!("reading `{}` back from D1: {e}", table.name))
+            }),
+        }
+    }
+}
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
+pub async fn run(a: &DemoArgs) -> Result<ExitCode, CliError> {
+    if a.changes == 0 {
+        return Err(CliError::Usage("--changes must be at least 1".into()));
+    }
+    let remote = match a.target {
+        DemoTarget::Sqlite => None,
+        DemoTarget::D1 => Some(d1_from_env(a.d1_base_url.as_deref())?),
+    };
+    prepare_dir(&a.dir)?;
+    let app_path = a.dir.join("app.db");
+    let mut app = d1_sync::open(&app_path)?;
+    d1_sync_example::apply_migrations(&app)
+        .map_err(|e| CliError::Failed(format!("creating the demo tables: {e}")))?;
+
+    let ddl = demo_ddl()?;
+    let remote = match remote {
+        None => {
+            let t = SqliteTarget::open(a.dir.join("target.db"))?;
+            t.with_connection(|c| ddl.iter().try_for_each(|s| c.execute_batch(s)))
+                .map_err(|e| CliError::Failed(format!("creating the target tables: {e}")))?;
+            Remote::Sqlite(Arc::new(t))
+        }
+        Some(d1) => {
+            let statements: Vec<Statement> =
+                ddl.iter().map(|s| Statement::new(s.as_str())).collect();
+            d1.query(&statements)
+                .await
+                .map_err(|e| CliError::Failed(format!("creating the demo tables on D1: {e}")))?;
+            Remote::D1(d1)
+        }
+    };
+    let target = remote.target();
+    println!(
+        "d1sync demo: {} changes from {} to {}",
+        a.changes,
+        app_path.display(),
+        target.describe()
+    );
+
+    // 1. The application writes.
+    let bar = ProgressBar::new(a.changes);
+    bar.set_style(style(
+        "  writing  [{elapsed_precise}] {bar:40} {pos}/{len} changes  {per_sec}",
+    ));
+    let outbox = Outbox::new();
+    let t0 = Instant::now();
+    let written = workload::write(&mut app, &outbox, a.changes, a.seed, 250, |n| {
+        bar.set_position(n)
+    })?;
+    let write_time = t0.elapsed();
+    bar.finish_and_clear();
+    println!(
+        "  wrote      {} changes ({} inserts, {} updates, {} deletes) in {:.2} s, each with its outbox record in the same transaction",
+        written.total(),
+        written.inserts,
+        written.updates,
+        written.deletes,
+        write_time.as_secs_f64()
+    );
+
+    // 2. The worker drains.
+    let worker = SyncWorker::builder(&app_path, target.clone())
+        .registry(d1_sync_example::registry())
+        .batch_size(a.batch_size)
+        .poll_interval(Duration::from_millis(50))
+        .build()?;
+    let total = worker.stats().await?.queue.pending;
+    let bar = ProgressBar::new(total);
+    bar.set_style(style(
+        "  syncing  [{elapsed_precise}] {bar:40} {pos}/{len} rows  {per_sec}  {msg}",
+    ));
+    let t1 = Instant::now();
+    worker.start()?;
+    let mut flush = Box::pin(worker.flush());
+    loop {
+        tokio::select! {
+            r = &mut flush => { r?; break; }
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                let s = worker.stats().await?;
+                bar.set_position(s.records_synced.min(total));
+                bar.set_message(format!("queue depth {}", s.queue.pending + s.queue.in_flight));
+                if let d1_sync::WorkerState::Paused { reason, .. } = &s.state {
+                    bar.finish_and_clear();
+                    worker.shutdown().await?;
+                    return Err(CliError::Failed(format!("the target refused the demo's requests: {reason}")));
+                }
+            }
+        }
+    }
+    drop(flush);
+    let drain_time = t1.elapsed();
+    let s = worker.stats().await?;
+    worker.shutdown().await?;
+    bar.finish_and_clear();
+    println!(
+        "  synced     {} records in {} requests ({:.0} rows/request, {} statements)",
+        s.records_synced,
+        s.requests,
+        s.rows_per_request(),
+        s.statements
+    );
+    println!(
+        "  throughput {:.0} rows/s (drained in {:.2} s)",
+        s.records_synced as f64 / drain_time.as_secs_f64().max(1e-9),
+        drain_time.as_secs_f64()
+    );
+    println!("  failed     {} records", s.queue.failed);
+
+    // 3. Every table on the target equals the local one.
+    let registry = d1_sync_example::registry();
+    let mut rows = 0;
+    let mut mismatched = Vec::new();
+    for name in registry.names() {
+        let Some(def) = registry.get(name) else {
+            continue;
+        };
+        let local = d1_sync::verify::dump_local(&app, def)
+            .map_err(|e| CliError::Failed(format!("reading `{name}` locally: {e}")))?;
+        let theirs = remote.dump(def).await?;
+        if local != theirs {
+            mismatched.push(format!(
+                "{name} ({} local rows, {} on the target)",
+                local.len(),
+                theirs.len()
+            ));
+        }
+        rows += local.len();
+    }
+    if !mismatched.is_empty() {
+        eprintln!(
+            "d1sync: error: the target differs from the local database in: {}",
+            mismatched.join(", ")
+        );
+        return Ok(ExitCode::from(1));
+    }
+    println!(
+        "  verified   all {} tables equal on the target ({rows} rows, every value and storage class)",
+        registry.names().count()
+    );
+    if s.queue.failed > 0 {
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,176 @@
+//! `d1sync status` and `d1sync failed`: looking at and operating an outbox.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{ArgGroup, Args, Subcommand};
+use d1_sync::Selection;
+
+use crate::error::CliError;
+use crate::target::open_app_db;
+use crate::DbArgs;
+
+#[derive(Subcommand)]
+pub enum FailedAction {
+    /// List dead letters with their errors.
+    List {
+        #[command(flatten)]
+        db: DbArgs,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Put dead letters back in line (pending, attempts reset).
+    Retry(Which),
+    /// Delete dead letters for good.
+    Drop(Which),
+}
+
+#[derive(Args)]
+#[command(group(ArgGroup::new("which").required(true).args(["id", "all"])))]
+pub struct Which {
+    #[command(flatten)]
+    db: DbArgs,
+    /// One dead letter, by queue id.
+    #[arg(long)]
+    id: Option<i64>,
+    /// Every dead letter.
+    #[arg(long)]
+    all: bool,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// `3h 12m`, `45s`, `120ms`.
+pub fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    if s == 0 {
+        format!("{}ms", d.as_millis())
+    } else if s < 60 {
+        format!("{s}s")
+    } else if s < 3600 {
+        format!("{}m {}s", s / 60, s % 60)
+    } else if s < 86_400 {
+        format!("{}h {}m", s / 3600, (s % 3600) / 60)
+    } else {
+        format!("{}d {}h", s / 86_400, (s % 86_400) / 3600)
+    }
+}
+
+#[derive(serde::Serialize)]
+struct StatusReport {
+    database: String,
+    queue_table: String,
+    #[serde(flatten)]
+    counts: d1_sync::Counts,
+    oldest_unsynced_age_ms: Option<i64>,
+    last_error: Option<String>,
+    leases: Vec<d1_sync::outbox::Lease>,
+}
+
+pub fn status(a: &DbArgs) -> Result<ExitCode, CliError> {
+    let (conn, outbox) = open_app_db(&a.db, &a.queue_table)?;
+    let fail = |e: d1_sync::Error| CliError::Failed(e.to_string());
+    let counts = outbox.counts(&conn).map_err(fail)?;
+    let report = StatusReport {
+        database: a.db.display().to_string(),
+        queue_table: a.queue_table.clone(),
+        oldest_unsynced_age_ms: counts.oldest_unsynced_ms.map(|t| (now_ms() - t).max(0)),
+        counts,
+        last_error: outbox.last_error(&conn).map_err(fail)?,
+        leases: outbox.leases(&conn).map_err(fail)?,
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| CliError::Failed(e.to_string()))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let c = &report.counts;
+    println!("outbox `{}` in {}", report.queue_table, report.database);
+    println!("  pending     {}", c.pending);
+    println!("  in flight   {}", c.in_flight);
+    println!("  synced      {} (kept for reference)", c.synced);
+    println!("  failed      {}", c.failed);
+    match report.oldest_unsynced_age_ms {
+        Some(ms) => println!(
+            "  oldest unsynced record: {} old",
+            human(Duration::from_millis(ms as u64))
+        ),
+        None => println!("  nothing waiting"),
+    }
+    if let Some(e) = &report.last_error {
+        println!("  last error: {e}");
+    }
+    if report.leases.is_empty() {
+        println!("  no worker holds leases");
+    }
+    for l in &report.leases {
+        let left = Duration::from_millis((l.until_ms - now_ms()).max(0) as u64);
+        println!(
+            "  worker {} holds {} records for {} more",
+            l.owner,
+            l.records,
+            human(left)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn failed(action: &FailedAction) -> Result<ExitCode, CliError> {
+    let fail = |e: d1_sync::Error| CliError::Failed(e.to_string());
+    match action {
+        FailedAction::List { db, limit } => {
+            let (conn, outbox) = open_app_db(&db.db, &db.queue_table)?;
+            let dead = outbox.failed(&conn, *limit).map_err(fail)?;
+            if db.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&dead)
+                        .map_err(|e| CliError::Failed(e.to_string()))?
+                );
+            } else if dead.is_empty() {
+                println!("no dead letters");
+            } else {
+                println!(
+                    "{:>8}  {:<24} {:<7} {:>8}  {:<20} error",
+                    "id", "table", "op", "attempts", "key"
+                );
+                for d in &dead {
+                    println!(
+                        "{:>8}  {:<24} {:<7} {:>8}  {:<20} {}",
+                        d.id, d.table, d.op, d.attempts, d.row_key, d.last_error
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        FailedAction::Retry(w) | FailedAction::Drop(w) => {
+            let (conn, outbox) = open_app_db(&w.db.db, &w.db.queue_table)?;
+            let which = match w.id {
+                Some(id) => Selection::Id(id),
+                None => Selection::All,
+            };
+            let retry = matches!(action, FailedAction::Retry(_));
+            let n = if retry {
+                outbox.retry(&conn, which)
+            } else {
+                outbox.drop_failed(&conn, which)
+            }
+            .map_err(fail)?;
+            let verb = if retry { "retried" } else { "dropped" };
+            if n == 0 {
+                if let Some(id) = w.id {
+                    return Err(CliError::Failed(format!("no dead letter with id {id}")));
+                }
+            }
+            println!("{verb} {n} dead letter{}", if n == 1 { "" } else { "s" });
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! `d1sync push` (drain once) and `d1sync run` (until Ctrl-C), for any project's outbox: the
+//! tables come from its schema files.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use d1_sync::{Registry, SyncWorker, Target, WorkerState};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::error::CliError;
+use crate::outbox_cmds::human;
+use crate::target::{open_app_db, open_target, TargetSpec};
+
+#[derive(Args)]
+pub struct PushArgs {
+    /// The application's SQLite file.
+    #[arg(long)]
+    db: PathBuf,
+    /// Schema files (a `.sql` file or a folder of migrations): the tables the worker may write.
+    #[arg(long, default_value = "migrations")]
+    schema: PathBuf,
+    /// `d1` (with CLOUDFLARE_ACCOUNT_ID, CLOUDFLARE_API_TOKEN, D1_DATABASE_ID) or `sqlite:PATH`.
+    #[arg(long, default_value = "d1")]
+    target: TargetSpec,
+    /// Another D1 API address (a local D1, for example).
+    #[arg(long, env = "D1_BASE_URL")]
+    d1_base_url: Option<String>,
+    /// The outbox table.
+    #[arg(long, default_value = d1_sync::Outbox::DEFAULT_TABLE)]
+    queue_table: String,
+    /// Columns never changed by an update.
+    #[arg(long, value_delimiter = ',', default_value = "created_at")]
+    insert_only: Vec<String>,
+    /// `push`: give up when the target stays unreachable this long (seconds).
+    #[arg(long, default_value_t = 30)]
+    give_up_after: u64,
+}
+
+fn registry(a: &PushArgs) -> Result<Registry, CliError> {
+    let schema =
+        d1_sync::schema::load_schema(&a.schema).map_err(|e| CliError::Usage(e.to_string()))?;
+    let insert_only: Vec<&str> = a.insert_only.iter().map(String::as_str).collect();
+    let r = Registry::from_schema(&schema, &insert_only);
+    if r.is_empty() {
+        return Err(CliError::Usage(format!(
+            "the schema at `{}` has no table with a primary key to sync",
+            a.schema.display()
+        )));
+    }
+    Ok(r)
+}
+
+fn worker(a: &PushArgs) -> Result<(SyncWorker, Arc<dyn Target>), CliError> {
+    // Refuses a missing file, a non-SQLite file or a too new queue before anything is created.
+    drop(open_app_db(&a.db, &a.queue_table)?);
+    let registry = registry(a)?;
+    let target = open_target(&a.target, a.d1_base_url.as_deref())?;
+    let w = SyncWorker::builder(&a.db, target.clone())
+        .registry(registry)
+        .outbox(d1_sync::Outbox::with_table(&a.queue_table))
+        .poll_interval(Duration::from_millis(200))
+        .build()?;
+    Ok((w, target))
+}
+
+pub async fn push(a: &PushArgs) -> Result<ExitCode, CliError> {
+    let (worker, target) = worker(a)?;
+    let before = worker.stats().await?;
+    let total = before.queue.pending + before.queue.in_flight;
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} rows  {per_sec}  {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    worker.start()?;
+    let started = Instant::now();
+    let mut last_progress = Instant::now();
+    let mut last_synced = 0;
+    let mut flush = Box::pin(worker.flush());
+    let outcome: Result<(), CliError> = loop {
+        tokio::select! {
+            r = &mut flush => break r.map_err(CliError::from),
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                let s = worker.stats().await?;
+                bar.set_position(s.records_synced.min(total));
+                bar.set_message(format!("queue {}", s.queue.pending + s.queue.in_flight));
+                if s.records_synced != last_synced {
+                    last_synced = s.records_synced;
+                    last_progress = Instant::now();
+                }
+                match &s.state {
+                    WorkerState::Paused { reason, .. } => {
+                        break Err(CliError::Failed(format!("{} refused the request: {reason}", target.describe())));
+                    }
+                    WorkerState::BackingOff { reason, .. }
+                        if last_progress.elapsed() > Duration::from_secs(a.give_up_after) =>
+                    {
+                        break Err(CliError::Failed(format!(
+                            "gave up after {} s without progress: {reason}",
+                            a.give_up_after
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    };
+    drop(flush);
+    bar.finish_and_clear();
+    let s = worker.stats().await?;
+    worker.shutdown().await?;
+    outcome?;
+    let took = started.elapsed();
+    println!(
+        "pushed {} rows to {} in {} requests ({:.0} rows/request) in {}; {} pending, {} failed",
+        s.records_synced,
+        target.describe(),
+        s.requests,
+        s.rows_per_request(),
+        human(took),
+        s.queue.pending,
+        s.queue.failed
+    );
+    if s.records_failed > 0 || s.queue.failed > before.queue.failed {
+        eprintln!(
+            "d1sync: {} record(s) failed; see `d1sync failed list --db {}`",
+            s.records_failed,
+            a.db.display()
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn run(a: &PushArgs) -> Result<ExitCode, CliError> {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::INFO)
+        .try_init();
+    let (worker, target) = worker(a)?;
+    worker.start()?;
+    eprintln!(
+        "d1sync: syncing {} to {}; Ctrl-C to stop",
+        a.db.display(),
+        target.describe()
+    );
+    tokio::signal::ctrl_c()
+        .await
+        .map_err(|e| CliError::Failed(format!("cannot listen for Ctrl-C: {e}")))?;
+    eprintln!("d1sync: stopping");
+    let s = worker.stats().await?;
+    worker.shutdown().await?;
+    println!(
+        "synced {} rows in {} requests; {} pending, {} failed",
+        s.records_synced, s.requests, s.queue.pending, s.queue.failed
+    );
+    Ok(ExitCode::SUCCESS)
+}

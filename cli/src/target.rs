@@ -1,0 +1,85 @@
+//! Opening the application database and the target from command-line arguments.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use d1_sync::rusqlite::{Connection, OpenFlags};
+use d1_sync::{D1Config, D1Http, Outbox, SqliteTarget, Target};
+
+use crate::error::CliError;
+
+/// Opens an existing application database for the outbox commands: no file is created, and a
+/// file that is not SQLite or has no (or a too new) outbox is a clear error.
+pub fn open_app_db(path: &Path, queue_table: &str) -> Result<(Connection, Outbox), CliError> {
+    if !path.is_file() {
+        return Err(CliError::Usage(format!(
+            "no database at `{}`",
+            path.display()
+        )));
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| CliError::Failed(format!("cannot open `{}`: {e}", path.display())))?;
+    let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
+    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map_err(|e| {
+        CliError::Failed(format!(
+            "`{}` is not an SQLite database ({e})",
+            path.display()
+        ))
+    })?;
+    let outbox = Outbox::with_table(queue_table);
+    outbox.check(&conn).map_err(|e| match e {
+        d1_sync::Error::NotInstalled(t) => CliError::Failed(format!(
+            "`{}` has no outbox table `{t}`: nothing was ever enqueued there with d1-sync (or pass --queue-table)",
+            path.display()
+        )),
+        other => CliError::Failed(format!("`{}`: {other}", path.display())),
+    })?;
+    Ok((conn, outbox))
+}
+
+/// Where to send changes: `d1` (the REST API, configured from the environment) or
+/// `sqlite:PATH` (a local file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetSpec {
+    /// D1 over its REST API.
+    D1,
+    /// A local SQLite file.
+    Sqlite(PathBuf),
+}
+
+impl std::str::FromStr for TargetSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "d1" {
+            return Ok(TargetSpec::D1);
+        }
+        match s.strip_prefix("sqlite:") {
+            Some(p) if !p.is_empty() => Ok(TargetSpec::Sqlite(PathBuf::from(p))),
+            _ => Err(format!("`{s}` is not a target: use `d1` or `sqlite:PATH`")),
+        }
+    }
+}
+
+/// A D1 client from `CLOUDFLARE_ACCOUNT_ID`, `CLOUDFLARE_API_TOKEN`, `D1_DATABASE_ID`, with
+/// `base_url` (or `D1_BASE_URL`) overriding the API address.
+pub fn d1_from_env(base_url: Option<&str>) -> Result<Arc<D1Http>, CliError> {
+    let mut config = D1Config::from_env().map_err(|e| CliError::Usage(e.to_string()))?;
+    if let Some(b) = base_url {
+        config.base_url = b.to_string();
+    }
+    D1Http::new(config).map(Arc::new).map_err(CliError::from)
+}
+
+/// Builds the target a spec names.
+pub fn open_target(spec: &TargetSpec, base_url: Option<&str>) -> Result<Arc<dyn Target>, CliError> {
+    match spec {
+        TargetSpec::D1 => Ok(d1_from_env(base_url)?),
+        TargetSpec::Sqlite(p) => Ok(Arc::new(SqliteTarget::open(p)?)),
+    }
+}

@@ -1,0 +1,410 @@
+//! The `d1sync` binary, run as a user runs it.
+
+use std::path::Path;
+use std::process::Output;
+
+use assert_cmd::Command;
+use d1_sync_tests::d1peer::D1Peer;
+
+fn d1sync() -> Command {
+    let mut c = Command::cargo_bin("d1sync").unwrap();
+    for k in [
+        "CLOUDFLARE_ACCOUNT_ID",
+        "CLOUDFLARE_API_TOKEN",
+        "D1_DATABASE_ID",
+        "D1_BASE_URL",
+    ] {
+        c.env_remove(k);
+    }
+    c
+}
+
+fn text(o: &[u8]) -> String {
+    String::from_utf8_lossy(o).into_owned()
+}
+
+fn run(c: &mut Command) -> (i32, String, String) {
+    let o: Output = c.output().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        text(&o.stdout),
+        text(&o.stderr),
+    )
+}
+
+#[test]
+fn every_command_has_help_with_an_example() {
+    for cmd in [
+        vec!["generate"],
+        vec!["status"],
+        vec!["failed"],
+        vec!["push"],
+        vec!["run"],
+        vec!["demo"],
+    ] {
+        let (code, out, _) = run(d1sync().args(&cmd).arg("--help"));
+        assert_eq!(code, 0, "{cmd:?}");
+        assert!(
+            out.contains("Example"),
+            "{cmd:?} --help has no example:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn demo_on_a_small_workload_verifies_every_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo");
+    let (code, out, err) = run(d1sync()
+        .args(["demo", "--changes", "600", "--dir"])
+        .arg(&demo));
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("wrote      600 changes"), "{out}");
+    assert!(out.contains("synced     600 records"), "{out}");
+    assert!(out.contains("failed     0 records"), "{out}");
+    assert!(out.contains("verified   all 7 tables equal"), "{out}");
+    // It may run again in its own folder...
+    let (code, _, err) = run(d1sync()
+        .args(["demo", "--changes", "50", "--dir"])
+        .arg(&demo));
+    assert_eq!(code, 0, "{err}");
+    // ...and the outbox it leaves can be inspected.
+    let (code, out, _) = run(d1sync()
+        .args(["status", "--json", "--db"])
+        .arg(demo.join("app.db")));
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["pending"].as_u64(), v["failed"].as_u64()),
+        (Some(0), Some(0)),
+        "{v}"
+    );
+    assert_eq!(v["synced"].as_u64(), Some(50));
+}
+
+#[test]
+fn demo_refuses_a_folder_it_did_not_make() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("precious.txt"), "keep me").unwrap();
+    let (code, _, err) = run(d1sync()
+        .args(["demo", "--changes", "10", "--dir"])
+        .arg(dir.path()));
+    assert_eq!(code, 2);
+    assert!(err.contains("refusing to write into"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("precious.txt")).unwrap(),
+        "keep me"
+    );
+}
+
+#[test]
+fn demo_against_local_d1() {
+    let peer = D1Peer::shared();
+    let db = peer.database();
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(d1sync()
+        .args([
+            "demo",
+            "--target",
+            "d1",
+            "--changes",
+            "400",
+            "--d1-base-url",
+            &peer.base_url,
+            "--dir",
+        ])
+        .arg(dir.path().join("d"))
+        .env("CLOUDFLARE_ACCOUNT_ID", "test-account")
+        .env("CLOUDFLARE_API_TOKEN", "test-token")
+        .env("D1_DATABASE_ID", &db.id));
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("D1 database"), "{out}");
+    assert!(out.contains("verified   all 7 tables equal"), "{out}");
+}
+
+#[test]
+fn demo_against_d1_without_credentials_names_the_missing_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(d1sync()
+        .args(["demo", "--target", "d1", "--dir"])
+        .arg(dir.path().join("d")));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("CLOUDFLARE_ACCOUNT_ID, CLOUDFLARE_API_TOKEN, D1_DATABASE_ID"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("d").exists(),
+        "nothing is created before the settings are checked"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn generate_then_check_then_a_new_migration_makes_it_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let migrations = dir.path().join("migrations");
+    copy_dir(&d1_sync_example::migrations_dir(), &migrations);
+    let out = dir.path().join("src/rows.rs");
+    let gen = |extra: &[&str]| {
+        let mut c = d1sync();
+        c.current_dir(dir.path())
+            .args(["generate", "--schema", "migrations", "--out", "src/rows.rs"])
+            .args(extra);
+        run(&mut c)
+    };
+    let (code, stdout, err) = gen(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("wrote src/rows.rs (7 structs)"), "{stdout}");
+    assert!(std::fs::read_to_string(&out)
+        .unwrap()
+        .starts_with("// @generated"));
+    let (code, stdout, _) = gen(&["--check"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("up to date"));
+
+    std::fs::write(
+        migrations.join("0006_add_language.sql"),
+        "ALTER TABLE messages ADD COLUMN language TEXT;",
+    )
+    .unwrap();
+    let (code, diff, err) = gen(&["--check"]);
+    assert_eq!(code, 1);
+    assert!(
+        diff.contains("+    pub language: Option<String>,"),
+        "{diff}"
+    );
+    assert!(
+        diff.contains("-// inputs: "),
+        "the hash changes too:\n{diff}"
+    );
+    assert!(err.contains("is stale"), "{err}");
+
+    let (code, _, _) = gen(&[]);
+    assert_eq!(code, 0);
+    assert_eq!(gen(&["--check"]).0, 0);
+
+    let (code, _, err) = gen(&["--type", "nonsense"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("table.column=Type"), "{err}");
+    let (code, _, err) = gen(&["--tables", "nope"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no table `nope`"), "{err}");
+    let missing = run(d1sync().args(["generate", "--schema", "/no/such/dir", "--out", "x.rs"]));
+    assert_eq!(missing.0, 1);
+    assert!(
+        missing.2.contains("cannot read schema path `/no/such/dir`"),
+        "{}",
+        missing.2
+    );
+}
+
+/// An app database with one record that can never ship and two that can.
+fn app_with_a_dead_letter(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("app.db");
+    let conn = d1_sync::open(&path).unwrap();
+    d1_sync_example::apply_migrations(&conn).unwrap();
+    let o = d1_sync::Outbox::new();
+    o.enqueue_raw(
+        &conn,
+        "messages",
+        r#"["bad"]"#,
+        "upsert",
+        r#"{"id":"bad","nope":1}"#,
+    )
+    .unwrap();
+    o.enqueue_raw(
+        &conn,
+        "browser_request_policy_state",
+        r#"["a"]"#,
+        "upsert",
+        r#"{"state_key":"a","value_json":"{}","updated_at":1}"#,
+    )
+    .unwrap();
+    o.enqueue_raw(
+        &conn,
+        "browser_request_policy_state",
+        r#"["b"]"#,
+        "upsert",
+        r#"{"state_key":"b","value_json":"[]","updated_at":2}"#,
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn push_status_and_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_with_a_dead_letter(dir.path());
+    let mirror = dir.path().join("mirror.db");
+    let conn = d1_sync::rusqlite::Connection::open(&mirror).unwrap();
+    d1_sync_example::apply_migrations(&conn).unwrap();
+    drop(conn);
+    let schema = d1_sync_example::migrations_dir();
+
+    let (code, out, err) = run(d1sync()
+        .args(["push", "--db"])
+        .arg(&app)
+        .arg("--schema")
+        .arg(&schema)
+        .arg("--target")
+        .arg(format!("sqlite:{}", mirror.display())));
+    assert_eq!(code, 1, "a dead letter makes push fail:\n{out}\n{err}");
+    assert!(out.contains("pushed 2 rows"), "{out}");
+    assert!(err.contains("1 record(s) failed"), "{err}");
+
+    let (code, out, _) = run(d1sync().args(["status", "--db"]).arg(&app));
+    assert_eq!(code, 0);
+    assert!(out.contains("failed      1"), "{out}");
+    assert!(
+        out.contains("last error: `nope` is not a column of table `messages`"),
+        "{out}"
+    );
+
+    let (code, out, _) = run(d1sync().args(["failed", "list", "--db"]).arg(&app));
+    assert_eq!(code, 0);
+    assert!(out.contains("`nope` is not a column"), "{out}");
+    let (_, json, _) = run(d1sync()
+        .args(["failed", "list", "--json", "--db"])
+        .arg(&app));
+    let dead: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let id = dead[0]["id"].as_i64().unwrap();
+
+    let (code, out, _) = run(d1sync()
+        .args(["failed", "retry", "--id", &id.to_string(), "--db"])
+        .arg(&app));
+    assert_eq!((code, out.trim()), (0, "retried 1 dead letter"));
+    let (code, _, err) = run(d1sync()
+        .args(["failed", "retry", "--id", "999999", "--db"])
+        .arg(&app));
+    assert_eq!(code, 1);
+    assert!(err.contains("no dead letter with id 999999"), "{err}");
+    let (code, _, err) = run(d1sync().args(["failed", "drop", "--db"]).arg(&app));
+    assert_eq!(code, 2, "--id or --all is required: {err}");
+
+    // Retried, it fails again on the next push; then it is dropped for good.
+    let mut push = d1sync();
+    push.args(["push", "--db"])
+        .arg(&app)
+        .arg("--schema")
+        .arg(&schema)
+        .arg("--target")
+        .arg(format!("sqlite:{}", mirror.display()));
+    assert_eq!(run(&mut push).0, 1);
+    let (code, out, _) = run(d1sync().args(["failed", "drop", "--all", "--db"]).arg(&app));
+    assert_eq!((code, out.trim()), (0, "dropped 1 dead letter"));
+    let (code, out, _) = run(d1sync().args(["failed", "list", "--db"]).arg(&app));
+    assert_eq!((code, out.trim()), (0, "no dead letters"));
+}
+
+#[test]
+fn push_to_local_d1_and_the_errors_of_a_bad_token_and_an_unreachable_d1() {
+    let peer = D1Peer::shared();
+    let db = peer.database();
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_with_a_dead_letter(dir.path());
+    d1_sync::rusqlite::Connection::open(&app)
+        .unwrap()
+        .execute(
+            "DELETE FROM d1_sync_queue WHERE table_name = 'messages'",
+            [],
+        )
+        .unwrap();
+    let schema = d1_sync_example::migrations_dir();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let t =
+            d1_sync_tests::targets::TestTarget::D1(std::sync::Arc::new(db.client()), db.clone());
+        t.apply_schema(&schema).await;
+    });
+    let push = |token: &str, url: &str| {
+        let mut c = d1sync();
+        c.args([
+            "push",
+            "--target",
+            "d1",
+            "--give-up-after",
+            "1",
+            "--d1-base-url",
+            url,
+            "--db",
+        ])
+        .arg(&app)
+        .arg("--schema")
+        .arg(&schema)
+        .env("CLOUDFLARE_ACCOUNT_ID", "test-account")
+        .env("CLOUDFLARE_API_TOKEN", token)
+        .env("D1_DATABASE_ID", &db.id);
+        run(&mut c)
+    };
+    let (code, _, err) = push("wrong-token", &peer.base_url);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("refused the request") && err.contains("Authentication error"),
+        "{err}"
+    );
+
+    let (code, _, err) = push("test-token", "http://127.0.0.1:9");
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("gave up after 1 s without progress") && err.contains("cannot connect"),
+        "{err}"
+    );
+
+    let (code, out, err) = push("test-token", &peer.base_url);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("pushed 2 rows to D1 database"), "{out}");
+}
+
+#[test]
+fn clear_errors_for_bad_databases_and_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(d1sync()
+        .args(["status", "--db"])
+        .arg(dir.path().join("missing.db")));
+    assert_eq!(code, 2);
+    assert!(err.starts_with("d1sync: error: no database at"), "{err}");
+    assert!(
+        !dir.path().join("missing.db").exists(),
+        "status must not create a database"
+    );
+
+    let junk = dir.path().join("junk.db");
+    std::fs::write(&junk, vec![0x42u8; 4096]).unwrap();
+    let (code, _, err) = run(d1sync().args(["status", "--db"]).arg(&junk));
+    assert_eq!(code, 1);
+    assert!(err.contains("is not an SQLite database"), "{err}");
+
+    let plain = dir.path().join("plain.db");
+    d1_sync::rusqlite::Connection::open(&plain)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x)")
+        .unwrap();
+    let (code, _, err) = run(d1sync().args(["failed", "list", "--db"]).arg(&plain));
+    assert_eq!(code, 1);
+    assert!(err.contains("has no outbox table `d1_sync_queue`"), "{err}");
+
+    let newer = dir.path().join("newer.db");
+    let conn = d1_sync::open(&newer).unwrap();
+    conn.execute("UPDATE d1_sync_meta SET value = 7", [])
+        .unwrap();
+    drop(conn);
+    let (code, _, err) = run(d1sync().args(["status", "--db"]).arg(&newer));
+    assert_eq!(code, 1);
+    assert!(err.contains("newer than this d1-sync understands"), "{err}");
+    let (code, _, err) = run(d1sync()
+        .args(["push", "--target", "sqlite:x.db", "--db"])
+        .arg(&newer));
+    assert_eq!(code, 1, "{err}");
+
+    let (code, _, err) = run(d1sync().args(["push", "--db", "x.db", "--target", "postgres"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("use `d1` or `sqlite:PATH`"), "{err}");
+}
