@@ -99,3 +99,55 @@ fn impl_sync_row(
         };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expand(src: &str) -> String {
+        let input: syn::DeriveInput = syn::parse_str(src).unwrap();
+        derive(&input).to_string()
+    }
+
+    #[test]
+    fn the_expansion_includes_every_schema_file_so_cargo_rebuilds_on_change() {
+        let out = expand(
+            r#"#[d1(table = "messages", schema = "../examples/migrations")]
+               struct M { #[d1(primary_key)] id: String, platform: String, role: String,
+                          observed_at: i64, #[d1(insert_only)] created_at: i64 }"#,
+        );
+        assert!(!out.contains("compile_error"), "{out}");
+        for f in [
+            "0001_messages.sql",
+            "0002_sessions.sql",
+            "0003_conversations.sql",
+            "0004_policy_state.sql",
+            "0005_message_organization.sql",
+        ] {
+            assert!(
+                out.contains("include_bytes") && out.contains(f),
+                "{f} is not included: {out}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_schema_nothing_is_included_and_sql_is_const_text() {
+        let out = expand("struct T { #[d1(primary_key)] id: i64, v: String }");
+        assert!(!out.contains("include_bytes"));
+        assert!(
+            out.contains(r#"const UPSERT_SQL : & 'static str = "INSERT INTO \"t\""#),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn errors_come_with_a_fallback_impl() {
+        let out = expand("struct T { v: String }");
+        assert!(out.contains("compile_error"));
+        assert!(
+            out.contains("unreachable"),
+            "the stub impl keeps other uses compiling: {out}"
+        );
+    }
+}
