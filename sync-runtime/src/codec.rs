@@ -253,6 +253,23 @@ mod tests {
     }
 
     #[test]
+    fn random_reals_round_trip_through_the_stored_form() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        for i in 0..200_000 {
+            let f = if i % 2 == 0 {
+                f64::from_bits(rng.random::<u64>())
+            } else {
+                rng.random_range(-1e7..1e7)
+            };
+            if f.is_nan() {
+                continue;
+            }
+            round_trip(Value::Real(f));
+        }
+    }
+
+    #[test]
     fn bad_stored_values_are_reported() {
         let p = |s: &str| parse_stored(&serde_json::from_str(s).unwrap());
         assert!(p("18446744073709551615")

@@ -77,7 +77,7 @@ pub use row::{SyncRow, TableDef};
 pub use stats::{Stats, WorkerState};
 pub use target::{D1Config, D1Http, SqliteTarget, Target, TargetError};
 pub use value::{ToValue, Value, ValueKind};
-pub use worker::{SyncWorker, WorkerBuilder, WorkerConfig};
+pub use worker::{Step, SyncWorker, WorkerBuilder, WorkerConfig};
 
 /// SQL builders and the schema model, for callers that build statements themselves.
 pub use d1_sync_schema as schema;

@@ -362,6 +362,26 @@ impl SyncWorker {
         })
     }
 
+    /// Runs one tick here instead of in the background task: claim a batch, ship it, mark
+    /// what the target acknowledged. For callers that drive syncing themselves (and for
+    /// deterministic tests). Refused while the background task runs. A failure is returned
+    /// in [`Step::Failed`]; backing off before the next step is the caller's choice.
+    pub async fn step(&self) -> Result<Step> {
+        if self.is_running() {
+            return Err(Error::Config(
+                "SyncWorker::step cannot run beside the started worker".into(),
+            ));
+        }
+        Ok(match tick(&self.inner, &CancellationToken::new()).await {
+            TickEnd::Idle => Step::Idle,
+            TickEnd::Progress | TickEnd::Cancelled => Step::Progress,
+            TickEnd::Failed(e) => {
+                lock(&self.inner.live).last_error = Some(e.to_string());
+                Step::Failed(e)
+            }
+        })
+    }
+
     /// Stops the worker: the request in flight may finish within
     /// [`WorkerConfig::shutdown_timeout`], then the task is cut off. Claims not acknowledged
     /// are given back (pending, uncharged). Idempotent.
@@ -409,6 +429,18 @@ where
     tokio::task::spawn_blocking(move || f(&outbox, &mut lock(&conn)))
         .await
         .map_err(|e| Error::Config(format!("the database task failed: {e}")))?
+}
+
+/// What one [`SyncWorker::step`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing was eligible to send.
+    Idle,
+    /// Records were shipped, dead-lettered or charged.
+    Progress,
+    /// The target failed in a way that backs the whole worker off or pauses it; the batch
+    /// went back to the queue uncharged.
+    Failed(TargetError),
 }
 
 enum TickEnd {
