@@ -53,8 +53,9 @@ pub struct RawRecord {
     pub row_key: String,
     /// Operation as stored.
     pub op: String,
-    /// Payload as stored (JSON object, column → value).
-    pub payload: String,
+    /// Payload as stored (JSON object, column → value), as bytes: a hand-written record may
+    /// hold anything.
+    pub payload: Vec<u8>,
     /// Attempts charged so far.
     pub attempts: u32,
 }
@@ -100,7 +101,7 @@ pub fn check(record: &RawRecord, registry: &Registry) -> Result<Change, String> 
         )
     })?;
     let payload: serde_json::Value =
-        serde_json::from_str(&record.payload).map_err(|e| format!("payload is not JSON: {e}"))?;
+        serde_json::from_slice(&record.payload).map_err(|e| format!("payload is not JSON: {e}"))?;
     let serde_json::Value::Object(map) = payload else {
         return Err(format!(
             "payload must be a JSON object of column values, not {}",
@@ -225,7 +226,7 @@ mod tests {
             table: table.into(),
             row_key: "[1]".into(),
             op: op.into(),
-            payload: payload.into(),
+            payload: payload.as_bytes().to_vec(),
             attempts: 0,
         }
     }

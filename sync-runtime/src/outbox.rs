@@ -419,14 +419,17 @@ impl Outbox {
             .map_err(|e| self.map_missing(e))?;
         let rows = stmt
             .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+                let text = |i| -> rusqlite::Result<String> {
+                    Ok(String::from_utf8_lossy(&bytes_of(r.get_ref(i)?)).into_owned())
+                };
                 Ok(DeadLetter {
                     id: r.get(0)?,
-                    table: r.get(1)?,
-                    row_key: r.get(2)?,
-                    op: r.get(3)?,
-                    attempts: u32::try_from(r.get::<_, i64>(4)?).unwrap_or(u32::MAX),
-                    last_error: r.get(5)?,
-                    created_at: r.get(6)?,
+                    table: text(1)?,
+                    row_key: text(2)?,
+                    op: text(3)?,
+                    attempts: attempts_of(r.get_ref(4)?),
+                    last_error: text(5)?,
+                    created_at: r.get::<_, Option<i64>>(6)?.unwrap_or(0),
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -521,13 +524,18 @@ impl Outbox {
                 .query_map(
                     params![now, i64::try_from(limit).unwrap_or(i64::MAX)],
                     |r| {
+                        // Whatever was written into the queue by hand must not stop the
+                        // claim: read any storage class; `change::check` judges the content.
+                        let text = |i| -> rusqlite::Result<String> {
+                            Ok(String::from_utf8_lossy(&bytes_of(r.get_ref(i)?)).into_owned())
+                        };
                         Ok(RawRecord {
                             id: r.get(0)?,
-                            table: r.get(1)?,
-                            row_key: r.get(2)?,
-                            op: r.get(3)?,
-                            payload: r.get(4)?,
-                            attempts: u32::try_from(r.get::<_, i64>(5)?).unwrap_or(u32::MAX),
+                            table: text(1)?,
+                            row_key: text(2)?,
+                            op: text(3)?,
+                            payload: bytes_of(r.get_ref(4)?),
+                            attempts: attempts_of(r.get_ref(5)?),
                         })
                     },
                 )?
@@ -661,6 +669,25 @@ impl Outbox {
             ),
             [i64::try_from(keep).unwrap_or(i64::MAX)],
         )?)
+    }
+}
+
+/// The bytes of any SQLite value (numbers as their text; NULL as nothing).
+fn bytes_of(v: rusqlite::types::ValueRef<'_>) -> Vec<u8> {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Null => Vec::new(),
+        ValueRef::Integer(i) => i.to_string().into_bytes(),
+        ValueRef::Real(f) => f.to_string().into_bytes(),
+        ValueRef::Text(t) | ValueRef::Blob(t) => t.to_vec(),
+    }
+}
+
+/// An attempts count as stored; anything but a non-negative integer counts as 0.
+fn attempts_of(v: rusqlite::types::ValueRef<'_>) -> u32 {
+    match v {
+        rusqlite::types::ValueRef::Integer(i) => u32::try_from(i).unwrap_or(0),
+        _ => 0,
     }
 }
 
