@@ -3,4 +3,5 @@
 
 pub mod d1peer;
 pub mod fixture;
+pub mod proxy;
 pub mod targets;
