@@ -1,0 +1,755 @@
+//! d1-sync's benchmarks. Each prints its figure beside a baseline measured in the same run, as
+//! a ratio: this machine is shared and noisy, so absolute times alone mean little.
+//!
+//! ```text
+//! cargo run --release -p d1-sync-bench               # all of them (a few minutes)
+//! cargo run --release -p d1-sync-bench -- --quick    # smaller sizes
+//! cargo run --release -p d1-sync-bench -- enqueue drain d1 production latency memory schema
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use d1_sync::rusqlite::{params_from_iter, Connection};
+use d1_sync::target::{BoxFuture, Statement};
+use d1_sync::{D1Http, Outbox, SqliteTarget, SyncRow, SyncWorker, Target, TargetError};
+use d1_sync_example::rows::Message;
+use d1_sync_tests::d1peer::D1Peer;
+use d1_sync_tests::proxy::{Proxy, ProxyConfig};
+
+struct Row {
+    name: &'static str,
+    measured: String,
+    baseline: String,
+    ratio: String,
+    target: &'static str,
+}
+
+fn message(i: u64) -> Message {
+    Message {
+        id: format!("msg-{i:08}"),
+        platform: "chatgpt".into(),
+        conversation_id: Some(format!("conv-{:05}", i % 5000)),
+        role: if i % 2 == 0 { "user" } else { "assistant" }.into(),
+        raw_text: Some(format!("Please renew the subscription before Friday — message {i} with some ünïcödé and \"quotes\".")),
+        summary: Some("renewal request".into()),
+        observed_at: 1_767_225_600_000 + i as i64,
+        static_path: None,
+        page_url: Some("https://chat.example.com/c/abc123".into()),
+        page_title: Some("Renewal".into()),
+        created_at: 1_767_225_600_000 + i as i64,
+        organization_id: Some("org-1".into()),
+    }
+}
+
+fn app_db(dir: &Path, name: &str) -> (PathBuf, Connection) {
+    let path = dir.join(name);
+    let conn = d1_sync::open(&path).expect("open app db");
+    d1_sync_example::apply_migrations(&conn).expect("migrations");
+    (path, conn)
+}
+
+fn rate(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64().max(1e-9)
+}
+
+fn fmt_rate(r: f64) -> String {
+    if r >= 1000.0 {
+        format!("{:.1}k rows/s", r / 1000.0)
+    } else {
+        format!("{r:.1} rows/s")
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// 1. The application's row write plus its outbox record, against the row write alone.
+fn bench_enqueue(quick: bool) -> Vec<Row> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows = Vec::new();
+    for (label, n, per_tx) in [
+        (
+            "enqueue, 1 durable commit per change",
+            if quick { 300 } else { 1_000 },
+            1u64,
+        ),
+        (
+            "enqueue, 1,000 changes per commit",
+            if quick { 20_000 } else { 100_000 },
+            1_000u64,
+        ),
+    ] {
+        let (mut with, mut without) = (Vec::new(), Vec::new());
+        for round in 0..3 {
+            for outbox_on in [false, true] {
+                let (_, mut conn) =
+                    app_db(dir.path(), &format!("enq-{per_tx}-{round}-{outbox_on}.db"));
+                let outbox = Outbox::new();
+                let t = Instant::now();
+                let mut i = 0;
+                while i < n {
+                    let tx = conn.transaction().unwrap();
+                    for _ in 0..per_tx {
+                        let m = message(i);
+                        if outbox_on {
+                            outbox.save(&tx, &m).unwrap();
+                        } else {
+                            tx.prepare_cached(Message::UPSERT_SQL)
+                                .unwrap()
+                                .execute(params_from_iter(m.values()))
+                                .unwrap();
+                        }
+                        i += 1;
+                    }
+                    tx.commit().unwrap();
+                }
+                if outbox_on {
+                    with.push(t.elapsed())
+                } else {
+                    without.push(t.elapsed())
+                }
+            }
+        }
+        let (w, wo) = (median(with), median(without));
+        rows.push(Row {
+            name: label,
+            measured: fmt_rate(rate(n, w)),
+            baseline: format!("{} (row write alone)", fmt_rate(rate(n, wo))),
+            ratio: format!("{:.2}x the time", w.as_secs_f64() / wo.as_secs_f64()),
+            target: "≤ 1.5x",
+        });
+    }
+    rows
+}
+
+fn backlog(conn: &mut Connection, n: u64) {
+    let outbox = Outbox::new();
+    let mut i = 0;
+    while i < n {
+        let tx = conn.transaction().unwrap();
+        for _ in 0..10_000.min(n - i) {
+            outbox.save(&tx, &message(i)).unwrap();
+            i += 1;
+        }
+        tx.commit().unwrap();
+    }
+}
+
+async fn drain(path: &Path, target: Arc<dyn Target>, batch: usize) -> (Duration, d1_sync::Stats) {
+    let worker = SyncWorker::builder(path, target)
+        .registry(d1_sync_example::registry())
+        .batch_size(batch)
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let t = Instant::now();
+    worker.start().unwrap();
+    worker.flush().await.unwrap();
+    let took = t.elapsed();
+    let stats = worker.stats().await.unwrap();
+    worker.shutdown().await.unwrap();
+    (took, stats)
+}
+
+/// 2. Draining to a local SQLite file, against the same upserts applied straight to it.
+async fn bench_drain(quick: bool) -> Vec<Row> {
+    let n = if quick { 20_000 } else { 100_000 };
+    let dir = tempfile::tempdir().unwrap();
+    let (path, mut conn) = app_db(dir.path(), "drain.db");
+    backlog(&mut conn, n);
+    let target = SqliteTarget::open(dir.path().join("target.db")).unwrap();
+    target
+        .with_connection(d1_sync_example::apply_migrations)
+        .unwrap();
+    let (took, stats) = drain(&path, Arc::new(target), 1000).await;
+    assert_eq!(stats.records_synced, n);
+
+    // Raw: the same rows, one transaction per 1,000, straight into a fresh file.
+    let raw = Connection::open(dir.path().join("raw.db")).unwrap();
+    raw.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+    )
+    .unwrap();
+    d1_sync_example::apply_migrations(&raw).unwrap();
+    let mut raw = raw;
+    let t = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let tx = raw.transaction().unwrap();
+        for _ in 0..1000.min(n - i) {
+            tx.prepare_cached(Message::UPSERT_SQL)
+                .unwrap()
+                .execute(params_from_iter(message(i).values()))
+                .unwrap();
+            i += 1;
+        }
+        tx.commit().unwrap();
+    }
+    let raw_took = t.elapsed();
+    vec![Row {
+        name: "drain to SqliteTarget",
+        measured: format!(
+            "{} ({n} rows, {} requests)",
+            fmt_rate(rate(n, took)),
+            stats.requests
+        ),
+        baseline: format!(
+            "{} (raw upserts, 1 tx per 1,000)",
+            fmt_rate(rate(n, raw_took))
+        ),
+        ratio: format!(
+            "{:.2}x the raw rate",
+            raw_took.as_secs_f64() / took.as_secs_f64()
+        ),
+        target: "≥ 0.4x",
+    }]
+}
+
+/// The seed's way: one request per record, sequentially, with its SQL and its parameters.
+async fn seed_way(
+    d1: &D1Http,
+    from: u64,
+    n: u64,
+    deadline: Option<Duration>,
+) -> (u64, Duration, u64) {
+    let cols = Message::COLUMNS.join(", ");
+    let placeholders = vec!["?"; Message::COLUMNS.len()].join(", ");
+    let updates = Message::COLUMNS
+        .iter()
+        .map(|c| {
+            if *c == "created_at" {
+                "created_at = COALESCE(messages.created_at, excluded.created_at)".to_string()
+            } else {
+                format!("{c} = excluded.{c}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!("INSERT INTO messages ({cols}) VALUES ({placeholders}) ON CONFLICT DO UPDATE SET {updates};");
+    let t = Instant::now();
+    let (mut done, mut requests) = (0, 0);
+    while done < n {
+        if deadline.is_some_and(|d| t.elapsed() >= d) {
+            break;
+        }
+        let params = message(from + done)
+            .values()
+            .into_iter()
+            .map(|v| match v {
+                d1_sync::Value::Null => d1_sync::target::Param::Text(String::new()),
+                d1_sync::Value::Integer(i) => d1_sync::target::Param::Text(i.to_string()),
+                d1_sync::Value::Real(f) => d1_sync::target::Param::Real(f),
+                d1_sync::Value::Text(s) => d1_sync::target::Param::Text(s),
+                d1_sync::Value::Blob(_) => d1_sync::target::Param::Text(String::new()),
+            })
+            .collect();
+        requests += 1;
+        match d1
+            .query(&[Statement {
+                sql: sql.clone(),
+                params,
+            }])
+            .await
+        {
+            Ok(_) => done += 1,
+            Err(TargetError::RateLimited { retry_after, .. }) => {
+                // Kinder than the seed, which charged the record: wait as asked.
+                tokio::time::sleep(retry_after.unwrap_or(Duration::from_secs(1))).await;
+            }
+            Err(e) => panic!("seed-way request failed: {e}"),
+        }
+    }
+    (done, t.elapsed(), requests)
+}
+
+async fn d1_table(peer: &D1Peer) -> d1_sync_tests::d1peer::TestDb {
+    let db = peer.database();
+    let t = d1_sync_tests::targets::TestTarget::D1(Arc::new(db.client()), db.clone());
+    t.apply_schema(&d1_sync_example::migrations_dir()).await;
+    db
+}
+
+/// 3. Over the D1 REST API to the local D1, against the seed's way in the same run.
+async fn bench_d1(peer: &D1Peer, quick: bool) -> Vec<Row> {
+    let n = if quick { 5_000 } else { 20_000 };
+    let dir = tempfile::tempdir().unwrap();
+    let (path, mut conn) = app_db(dir.path(), "d1.db");
+    backlog(&mut conn, n);
+    let db = d1_table(peer).await;
+    let (took, stats) = drain(&path, Arc::new(db.client()), 1000).await;
+    assert_eq!(stats.records_synced, n);
+    let peer_requests = peer.stats(&db).await.requests;
+
+    let seed_db = d1_table(peer).await;
+    let (done, seed_took, _) =
+        seed_way(&seed_db.client(), 0, if quick { 200 } else { 500 }, None).await;
+    let ours = rate(n, took);
+    let seed = rate(done, seed_took);
+    vec![Row {
+        name: "drain over D1's REST API (local D1)",
+        measured: format!(
+            "{} ({:.2} requests per 1,000 rows)",
+            fmt_rate(ours),
+            peer_requests as f64 * 1000.0 / n as f64
+        ),
+        baseline: format!(
+            "{} (the seed: 1 request per record, 1,000 per 1,000 rows)",
+            fmt_rate(seed)
+        ),
+        ratio: format!("{:.0}x the rows/s", ours / seed),
+        target: "≥ 100x, ≤ 2 requests / 1,000 rows",
+    }]
+}
+
+/// 4. Production-like: 50 ms added per request, and D1's budget of 4 requests/s (429 beyond).
+async fn bench_production(peer: &D1Peer, quick: bool) -> Vec<Row> {
+    let n = if quick { 10_000 } else { 40_000 };
+    let config = ProxyConfig {
+        latency: Duration::from_millis(50),
+        budget_per_sec: Some(4.0),
+        ..ProxyConfig::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (path, mut conn) = app_db(dir.path(), "prod.db");
+    backlog(&mut conn, n);
+    let db = d1_table(peer).await;
+    let proxy = Proxy::start(&db.config.base_url, config.clone()).await;
+    let mut c = db.config.clone();
+    c.base_url = proxy.base_url.clone();
+    let (took, stats) = drain(&path, Arc::new(D1Http::new(c).unwrap()), 1000).await;
+    assert_eq!(stats.records_synced, n);
+    let refused = proxy.stats().over_budget;
+
+    let seed_db = d1_table(peer).await;
+    let seed_proxy = Proxy::start(&seed_db.config.base_url, config).await;
+    let mut c = seed_db.config.clone();
+    c.base_url = seed_proxy.base_url.clone();
+    let (done, seed_took, seed_requests) = seed_way(
+        &D1Http::new(c).unwrap(),
+        0,
+        u64::MAX,
+        Some(Duration::from_secs(if quick { 5 } else { 15 })),
+    )
+    .await;
+    let ours = rate(n, took);
+    let seed = rate(done, seed_took);
+    vec![Row {
+        name: "production-like: +50 ms/request, 4 requests/s budget",
+        measured: format!(
+            "{} sustained over {n} rows ({} requests, {refused} refused with 429)",
+            fmt_rate(ours),
+            stats.requests
+        ),
+        baseline: format!(
+            "{} (the seed's way, {seed_requests} requests)",
+            fmt_rate(seed)
+        ),
+        ratio: format!("{:.0}x", ours / seed),
+        target: "the seed's way is about 4 rows/s",
+    }]
+}
+
+/// A target that reports when each request was applied.
+struct Timed<T: Target> {
+    inner: T,
+    applied: tokio::sync::mpsc::UnboundedSender<Instant>,
+}
+
+impl<T: Target> Target for Timed<T> {
+    fn execute<'a>(
+        &'a self,
+        statements: &'a [Statement],
+    ) -> BoxFuture<'a, Result<(), TargetError>> {
+        Box::pin(async move {
+            let r = self.inner.execute(statements).await;
+            if r.is_ok() {
+                let _ = self.applied.send(Instant::now());
+            }
+            r
+        })
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn latency_for(label: &'static str, target: impl Target + Clone, samples: u64) -> Row {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, mut conn) = app_db(dir.path(), "lat.db");
+    let (tx_applied, mut applied) = tokio::sync::mpsc::unbounded_channel();
+    let worker = SyncWorker::builder(
+        &path,
+        Timed {
+            inner: target.clone(),
+            applied: tx_applied,
+        },
+    )
+    .registry(d1_sync_example::registry())
+    .poll_interval(Duration::from_secs(30))
+    .build()
+    .unwrap();
+    worker.start().unwrap();
+    worker.flush().await.unwrap();
+    let outbox = Outbox::new();
+    let mut lat = Vec::new();
+    let mut direct = Vec::new();
+    for i in 0..samples {
+        // Baseline: the same one-row request sent straight to the target.
+        let m = message(1_000_000 + i);
+        let stmt = Statement {
+            sql: Message::UPSERT_SQL.to_string(),
+            params: m
+                .values()
+                .into_iter()
+                .map(|v| match v {
+                    d1_sync::Value::Integer(x) => d1_sync::target::Param::Text(x.to_string()),
+                    d1_sync::Value::Text(s) => d1_sync::target::Param::Text(s),
+                    _ => d1_sync::target::Param::Text(String::new()),
+                })
+                .collect(),
+        };
+        let t = Instant::now();
+        target.execute(&[stmt]).await.unwrap();
+        direct.push(t.elapsed());
+
+        let tx = conn.transaction().unwrap();
+        outbox.save(&tx, &message(i)).unwrap();
+        tx.commit().unwrap();
+        let committed = Instant::now();
+        worker.notify();
+        let done = applied.recv().await.unwrap();
+        lat.push(done.duration_since(committed));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    worker.shutdown().await.unwrap();
+    let (p50, p99) = (percentile(&mut lat, 0.5), percentile(&mut lat, 0.99));
+    let (d50, d99) = (percentile(&mut direct, 0.5), percentile(&mut direct, 0.99));
+    Row {
+        name: label,
+        measured: format!(
+            "p50 {:.2} ms, p99 {:.2} ms ({samples} changes, poll interval 30 s)",
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3
+        ),
+        baseline: format!(
+            "p50 {:.2} ms, p99 {:.2} ms (one request straight to the target)",
+            d50.as_secs_f64() * 1e3,
+            d99.as_secs_f64() * 1e3
+        ),
+        ratio: format!("{:.1}x at p50", p50.as_secs_f64() / d50.as_secs_f64()),
+        target: "notify, not poll",
+    }
+}
+
+#[derive(Clone)]
+struct SharedTarget(Arc<dyn Target>);
+impl Target for SharedTarget {
+    fn execute<'a>(&'a self, s: &'a [Statement]) -> BoxFuture<'a, Result<(), TargetError>> {
+        self.0.execute(s)
+    }
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+}
+
+/// 5. Enqueue-to-applied latency with the worker idle.
+async fn bench_latency(peer: &D1Peer, quick: bool) -> Vec<Row> {
+    let samples = if quick { 50 } else { 200 };
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteTarget::open(dir.path().join("t.db")).unwrap();
+    sqlite
+        .with_connection(d1_sync_example::apply_migrations)
+        .unwrap();
+    let db = d1_table(peer).await;
+    vec![
+        latency_for(
+            "enqueue → applied, SqliteTarget",
+            SharedTarget(Arc::new(sqlite)),
+            samples,
+        )
+        .await,
+        latency_for(
+            "enqueue → applied, local D1",
+            SharedTarget(Arc::new(db.client())),
+            samples,
+        )
+        .await,
+    ]
+}
+
+fn vm_hwm_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(str::to_string)
+        })
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn vm_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(str::to_string)
+        })
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// The child of `memory`: drains the backlog in `dir` and prints its memory figures.
+async fn memory_child(dir: &Path) {
+    let target = SqliteTarget::open(dir.join("target.db")).unwrap();
+    let worker = SyncWorker::builder(dir.join("app.db"), target)
+        .registry(d1_sync_example::registry())
+        .build()
+        .unwrap();
+    let before = vm_rss_kib();
+    let t = Instant::now();
+    worker.start().unwrap();
+    worker.flush().await.unwrap();
+    let s = worker.stats().await.unwrap();
+    worker.shutdown().await.unwrap();
+    println!(
+        "{} {} {} {}",
+        before,
+        vm_hwm_kib(),
+        s.records_synced,
+        t.elapsed().as_millis()
+    );
+}
+
+/// 6. Peak memory while draining a backlog of 1,000,000 records.
+fn bench_memory(quick: bool) -> Vec<Row> {
+    let n: u64 = if quick { 200_000 } else { 1_000_000 };
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut conn) = app_db(dir.path(), "app.db");
+    backlog(&mut conn, n);
+    drop(conn);
+    let target = Connection::open(dir.path().join("target.db")).unwrap();
+    d1_sync_example::apply_migrations(&target).unwrap();
+    drop(target);
+    let size: u64 = ["app.db", "app.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.path().join(f)).ok())
+        .map(|m| m.len())
+        .sum();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .arg("memory-child")
+        .arg(dir.path())
+        .output()
+        .expect("run the memory child");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Vec<u64> = text
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if v.len() < 4 {
+        panic!(
+            "memory child failed: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (before, peak, synced, ms) = (v[0], v[1], v[2], v[3]);
+    assert_eq!(synced, n);
+    vec![Row {
+        name: "peak memory draining a backlog",
+        measured: format!(
+            "{:.1} MiB peak RSS over {n} records ({:.1}k rows/s)",
+            peak as f64 / 1024.0,
+            n as f64 / ms as f64
+        ),
+        baseline: format!(
+            "{:.1} MiB at start; backlog file {:.0} MiB",
+            before as f64 / 1024.0,
+            size as f64 / 1048576.0
+        ),
+        ratio: format!(
+            "{:.2}x the start, {:.2}x the backlog",
+            peak as f64 / before.max(1) as f64,
+            peak as f64 * 1024.0 / size as f64
+        ),
+        target: "not loaded into memory",
+    }]
+}
+
+/// The schema check's share of one derive expansion (issue: measure what `schema` adds).
+fn bench_schema(quick: bool) -> Vec<Row> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (name, sql) in d1_sync_example::MIGRATIONS {
+        files.push((name.to_string(), sql.to_string()));
+    }
+    // 20 migrations in all: indexes and new columns, as a real project accumulates them.
+    let tables = [
+        "messages",
+        "executions",
+        "sessions",
+        "local_conversations",
+        "conversation_links",
+        "renewal_jobs",
+        "browser_request_policy_state",
+    ];
+    for i in files.len()..20 {
+        let t = tables[i % tables.len()];
+        let sql = if i % 2 == 0 {
+            format!("ALTER TABLE {t} ADD COLUMN extra_{i} TEXT;")
+        } else {
+            format!("CREATE INDEX idx_{i} ON {t} (created_at);").replace(
+                "browser_request_policy_state (created_at)",
+                "browser_request_policy_state (updated_at)",
+            )
+        };
+        files.push((format!("{i:04}_more.sql"), sql));
+    }
+    for (name, sql) in &files {
+        std::fs::write(dir.path().join(name), sql).unwrap();
+    }
+    let reps = if quick { 20 } else { 100 };
+    let mut cold = Vec::new();
+    for _ in 0..reps {
+        let t = Instant::now();
+        let schema = d1_sync::schema::load_schema(dir.path()).unwrap();
+        for name in tables {
+            let table = schema.table(name).unwrap();
+            let cols: Vec<&str> = table.writable_columns().map(|c| c.name.as_str()).collect();
+            let pk: Vec<&str> = table.primary_key.iter().map(String::as_str).collect();
+            schema
+                .check_statement(&d1_sync::schema::sql::upsert_sql(name, &cols, &pk, &[]))
+                .unwrap();
+            schema
+                .check_statement(&d1_sync::schema::sql::delete_sql(name, &pk))
+                .unwrap();
+        }
+        cold.push(t.elapsed());
+    }
+    let _ = d1_sync::schema::load_schema_cached(dir.path()).unwrap();
+    let mut warm = Vec::new();
+    let mut bare = Vec::new();
+    for _ in 0..reps {
+        let t = Instant::now();
+        let schema = d1_sync::schema::load_schema_cached(dir.path()).unwrap();
+        let table = schema.table("messages").unwrap();
+        let cols: Vec<&str> = table.writable_columns().map(|c| c.name.as_str()).collect();
+        schema
+            .check_statement(&d1_sync::schema::sql::upsert_sql(
+                "messages",
+                &cols,
+                &["id"],
+                &[],
+            ))
+            .unwrap();
+        schema
+            .check_statement(&d1_sync::schema::sql::delete_sql("messages", &["id"]))
+            .unwrap();
+        warm.push(t.elapsed());
+        let t = Instant::now();
+        let _ = std::hint::black_box(d1_sync::schema::sql::upsert_sql(
+            "messages",
+            &cols,
+            &["id"],
+            &[],
+        ));
+        let _ = std::hint::black_box(d1_sync::schema::sql::delete_sql("messages", &["id"]));
+        bare.push(t.elapsed());
+    }
+    let (c, w, b) = (median(cold), median(warm), median(bare));
+    vec![Row {
+        name: "schema check per derive (7 tables, 20 migrations)",
+        measured: format!(
+            "first derive of a crate {:.2} ms (loads the files, checks 7 tables); each later one {:.3} ms",
+            c.as_secs_f64() * 1e3 / 1.0,
+            w.as_secs_f64() * 1e3
+        ),
+        baseline: format!("{:.4} ms (the SQL text alone, no schema)", b.as_secs_f64() * 1e3),
+        ratio: format!("+{:.2} ms per later derive", (w.as_secs_f64() - b.as_secs_f64()) * 1e3),
+        target: "report",
+    }]
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!("| benchmark | measured | baseline (same run) | ratio | target |");
+    println!("| --- | --- | --- | --- | --- |");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            r.name, r.measured, r.baseline, r.ratio, r.target
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("memory-child") {
+        let dir = PathBuf::from(args.get(1).expect("memory-child <dir>"));
+        memory_child(&dir).await;
+        return;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let picked: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let want = |name: &str| picked.is_empty() || picked.contains(&name);
+    let needs_peer = ["d1", "production", "latency"].iter().any(|b| want(b));
+    let peer = needs_peer.then(D1Peer::start);
+    let mut rows = Vec::new();
+    let machine = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    eprintln!(
+        "d1sync-bench: {} cores, {machine}{}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if quick { " (quick)" } else { "" }
+    );
+    let mut run = |name: &str, f: &mut dyn FnMut() -> Vec<Row>| {
+        if want(name) {
+            eprintln!("d1sync-bench: {name} ...");
+            let r = f();
+            print_table(&r);
+            rows.extend(r);
+        }
+    };
+    run("enqueue", &mut || bench_enqueue(quick));
+    let handle = tokio::runtime::Handle::current();
+    run("drain", &mut || {
+        tokio::task::block_in_place(|| handle.block_on(bench_drain(quick)))
+    });
+    if let Some(peer) = &peer {
+        run("d1", &mut || {
+            tokio::task::block_in_place(|| handle.block_on(bench_d1(peer, quick)))
+        });
+        run("production", &mut || {
+            tokio::task::block_in_place(|| handle.block_on(bench_production(peer, quick)))
+        });
+        run("latency", &mut || {
+            tokio::task::block_in_place(|| handle.block_on(bench_latency(peer, quick)))
+        });
+    }
+    run("memory", &mut || bench_memory(quick));
+    run("schema", &mut || bench_schema(quick));
+    println!("\nAll results:");
+    print_table(&rows);
+}
