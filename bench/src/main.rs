@@ -32,7 +32,7 @@ fn message(i: u64) -> Message {
         id: format!("msg-{i:08}"),
         platform: "chatgpt".into(),
         conversation_id: Some(format!("conv-{:05}", i % 5000)),
-        role: if i % 2 == 0 { "user" } else { "assistant" }.into(),
+        role: if i.is_multiple_of(2) { "user" } else { "assistant" }.into(),
         raw_text: Some(format!("Please renew the subscription before Friday — message {i} with some ünïcödé and \"quotes\".")),
         summary: Some("renewal request".into()),
         observed_at: 1_767_225_600_000 + i as i64,
