@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use d1_sync::rusqlite::{params_from_iter, Connection};
-use d1_sync::target::{BoxFuture, Statement};
+use d1_sync::target::{Batch, BoxFuture, PackLimits, Statement};
 use d1_sync::{D1Http, Outbox, SqliteTarget, SyncRow, SyncWorker, Target, TargetError};
 use d1_sync_example::rows::Message;
 use d1_sync_tests::d1peer::D1Peer;
@@ -361,17 +361,20 @@ struct Timed<T: Target> {
 }
 
 impl<T: Target> Target for Timed<T> {
-    fn execute<'a>(
-        &'a self,
-        statements: &'a [Statement],
-    ) -> BoxFuture<'a, Result<(), TargetError>> {
+    fn execute<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<(), TargetError>> {
         Box::pin(async move {
-            let r = self.inner.execute(statements).await;
+            let r = self.inner.execute(batch).await;
             if r.is_ok() {
                 let _ = self.applied.send(Instant::now());
             }
             r
         })
+    }
+    fn limits(&self) -> PackLimits {
+        self.inner.limits()
+    }
+    fn wants_statements(&self) -> bool {
+        self.inner.wants_statements()
     }
     fn describe(&self) -> String {
         self.inner.describe()
@@ -401,6 +404,7 @@ async fn latency_for(label: &'static str, target: impl Target + Clone, samples: 
     worker.start().unwrap();
     worker.flush().await.unwrap();
     let outbox = Outbox::new();
+    let table = Arc::new(Message::table_def());
     let mut lat = Vec::new();
     let mut direct = Vec::new();
     for i in 0..samples {
@@ -418,8 +422,27 @@ async fn latency_for(label: &'static str, target: impl Target + Clone, samples: 
                 })
                 .collect(),
         };
+        let change = d1_sync::change::Change {
+            id: 0,
+            row_key: String::new(),
+            table: table.clone(),
+            op: d1_sync::change::Op::Upsert,
+            columns: Message::COLUMNS
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .into(),
+            values: m.values(),
+            attempts: 0,
+        };
         let t = Instant::now();
-        target.execute(&[stmt]).await.unwrap();
+        target
+            .execute(Batch {
+                statements: &[stmt],
+                changes: &[change],
+            })
+            .await
+            .unwrap();
         direct.push(t.elapsed());
 
         let tx = conn.transaction().unwrap();
@@ -454,8 +477,14 @@ async fn latency_for(label: &'static str, target: impl Target + Clone, samples: 
 #[derive(Clone)]
 struct SharedTarget(Arc<dyn Target>);
 impl Target for SharedTarget {
-    fn execute<'a>(&'a self, s: &'a [Statement]) -> BoxFuture<'a, Result<(), TargetError>> {
-        self.0.execute(s)
+    fn execute<'a>(&'a self, b: Batch<'a>) -> BoxFuture<'a, Result<(), TargetError>> {
+        self.0.execute(b)
+    }
+    fn limits(&self) -> PackLimits {
+        self.0.limits()
+    }
+    fn wants_statements(&self) -> bool {
+        self.0.wants_statements()
     }
     fn describe(&self) -> String {
         self.0.describe()

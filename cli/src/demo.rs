@@ -224,7 +224,7 @@ pub async fn run(a: &DemoArgs) -> Result<ExitCode, CliError> {
             _ = tokio::time::sleep(Duration::from_millis(100)) => {
                 let s = worker.stats().await?;
                 bar.set_position(s.records_synced.min(total));
-                bar.set_message(format!("queue depth {}", s.queue.pending + s.queue.in_flight));
+                bar.set_message(format!("queue depth {}", s.queue.pending));
                 if let d1_sync::WorkerState::Paused { reason, .. } = &s.state {
                     bar.finish_and_clear();
                     worker.shutdown().await?;

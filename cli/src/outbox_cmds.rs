@@ -69,7 +69,7 @@ struct StatusReport {
     counts: d1_sync::Counts,
     oldest_unsynced_age_ms: Option<i64>,
     last_error: Option<String>,
-    leases: Vec<d1_sync::outbox::Lease>,
+    lease: Option<d1_sync::outbox::Lease>,
 }
 
 pub fn status(a: &DbArgs) -> Result<ExitCode, CliError> {
@@ -82,7 +82,7 @@ pub fn status(a: &DbArgs) -> Result<ExitCode, CliError> {
         oldest_unsynced_age_ms: counts.oldest_unsynced_ms.map(|t| (now_ms() - t).max(0)),
         counts,
         last_error: outbox.last_error(&conn).map_err(fail)?,
-        leases: outbox.leases(&conn).map_err(fail)?,
+        lease: outbox.lease(&conn).map_err(fail)?,
     };
     if a.json {
         println!(
@@ -94,7 +94,6 @@ pub fn status(a: &DbArgs) -> Result<ExitCode, CliError> {
     let c = &report.counts;
     println!("outbox `{}` in {}", report.queue_table, report.database);
     println!("  pending     {}", c.pending);
-    println!("  in flight   {}", c.in_flight);
     println!("  synced      {} (kept for reference)", c.synced);
     println!("  failed      {}", c.failed);
     match report.oldest_unsynced_age_ms {
@@ -107,17 +106,16 @@ pub fn status(a: &DbArgs) -> Result<ExitCode, CliError> {
     if let Some(e) = &report.last_error {
         println!("  last error: {e}");
     }
-    if report.leases.is_empty() {
-        println!("  no worker holds leases");
-    }
-    for l in &report.leases {
-        let left = Duration::from_millis((l.until_ms - now_ms()).max(0) as u64);
-        println!(
-            "  worker {} holds {} records for {} more",
-            l.owner,
-            l.records,
-            human(left)
-        );
+    match &report.lease {
+        None => println!("  no worker holds the queue"),
+        Some(l) => {
+            let left = Duration::from_millis((l.until_ms - now_ms()).max(0) as u64);
+            println!(
+                "  worker {} holds the queue (lease for {} more)",
+                l.owner,
+                human(left)
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

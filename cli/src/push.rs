@@ -69,7 +69,7 @@ fn worker(a: &PushArgs) -> Result<(SyncWorker, Arc<dyn Target>), CliError> {
 pub async fn push(a: &PushArgs) -> Result<ExitCode, CliError> {
     let (worker, target) = worker(a)?;
     let before = worker.stats().await?;
-    let total = before.queue.pending + before.queue.in_flight;
+    let total = before.queue.pending;
     let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template(
@@ -88,7 +88,7 @@ pub async fn push(a: &PushArgs) -> Result<ExitCode, CliError> {
             _ = tokio::time::sleep(Duration::from_millis(100)) => {
                 let s = worker.stats().await?;
                 bar.set_position(s.records_synced.min(total));
-                bar.set_message(format!("queue {}", s.queue.pending + s.queue.in_flight));
+                bar.set_message(format!("queue {}", s.queue.pending));
                 if s.records_synced != last_synced {
                     last_synced = s.records_synced;
                     last_progress = Instant::now();

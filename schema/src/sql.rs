@@ -131,6 +131,34 @@ pub fn delete_sql(table: &str, primary_key: &[&str]) -> String {
     format!("DELETE FROM {} WHERE {}", quote_ident(table), cond)
 }
 
+/// One-row update of `set` by primary key: parameters `?1..?K` are the key (in `primary_key`
+/// order), `?K+1..` the values of `set`.
+///
+/// ```
+/// assert_eq!(
+///     d1_sync_schema::sql::update_sql("t", &["k"], &["a", "b"]),
+///     r#"UPDATE "t" SET "a" = ?2, "b" = ?3 WHERE "k" = ?1"#
+/// );
+/// ```
+pub fn update_sql(table: &str, primary_key: &[&str], set: &[&str]) -> String {
+    let assignments = set
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{} = ?{}", quote_ident(c), primary_key.len() + i + 1))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let cond = primary_key
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{} = ?{}", quote_ident(c), i + 1))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    format!(
+        "UPDATE {} SET {assignments} WHERE {cond}",
+        quote_ident(table)
+    )
+}
+
 /// How a column's values travel in the `json_each` forms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JsonEncoding {

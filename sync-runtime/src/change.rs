@@ -1,6 +1,7 @@
 //! A queued record read back and checked against the registry: a [`Change`] ready to ship, or
 //! the reason it can never ship.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use d1_sync_schema::limits::{MAX_COLUMNS, MAX_VALUE_BYTES};
@@ -72,16 +73,29 @@ pub struct Change {
     /// Upsert or delete.
     pub op: Op,
     /// Upsert: the columns written, in the table's column order. Update: the key columns,
-    /// then the columns set. Delete: the key columns.
-    pub columns: Vec<String>,
+    /// then the columns set. Delete: the key columns. Shared by changes of one shape.
+    pub columns: Arc<[String]>,
     /// The values, in `columns` order.
     pub values: Vec<Value>,
     /// Attempts charged so far.
     pub attempts: u32,
 }
 
+/// Column lists shared between changes of one shape, so a batch holds one copy of each.
+#[derive(Default)]
+pub struct ColumnsCache(HashMap<(usize, Op, u128), Arc<[String]>>);
+
 /// Checks a record; `Err` is the reason it can never ship (it goes to `failed`).
 pub fn check(record: &RawRecord, registry: &Registry) -> Result<Change, String> {
+    check_with(record, registry, &mut ColumnsCache::default())
+}
+
+/// [`check`], sharing column lists through `cache`.
+pub fn check_with(
+    record: &RawRecord,
+    registry: &Registry,
+    cache: &mut ColumnsCache,
+) -> Result<Change, String> {
     let table = registry.get(&record.table).ok_or_else(|| {
         let known: Vec<&str> = registry.names().collect();
         format!(
@@ -100,55 +114,51 @@ pub fn check(record: &RawRecord, registry: &Registry) -> Result<Change, String> 
             record.op
         )
     })?;
-    let payload: serde_json::Value =
-        serde_json::from_slice(&record.payload).map_err(|e| format!("payload is not JSON: {e}"))?;
-    let serde_json::Value::Object(map) = payload else {
-        return Err(format!(
-            "payload must be a JSON object of column values, not {}",
-            kind_of(&payload)
-        ));
-    };
-    if map.len() > MAX_COLUMNS {
+    let pairs = codec::decode_payload(&record.payload)?;
+    if pairs.len() > MAX_COLUMNS {
         return Err(format!(
             "payload has {} columns; D1 allows at most {MAX_COLUMNS}",
-            map.len()
+            pairs.len()
         ));
     }
-    for col in map.keys() {
-        if !table.has_column(col) {
+    // Each value at its column's position in the table (a repeated key: the last one wins).
+    let mut by_col: Vec<Option<Result<Value, String>>> = vec![None; table.columns.len()];
+    for (col, v) in pairs {
+        let Some(i) = table.columns.iter().position(|c| *c == col) else {
             let shown: String = col.chars().take(80).collect();
             return Err(format!(
                 "`{shown}` is not a column of table `{}`",
                 table.name
             ));
-        }
+        };
+        by_col[i] = Some(v);
     }
+    let position = |name: &str| table.columns.iter().position(|c| c == name);
+    let mut key_positions = Vec::with_capacity(table.primary_key.len());
     for key in &table.primary_key {
-        match map.get(key) {
+        let i = position(key).ok_or_else(|| {
+            format!(
+                "primary-key column `{key}` is not a column of table `{}`",
+                table.name
+            )
+        })?;
+        match &by_col[i] {
             None => return Err(format!("payload lacks primary-key column `{key}`")),
-            Some(serde_json::Value::Null) => {
-                return Err(format!("primary-key column `{key}` is NULL"))
-            }
-            Some(_) => {}
+            Some(Ok(Value::Null)) => return Err(format!("primary-key column `{key}` is NULL")),
+            Some(_) => key_positions.push(i),
         }
     }
-    let columns: Vec<String> = match op {
-        Op::Upsert => table
-            .columns
-            .iter()
-            .filter(|c| map.contains_key(*c))
-            .cloned()
+    let positions: Vec<usize> = match op {
+        Op::Upsert => (0..table.columns.len())
+            .filter(|i| by_col[*i].is_some())
             .collect(),
         Op::Update => {
-            let set: Vec<String> = table
-                .columns
-                .iter()
-                .filter(|c| {
-                    map.contains_key(*c)
-                        && !table.primary_key.contains(c)
-                        && !table.insert_only.contains(c)
+            let set: Vec<usize> = (0..table.columns.len())
+                .filter(|i| {
+                    by_col[*i].is_some()
+                        && !table.primary_key.contains(&table.columns[*i])
+                        && !table.insert_only.contains(&table.columns[*i])
                 })
-                .cloned()
                 .collect();
             if set.is_empty() {
                 return Err(
@@ -156,19 +166,19 @@ pub fn check(record: &RawRecord, registry: &Registry) -> Result<Change, String> 
                         .into(),
                 );
             }
-            table.primary_key.iter().cloned().chain(set).collect()
+            key_positions.iter().copied().chain(set).collect()
         }
-        Op::Delete => table.primary_key.clone(),
+        Op::Delete => key_positions,
     };
-    let mut values = Vec::with_capacity(columns.len());
+    let mut values = Vec::with_capacity(positions.len());
     let mut row_bytes = 0usize;
-    for col in &columns {
-        let v = map
-            .get(col)
-            .map(codec::parse_stored)
-            .transpose()
-            .map_err(|e| format!("column `{col}`: {e}"))?
-            .unwrap_or(Value::Null);
+    for &i in &positions {
+        let col = &table.columns[i];
+        let v = match by_col[i].take() {
+            Some(Ok(v)) => v,
+            Some(Err(e)) => return Err(format!("column `{col}`: {e}")),
+            None => Value::Null,
+        };
         if v.size() > MAX_VALUE_BYTES {
             return Err(format!(
                 "column `{col}` holds {} bytes; D1 stores at most {MAX_VALUE_BYTES} bytes in one value",
@@ -183,6 +193,20 @@ pub fn check(record: &RawRecord, registry: &Registry) -> Result<Change, String> 
             "the row holds {row_bytes} bytes; D1 stores at most {MAX_VALUE_BYTES} bytes in one row"
         ));
     }
+    // Positions are below 100 (D1's column limit, checked by the derive and the registry).
+    let mask = positions
+        .iter()
+        .fold(0u128, |m, &i| m | (1u128 << (i % 128)));
+    let columns = cache
+        .0
+        .entry((Arc::as_ptr(table) as usize, op, mask))
+        .or_insert_with(|| {
+            positions
+                .iter()
+                .map(|&i| table.columns[i].clone())
+                .collect()
+        })
+        .clone();
     Ok(Change {
         id: record.id,
         row_key: record.row_key.clone(),
@@ -192,17 +216,6 @@ pub fn check(record: &RawRecord, registry: &Registry) -> Result<Change, String> 
         values,
         attempts: record.attempts,
     })
-}
-
-fn kind_of(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]
@@ -234,16 +247,16 @@ mod tests {
     #[test]
     fn good_records_take_the_tables_column_order() {
         let c = check(&rec("t", "upsert", r#"{"b":"x","id":1}"#), &registry()).unwrap();
-        assert_eq!(c.columns, ["id", "b"]);
+        assert_eq!(&*c.columns, ["id", "b"]);
         assert_eq!(c.values, [Value::Integer(1), Value::Text("x".into())]);
         let u = check(&rec("t", "update", r#"{"b":"x","id":1}"#), &registry()).unwrap();
         assert_eq!(
-            (u.op, u.columns.as_slice()),
+            (u.op, &*u.columns),
             (Op::Update, ["id".to_string(), "b".to_string()].as_slice())
         );
         let d = check(&rec("t", "delete", r#"{"id":1}"#), &registry()).unwrap();
         assert_eq!(
-            (d.op, d.columns.as_slice()),
+            (d.op, &*d.columns),
             (Op::Delete, ["id".to_string()].as_slice())
         );
     }

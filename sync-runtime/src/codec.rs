@@ -152,6 +152,114 @@ pub fn parse_stored(v: &serde_json::Value) -> Result<Value, String> {
     }
 }
 
+/// One stored value as decoded: the value, or what is wrong with it.
+struct Stored(Result<Value, String>);
+
+impl<'de> serde::Deserialize<'de> for Stored {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StoredVisitor)
+    }
+}
+
+struct StoredVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StoredVisitor {
+    type Value = Stored;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a stored column value")
+    }
+    fn visit_unit<E>(self) -> Result<Stored, E> {
+        Ok(Stored(Ok(Value::Null)))
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<Stored, E> {
+        Ok(Stored(Ok(Value::Integer(i64::from(b)))))
+    }
+    fn visit_i64<E>(self, i: i64) -> Result<Stored, E> {
+        Ok(Stored(Ok(Value::Integer(i))))
+    }
+    fn visit_u64<E>(self, u: u64) -> Result<Stored, E> {
+        Ok(Stored(i64::try_from(u).map(Value::Integer).map_err(|_| {
+            format!("integer {u} does not fit in 64 signed bits")
+        })))
+    }
+    fn visit_f64<E>(self, f: f64) -> Result<Stored, E> {
+        Ok(Stored(Ok(Value::Real(f))))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Stored, E> {
+        Ok(Stored(Ok(Value::Text(s.to_string()))))
+    }
+    fn visit_string<E>(self, s: String) -> Result<Stored, E> {
+        Ok(Stored(Ok(Value::Text(s))))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Stored, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Stored(Err("an array is not a column value".to_string())))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Stored, A::Error> {
+        // Only the two tagged forms: {"blob": hex} and {"real": "inf" | "-inf" | "nan"}.
+        let mut entries: Vec<(String, serde_json::Value)> = Vec::new();
+        while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
+            entries.push((k, v));
+        }
+        let object = serde_json::Value::Object(entries.into_iter().collect());
+        Ok(Stored(parse_stored(&object)))
+    }
+}
+
+/// A column of a decoded payload: its name, and its value or what is wrong with it.
+pub type DecodedColumn = (String, Result<Value, String>);
+
+/// A stored payload: the pairs of a JSON object, each value decoded (or what is wrong with
+/// it), in document order. `Err` when the bytes are not a JSON object.
+pub fn decode_payload(bytes: &[u8]) -> Result<Vec<DecodedColumn>, String> {
+    struct Pairs(Vec<DecodedColumn>);
+    impl<'de> serde::Deserialize<'de> for Pairs {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Pairs;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a JSON object of column values")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Pairs, A::Error> {
+                    let mut out = Vec::with_capacity(map.size_hint().unwrap_or(16));
+                    while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                        let v: Stored = map.next_value()?;
+                        out.push((k.into_owned(), v.0));
+                    }
+                    Ok(Pairs(out))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'{') {
+        return serde_json::from_slice::<Pairs>(bytes)
+            .map(|p| p.0)
+            .map_err(|e| format!("payload is not JSON: {e}"));
+    }
+    // Not an object: say what it is, or why it is not JSON.
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(v) => Err(format!(
+            "payload must be a JSON object of column values, not {}",
+            match v {
+                serde_json::Value::Null => "null",
+                serde_json::Value::Bool(_) => "a boolean",
+                serde_json::Value::Number(_) => "a number",
+                serde_json::Value::String(_) => "a string",
+                serde_json::Value::Array(_) => "an array",
+                serde_json::Value::Object(_) => "an object",
+            }
+        )),
+        Err(e) => Err(format!("payload is not JSON: {e}")),
+    }
+}
+
 /// Whether SQLite's JSON number parser reads the shortest text of `f` back bit for bit.
 ///
 /// It does not everywhere: with the decimal exponent beyond about −83 or +117, some values
@@ -267,6 +375,27 @@ mod tests {
             }
             round_trip(Value::Real(f));
         }
+    }
+
+    #[test]
+    fn payloads_decode_pair_by_pair() {
+        let p = decode_payload(br#" {"a":1,"b":"x\"y","c":{"blob":"00ff"},"d":[1],"e":18446744073709551615,"f":2.5,"g":null}"#).unwrap();
+        let get = |k: &str| {
+            p.iter()
+                .find(|(c, _)| c == k)
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        };
+        assert_eq!(get("a"), Ok(Value::Integer(1)));
+        assert_eq!(get("b"), Ok(Value::Text("x\"y".into())));
+        assert_eq!(get("c"), Ok(Value::Blob(vec![0, 255])));
+        assert!(get("d").unwrap_err().contains("array"));
+        assert!(get("e").unwrap_err().contains("64 signed bits"));
+        assert_eq!(get("f"), Ok(Value::Real(2.5)));
+        assert_eq!(get("g"), Ok(Value::Null));
+        assert!(decode_payload(b"[1]").unwrap_err().contains("not an array"));
+        assert!(decode_payload(b"{oops").unwrap_err().contains("not JSON"));
+        assert!(decode_payload(b"").unwrap_err().contains("not JSON"));
     }
 
     #[test]

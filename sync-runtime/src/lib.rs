@@ -75,7 +75,7 @@ pub use outbox::{open, Counts, DeadLetter, Outbox, Selection, Status};
 pub use registry::Registry;
 pub use row::{SyncRow, TableDef};
 pub use stats::{Stats, WorkerState};
-pub use target::{D1Config, D1Http, SqliteTarget, Target, TargetError};
+pub use target::{D1Config, D1Http, SqliteMode, SqliteTarget, Target, TargetError};
 pub use value::{ToValue, Value, ValueKind};
 pub use worker::{Step, SyncWorker, WorkerBuilder, WorkerConfig};
 

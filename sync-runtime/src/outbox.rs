@@ -2,9 +2,15 @@
 //!
 //! A change is enqueued in the application's transaction, so the row write and its record
 //! commit together or not at all. Records of one row go out in the order they were written;
-//! a record that waits (backoff, a claim by another worker, a dead letter) holds back the
-//! later records of *its* row only. Claims take a lease, so a crash or a second process never
-//! loses or double-sends a claim: an expired lease is claimed again.
+//! a record that waits (backoff, a dead letter) holds back the later records of *its* row
+//! only.
+//!
+//! One worker at a time sends a queue: it holds the queue's **lease** (a row of
+//! `d1_sync_leases`), renewed before every request. A second process waits while the lease
+//! is held, so nothing is ever sent twice at once or out of order; a crashed worker's lease
+//! runs out and another takes the queue over, re-sending what was not acknowledged (every
+//! statement is idempotent). Records themselves are only ever written when their state
+//! changes: inserted, acknowledged, charged, dead-lettered, purged.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -31,8 +37,6 @@ pub(crate) fn now_ms() -> i64 {
 pub enum Status {
     /// Waiting to be sent (perhaps until `next_attempt_at`).
     Pending,
-    /// Claimed by a worker under a lease.
-    InFlight,
     /// Acknowledged by the target.
     Synced,
     /// Dead letter: never sent again unless retried.
@@ -44,7 +48,6 @@ impl Status {
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Pending => "pending",
-            Status::InFlight => "in_flight",
             Status::Synced => "synced",
             Status::Failed => "failed",
         }
@@ -54,15 +57,13 @@ impl Status {
 /// Counts of records by status.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
-    /// Waiting to be sent.
+    /// Waiting to be sent (including records in backoff and records held behind one).
     pub pending: u64,
-    /// Claimed by a worker.
-    pub in_flight: u64,
     /// Acknowledged and not yet purged.
     pub synced: u64,
     /// Dead letters.
     pub failed: u64,
-    /// `created_at` (ms) of the oldest pending or in-flight record.
+    /// `created_at` (ms) of the oldest pending record.
     pub oldest_unsynced_ms: Option<i64>,
 }
 
@@ -85,15 +86,22 @@ pub struct DeadLetter {
     pub created_at: i64,
 }
 
-/// A lease held by a worker.
+/// The queue's lease: which worker sends it, until when.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Lease {
-    /// The worker's id.
+    /// The worker's id (`<pid>-<random>`).
     pub owner: String,
-    /// Records it holds.
-    pub records: u64,
-    /// When the lease ends (ms).
+    /// When the lease ends unless renewed (ms).
     pub until_ms: i64,
+}
+
+/// What a claim found.
+#[derive(Debug)]
+pub(crate) enum Claim {
+    /// Records to send, in queue order (none if nothing is eligible).
+    Records(Vec<RawRecord>),
+    /// Another worker holds the queue's lease.
+    HeldBy(String),
 }
 
 /// Which dead letters an operation applies to.
@@ -129,6 +137,7 @@ pub enum Selection {
 pub struct Outbox {
     table: String,
     q: String,
+    insert_sql: String,
 }
 
 impl Default for Outbox {
@@ -150,7 +159,14 @@ impl Outbox {
     pub fn with_table(name: impl Into<String>) -> Outbox {
         let table = name.into();
         let q = d1_sync_schema::sql::quote_ident(&table);
-        Outbox { table, q }
+        let insert_sql = format!(
+            "INSERT INTO {q} (table_name, row_key, op, payload, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)"
+        );
+        Outbox {
+            table,
+            q,
+            insert_sql,
+        }
     }
 
     /// The queue table's name.
@@ -189,9 +205,13 @@ impl Outbox {
             }
         }
         let q = &self.q;
+        // No AUTOINCREMENT: a new id is always above every id in the table, which is all the
+        // ordering needs, and it saves a write per enqueue. The one index an enqueue touches is
+        // (status, id); the row index is partial and holds only records that can block their
+        // row (dead letters and records in backoff).
         conn.execute_batch(&format!(
             "CREATE TABLE IF NOT EXISTS {q} (
-               id INTEGER PRIMARY KEY AUTOINCREMENT,
+               id INTEGER PRIMARY KEY,
                table_name TEXT NOT NULL,
                row_key TEXT NOT NULL,
                op TEXT NOT NULL,
@@ -199,17 +219,21 @@ impl Outbox {
                status TEXT NOT NULL DEFAULT 'pending',
                attempts INTEGER NOT NULL DEFAULT 0,
                next_attempt_at INTEGER NOT NULL DEFAULT 0,
-               lease_owner TEXT,
-               lease_until INTEGER,
                last_error TEXT,
                created_at INTEGER NOT NULL,
                updated_at INTEGER NOT NULL,
                synced_at INTEGER
              );
              CREATE INDEX IF NOT EXISTS {status} ON {q} (status, id);
-             CREATE INDEX IF NOT EXISTS {row} ON {q} (table_name, row_key, id, status, next_attempt_at);",
+             CREATE INDEX IF NOT EXISTS {blocking} ON {q} (table_name, row_key, id)
+               WHERE status = 'failed' OR next_attempt_at > 0;
+             CREATE TABLE IF NOT EXISTS d1_sync_leases (
+               queue TEXT PRIMARY KEY NOT NULL,
+               owner TEXT NOT NULL,
+               until INTEGER NOT NULL
+             );",
             status = self.index("status_id"),
-            row = self.index("row"),
+            blocking = self.index("blocking"),
         ))?;
         conn.execute(
             "INSERT INTO d1_sync_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -271,12 +295,9 @@ impl Outbox {
         payload: &str,
     ) -> Result<i64> {
         let now = now_ms();
-        conn.prepare_cached(&format!(
-            "INSERT INTO {} (table_name, row_key, op, payload, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-            self.q
-        ))
-        .and_then(|mut s| s.execute(params![table, row_key, op, payload, now]))
-        .map_err(|e| self.map_missing(e))?;
+        conn.prepare_cached(&self.insert_sql)
+            .and_then(|mut s| s.execute(params![table, row_key, op, payload, now]))
+            .map_err(|e| self.map_missing(e))?;
         Ok(conn.last_insert_rowid())
     }
 
@@ -391,21 +412,21 @@ impl Outbox {
             let n = u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0);
             match status.as_str() {
                 "pending" => c.pending = n,
-                "in_flight" => c.in_flight = n,
                 "synced" => c.synced = n,
                 "failed" => c.failed = n,
                 _ => {}
             }
         }
-        c.oldest_unsynced_ms = conn.query_row(
-            &format!(
-                "SELECT min(t) FROM (SELECT (SELECT created_at FROM {q} WHERE status = 'pending' ORDER BY id LIMIT 1) AS t
-                 UNION ALL SELECT (SELECT created_at FROM {q} WHERE status = 'in_flight' ORDER BY id LIMIT 1))",
-                q = self.q
-            ),
-            [],
-            |r| r.get(0),
-        )?;
+        c.oldest_unsynced_ms = conn
+            .query_row(
+                &format!(
+                    "SELECT created_at FROM {} WHERE status = 'pending' ORDER BY id LIMIT 1",
+                    self.q
+                ),
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
         Ok(c)
     }
 
@@ -456,24 +477,20 @@ impl Outbox {
             .map_err(|e| self.map_missing(e))
     }
 
-    /// Leases held now, by worker.
-    pub fn leases(&self, conn: &Connection) -> Result<Vec<Lease>> {
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT lease_owner, count(*), max(lease_until) FROM {} WHERE status = 'in_flight' AND lease_until > ?1 GROUP BY lease_owner",
-                self.q
-            ))
-            .map_err(|e| self.map_missing(e))?;
-        let rows = stmt
-            .query_map([now_ms()], |r| {
+    /// The queue's lease, if a worker holds it now.
+    pub fn lease(&self, conn: &Connection) -> Result<Option<Lease>> {
+        conn.query_row(
+            "SELECT owner, until FROM d1_sync_leases WHERE queue = ?1 AND until > ?2",
+            params![self.table, now_ms()],
+            |r| {
                 Ok(Lease {
-                    owner: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
-                    records: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
-                    until_ms: r.get(2)?,
+                    owner: r.get(0)?,
+                    until_ms: r.get(1)?,
                 })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+            },
+        )
+        .optional()
+        .map_err(|e| self.map_missing(e))
     }
 
     /// The last error of the newest dead letter or retried record.
@@ -490,12 +507,49 @@ impl Outbox {
             .map_err(|e| self.map_missing(e))
     }
 
-    /// Claims up to `limit` eligible records for `owner` until `now + lease`.
+    /// Takes or renews the queue's lease for `owner` until `until`; `Err(holder)` when
+    /// another worker holds it.
+    pub(crate) fn acquire(
+        &self,
+        conn: &Connection,
+        owner: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<Result<(), String>> {
+        let n = conn
+            .prepare_cached(
+                "INSERT INTO d1_sync_leases (queue, owner, until) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (queue) DO UPDATE SET owner = excluded.owner, until = excluded.until
+                 WHERE d1_sync_leases.owner = excluded.owner OR d1_sync_leases.until <= ?4",
+            )?
+            .execute(params![self.table, owner, until, now])?;
+        if n == 1 {
+            return Ok(Ok(()));
+        }
+        let holder: Option<String> = conn
+            .query_row(
+                "SELECT owner FROM d1_sync_leases WHERE queue = ?1",
+                [&self.table],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(Err(holder.unwrap_or_default()))
+    }
+
+    /// Gives the lease up (on shutdown), if `owner` holds it.
+    pub(crate) fn release_lease(&self, conn: &Connection, owner: &str) -> Result<()> {
+        conn.execute(
+            "UPDATE d1_sync_leases SET until = 0 WHERE queue = ?1 AND owner = ?2",
+            params![self.table, owner],
+        )?;
+        Ok(())
+    }
+
+    /// Takes (or renews) the queue's lease and reads up to `limit` eligible records.
     ///
-    /// Eligible: pending and due, or in flight under an expired lease; and no earlier record
-    /// of the same row is waiting (failed, in flight, or pending but not yet due). Because
-    /// that looks at *all* earlier records of the row, a held-back record holds back every
-    /// later one of its row; records of other rows go on.
+    /// Eligible: pending and due, and no earlier record of the same row is waiting (a dead
+    /// letter, or pending but not yet due). Because that looks at *all* earlier records of the
+    /// row, a held-back record holds back every later one of its row; other rows go on.
     pub(crate) fn claim(
         &self,
         conn: &mut Connection,
@@ -503,29 +557,31 @@ impl Outbox {
         now: i64,
         lease: Duration,
         limit: usize,
-    ) -> Result<Vec<RawRecord>> {
+    ) -> Result<Claim> {
+        let until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let q = &self.q;
-        tx.prepare_cached(&format!(
-            "UPDATE {q} SET status = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = ?1 WHERE status = 'in_flight' AND lease_until <= ?1"
-        ))?
-        .execute([now])?;
+        if let Err(holder) = self.acquire(&tx, owner, now, until)? {
+            tx.commit()?;
+            return Ok(Claim::HeldBy(holder));
+        }
         let records = {
+            let q = &self.q;
             let mut stmt = tx.prepare_cached(&format!(
                 "SELECT id, table_name, row_key, op, payload, attempts FROM {q} AS r
                  WHERE r.status = 'pending' AND r.next_attempt_at <= ?1
                    AND NOT EXISTS (
                      SELECT 1 FROM {q} AS e
                      WHERE e.table_name = r.table_name AND e.row_key = r.row_key AND e.id < r.id
-                       AND (e.status IN ('failed', 'in_flight') OR (e.status = 'pending' AND e.next_attempt_at > ?1)))
+                       AND (e.status = 'failed' OR e.next_attempt_at > 0)
+                       AND (e.status = 'failed' OR (e.status = 'pending' AND e.next_attempt_at > ?1)))
                  ORDER BY r.id LIMIT ?2"
             ))?;
             let rows = stmt
                 .query_map(
                     params![now, i64::try_from(limit).unwrap_or(i64::MAX)],
                     |r| {
-                        // Whatever was written into the queue by hand must not stop the
-                        // claim: read any storage class; `change::check` judges the content.
+                        // Whatever was written into the queue by hand must not stop the claim:
+                        // read any storage class; `change::check` judges the content.
                         let text = |i| -> rusqlite::Result<String> {
                             Ok(String::from_utf8_lossy(&bytes_of(r.get_ref(i)?)).into_owned())
                         };
@@ -542,79 +598,28 @@ impl Outbox {
                 .collect::<Result<Vec<_>, _>>()?;
             rows
         };
-        let until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
-        {
-            let mut stmt = tx.prepare_cached(&format!(
-                "UPDATE {q} SET status = 'in_flight', lease_owner = ?1, lease_until = ?2, updated_at = ?3 WHERE id = ?4"
-            ))?;
-            for r in &records {
-                stmt.execute(params![owner, until, now, r.id])?;
-            }
-        }
         tx.commit()?;
-        Ok(records)
+        Ok(Claim::Records(records))
     }
 
-    /// Marks records synced, if `owner` still holds them.
-    pub(crate) fn mark_synced(
-        &self,
-        conn: &mut Connection,
-        owner: &str,
-        ids: &[i64],
-    ) -> Result<usize> {
+    /// Marks records synced (they must still be pending).
+    pub(crate) fn mark_synced(&self, conn: &Connection, ids: &[i64]) -> Result<usize> {
         let now = now_ms();
-        let tx = conn.transaction()?;
-        let mut n = 0;
-        {
-            let mut stmt = tx.prepare_cached(&format!(
-                "UPDATE {} SET status = 'synced', synced_at = ?1, updated_at = ?1, lease_owner = NULL, lease_until = NULL, last_error = NULL
-                 WHERE id = ?2 AND status = 'in_flight' AND lease_owner = ?3",
+        let n = conn
+            .prepare_cached(&format!(
+                "UPDATE {} SET status = 'synced', synced_at = ?1, updated_at = ?1, next_attempt_at = 0, last_error = NULL
+                 WHERE id IN (SELECT value FROM json_each(?2)) AND status = 'pending'",
                 self.q
-            ))?;
-            for id in ids {
-                n += stmt.execute(params![now, id, owner])?;
-            }
-        }
-        tx.commit()?;
+            ))?
+            .execute(params![now, ids_json(ids)])?;
         Ok(n)
     }
 
-    /// Gives claims back uncharged (the outcome is unknown or they were never sent).
-    pub(crate) fn release(&self, conn: &mut Connection, owner: &str, ids: &[i64]) -> Result<usize> {
-        let now = now_ms();
-        let tx = conn.transaction()?;
-        let mut n = 0;
-        {
-            let mut stmt = tx.prepare_cached(&format!(
-                "UPDATE {} SET status = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = ?1
-                 WHERE id = ?2 AND status = 'in_flight' AND lease_owner = ?3",
-                self.q
-            ))?;
-            for id in ids {
-                n += stmt.execute(params![now, id, owner])?;
-            }
-        }
-        tx.commit()?;
-        Ok(n)
-    }
-
-    /// Gives back every claim `owner` holds (shutdown, or a task that was cut off).
-    pub(crate) fn release_all(&self, conn: &Connection, owner: &str) -> Result<usize> {
-        Ok(conn.execute(
-            &format!(
-                "UPDATE {} SET status = 'pending', lease_owner = NULL, lease_until = NULL, updated_at = ?1 WHERE status = 'in_flight' AND lease_owner = ?2",
-                self.q
-            ),
-            params![now_ms(), owner],
-        )?)
-    }
-
-    /// Charges failed records an attempt: back to pending due at its `next_at`, or to
-    /// `failed` once `max_attempts` is reached. Each entry: id, error, next attempt time (ms).
+    /// Charges failed records an attempt: due again at `next_at`, or `failed` once
+    /// `max_attempts` is reached. Each entry: id, error, next attempt time (ms).
     pub(crate) fn charge(
         &self,
         conn: &mut Connection,
-        owner: &str,
         failures: &[(i64, String, i64)],
         max_attempts: u32,
     ) -> Result<()> {
@@ -623,13 +628,12 @@ impl Outbox {
         {
             let mut stmt = tx.prepare_cached(&format!(
                 "UPDATE {} SET attempts = attempts + 1, last_error = ?1, next_attempt_at = ?2, updated_at = ?3,
-                   status = CASE WHEN attempts + 1 >= ?4 THEN 'failed' ELSE 'pending' END,
-                   lease_owner = NULL, lease_until = NULL
-                 WHERE id = ?5 AND status = 'in_flight' AND lease_owner = ?6",
+                   status = CASE WHEN attempts + 1 >= ?4 THEN 'failed' ELSE 'pending' END
+                 WHERE id = ?5 AND status = 'pending'",
                 self.q
             ))?;
             for (id, err, next_at) in failures {
-                stmt.execute(params![err, next_at, now, max_attempts, id, owner])?;
+                stmt.execute(params![err, next_at.max(&1), now, max_attempts, id])?;
             }
         }
         tx.commit()?;
@@ -637,22 +641,16 @@ impl Outbox {
     }
 
     /// Dead-letters records that can never ship, with the reason.
-    pub(crate) fn fail(
-        &self,
-        conn: &mut Connection,
-        owner: &str,
-        failures: &[(i64, String)],
-    ) -> Result<()> {
+    pub(crate) fn fail(&self, conn: &mut Connection, failures: &[(i64, String)]) -> Result<()> {
         let now = now_ms();
         let tx = conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached(&format!(
-                "UPDATE {} SET status = 'failed', last_error = ?1, updated_at = ?2, lease_owner = NULL, lease_until = NULL
-                 WHERE id = ?3 AND status = 'in_flight' AND lease_owner = ?4",
+                "UPDATE {} SET status = 'failed', last_error = ?1, updated_at = ?2 WHERE id = ?3 AND status = 'pending'",
                 self.q
             ))?;
             for (id, reason) in failures {
-                stmt.execute(params![reason, now, id, owner])?;
+                stmt.execute(params![reason, now, id])?;
             }
         }
         tx.commit()?;
@@ -661,15 +659,34 @@ impl Outbox {
 
     /// Deletes synced records except the newest `keep`. Returns how many went.
     pub fn purge(&self, conn: &Connection, keep: usize) -> Result<usize> {
-        Ok(conn.execute(
-            &format!(
-                "DELETE FROM {q} WHERE status = 'synced' AND id NOT IN
-                   (SELECT id FROM {q} WHERE status = 'synced' ORDER BY id DESC LIMIT ?1)",
-                q = self.q
-            ),
-            [i64::try_from(keep).unwrap_or(i64::MAX)],
-        )?)
+        // Walks (status, id) backwards over `keep` entries to find the cut, then deletes the
+        // range below it: no sort, no temporary table.
+        let q = &self.q;
+        let n = if keep == 0 {
+            conn.prepare_cached(&format!("DELETE FROM {q} WHERE status = 'synced'"))?
+                .execute([])?
+        } else {
+            conn.prepare_cached(&format!(
+                "DELETE FROM {q} WHERE status = 'synced' AND id < coalesce(
+                   (SELECT id FROM {q} WHERE status = 'synced' ORDER BY id DESC LIMIT 1 OFFSET ?1), 0)"
+            ))?
+            .execute([i64::try_from(keep - 1).unwrap_or(i64::MAX)])?
+        };
+        Ok(n)
     }
+}
+
+fn ids_json(ids: &[i64]) -> String {
+    let mut s = String::with_capacity(ids.len() * 8 + 2);
+    s.push('[');
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&id.to_string());
+    }
+    s.push(']');
+    s
 }
 
 /// The bytes of any SQLite value (numbers as their text; NULL as nothing).
@@ -740,11 +757,14 @@ mod tests {
         .unwrap()
     }
 
-    fn ids(records: &[RawRecord]) -> Vec<i64> {
-        records.iter().map(|r| r.id).collect()
-    }
-
     const LEASE: Duration = Duration::from_secs(60);
+
+    fn claim(conn: &mut Connection, o: &Outbox, owner: &str, now: i64) -> Vec<i64> {
+        match o.claim(conn, owner, now, LEASE, 10).unwrap() {
+            Claim::Records(r) => r.iter().map(|r| r.id).collect(),
+            Claim::HeldBy(h) => panic!("lease held by {h}"),
+        }
+    }
 
     #[test]
     fn records_of_a_row_are_claimed_in_order_together() {
@@ -752,14 +772,31 @@ mod tests {
         let a1 = put(&conn, &o, "a");
         let b1 = put(&conn, &o, "b");
         let a2 = put(&conn, &o, "a");
-        let got = o.claim(&mut conn, "w", now_ms(), LEASE, 10).unwrap();
-        assert_eq!(ids(&got), [a1, b1, a2]);
+        assert_eq!(claim(&mut conn, &o, "w", now_ms()), [a1, b1, a2]);
+    }
+
+    #[test]
+    fn one_worker_at_a_time_holds_the_queue() {
+        let (mut conn, o) = setup();
+        put(&conn, &o, "a");
+        let t0 = now_ms();
+        assert_eq!(claim(&mut conn, &o, "w1", t0).len(), 1);
         assert!(
-            o.claim(&mut conn, "w2", now_ms(), LEASE, 10)
-                .unwrap()
-                .is_empty(),
-            "held under lease"
+            matches!(o.claim(&mut conn, "w2", t0 + 10, LEASE, 10).unwrap(), Claim::HeldBy(h) if h == "w1")
         );
+        assert_eq!(o.lease(&conn).unwrap().unwrap().owner, "w1");
+        // The holder renews at will; after the lease runs out another worker takes over.
+        assert_eq!(claim(&mut conn, &o, "w1", t0 + 20).len(), 1);
+        let later = t0 + 20 + 60_000;
+        assert_eq!(
+            claim(&mut conn, &o, "w2", later).len(),
+            1,
+            "the expired lease is taken over"
+        );
+        // A released lease is free at once.
+        o.release_lease(&conn, "w2").unwrap();
+        assert_eq!(claim(&mut conn, &o, "w3", later + 1).len(), 1);
+        assert!(o.lease(&conn).unwrap().is_some());
     }
 
     #[test]
@@ -768,24 +805,16 @@ mod tests {
         let a1 = put(&conn, &o, "a");
         let a2 = put(&conn, &o, "a");
         let b1 = put(&conn, &o, "b");
-        o.claim(&mut conn, "w", now_ms(), LEASE, 10).unwrap();
-        o.charge(
-            &mut conn,
-            "w",
-            &[(a1, "boom".into(), now_ms() + 60_000)],
-            10,
-        )
-        .unwrap();
-        o.release(&mut conn, "w", &[a2, b1]).unwrap();
-        let got = o.claim(&mut conn, "w", now_ms(), LEASE, 10).unwrap();
-        assert_eq!(ids(&got), [b1], "a2 waits behind a1; b is free");
-        o.mark_synced(&mut conn, "w", &[b1]).unwrap();
-        // When a1 is due again, a1 then a2 go out, in order.
-        let later = now_ms() + 61_000;
+        o.charge(&mut conn, &[(a1, "boom".into(), now_ms() + 60_000)], 10)
+            .unwrap();
         assert_eq!(
-            ids(&o.claim(&mut conn, "w", later, LEASE, 10).unwrap()),
-            [a1, a2]
+            claim(&mut conn, &o, "w", now_ms()),
+            [b1],
+            "a2 waits behind a1; b is free"
         );
+        o.mark_synced(&conn, &[b1]).unwrap();
+        // When a1 is due again, a1 then a2 go out, in order.
+        assert_eq!(claim(&mut conn, &o, "w", now_ms() + 61_000), [a1, a2]);
     }
 
     #[test]
@@ -793,13 +822,8 @@ mod tests {
         let (mut conn, o) = setup();
         let a1 = put(&conn, &o, "a");
         let a2 = put(&conn, &o, "a");
-        o.claim(&mut conn, "w", now_ms(), LEASE, 10).unwrap();
-        o.fail(&mut conn, "w", &[(a1, "bad".into())]).unwrap();
-        o.release(&mut conn, "w", &[a2]).unwrap();
-        assert!(o
-            .claim(&mut conn, "w", now_ms(), LEASE, 10)
-            .unwrap()
-            .is_empty());
+        o.fail(&mut conn, &[(a1, "bad".into())]).unwrap();
+        assert!(claim(&mut conn, &o, "w", now_ms()).is_empty());
         let dead = o.failed(&conn, 10).unwrap();
         assert_eq!(
             (dead.len(), dead[0].id, dead[0].last_error.as_str()),
@@ -807,17 +831,10 @@ mod tests {
         );
 
         assert_eq!(o.retry(&conn, Selection::Id(a1)).unwrap(), 1);
-        assert_eq!(
-            ids(&o.claim(&mut conn, "w", now_ms(), LEASE, 10).unwrap()),
-            [a1, a2]
-        );
-        o.fail(&mut conn, "w", &[(a1, "bad again".into())]).unwrap();
-        o.release(&mut conn, "w", &[a2]).unwrap();
+        assert_eq!(claim(&mut conn, &o, "w", now_ms()), [a1, a2]);
+        o.fail(&mut conn, &[(a1, "bad again".into())]).unwrap();
         assert_eq!(o.drop_failed(&conn, Selection::All).unwrap(), 1);
-        assert_eq!(
-            ids(&o.claim(&mut conn, "w", now_ms(), LEASE, 10).unwrap()),
-            [a2]
-        );
+        assert_eq!(claim(&mut conn, &o, "w", now_ms()), [a2]);
     }
 
     #[test]
@@ -825,13 +842,16 @@ mod tests {
         let (mut conn, o) = setup();
         let a = put(&conn, &o, "a");
         for i in 1..=3 {
-            let got = o
+            let got = match o
                 .claim(&mut conn, "w", now_ms() + i * 1000, LEASE, 10)
-                .unwrap();
-            assert_eq!(ids(&got), [a]);
+                .unwrap()
+            {
+                Claim::Records(r) => r,
+                Claim::HeldBy(_) => unreachable!(),
+            };
+            assert_eq!(got.len(), 1);
             assert_eq!(got[0].attempts as i64, i - 1);
-            o.charge(&mut conn, "w", &[(a, format!("e{i}"), 0)], 3)
-                .unwrap();
+            o.charge(&mut conn, &[(a, format!("e{i}"), 0)], 3).unwrap();
         }
         let c = o.counts(&conn).unwrap();
         assert_eq!((c.failed, c.pending), (1, 0));
@@ -840,48 +860,22 @@ mod tests {
     }
 
     #[test]
-    fn expired_leases_are_claimed_again_and_only_the_holder_marks() {
+    fn only_pending_records_are_marked() {
         let (mut conn, o) = setup();
         let a = put(&conn, &o, "a");
-        let t0 = now_ms();
-        o.claim(&mut conn, "dead-worker", t0, Duration::from_millis(100), 10)
-            .unwrap();
-        assert_eq!(o.leases(&conn).unwrap()[0].owner, "dead-worker");
-        assert!(o
-            .claim(&mut conn, "w", t0 + 50, LEASE, 10)
-            .unwrap()
-            .is_empty());
-        assert_eq!(
-            ids(&o.claim(&mut conn, "w", t0 + 100, LEASE, 10).unwrap()),
-            [a]
-        );
-        assert_eq!(
-            o.mark_synced(&mut conn, "dead-worker", &[a]).unwrap(),
-            0,
-            "lost its lease"
-        );
-        assert_eq!(o.mark_synced(&mut conn, "w", &[a]).unwrap(), 1);
-        assert_eq!(o.counts(&conn).unwrap().synced, 1);
-    }
-
-    #[test]
-    fn release_all_gives_back_one_owners_claims() {
-        let (mut conn, o) = setup();
-        put(&conn, &o, "a");
-        put(&conn, &o, "b");
-        o.claim(&mut conn, "w", now_ms(), LEASE, 1).unwrap();
-        o.claim(&mut conn, "other", now_ms(), LEASE, 1).unwrap();
-        assert_eq!(o.release_all(&conn, "w").unwrap(), 1);
+        let b = put(&conn, &o, "b");
+        o.fail(&mut conn, &[(b, "dead".into())]).unwrap();
+        assert_eq!(o.mark_synced(&conn, &[a, b]).unwrap(), 1);
+        assert_eq!(o.mark_synced(&conn, &[a]).unwrap(), 0, "once");
         let c = o.counts(&conn).unwrap();
-        assert_eq!((c.pending, c.in_flight), (1, 1));
+        assert_eq!((c.synced, c.failed), (1, 1));
     }
 
     #[test]
     fn purge_keeps_the_newest_synced_records() {
-        let (mut conn, o) = setup();
+        let (conn, o) = setup();
         let all: Vec<i64> = (0..10).map(|i| put(&conn, &o, &i.to_string())).collect();
-        o.claim(&mut conn, "w", now_ms(), LEASE, 10).unwrap();
-        o.mark_synced(&mut conn, "w", &all[..8]).unwrap();
+        o.mark_synced(&conn, &all[..8]).unwrap();
         assert_eq!(o.purge(&conn, 3).unwrap(), 5);
         let kept: Vec<i64> = conn
             .prepare("SELECT id FROM d1_sync_queue WHERE status = 'synced' ORDER BY id")
@@ -892,37 +886,63 @@ mod tests {
             .unwrap();
         assert_eq!(kept, all[5..8]);
         assert_eq!(
-            o.counts(&conn).unwrap().in_flight,
+            o.counts(&conn).unwrap().pending,
             2,
             "unsynced records are never purged"
         );
+        assert_eq!(o.purge(&conn, 100).unwrap(), 0);
         assert_eq!(o.purge(&conn, 0).unwrap(), 3);
     }
 
-    #[test]
-    fn the_claim_walks_the_index_in_order_without_sorting() {
-        let (conn, o) = setup();
-        let sql = format!(
-            "EXPLAIN QUERY PLAN SELECT id FROM {q} AS r WHERE r.status = 'pending' AND r.next_attempt_at <= 1
-             AND NOT EXISTS (SELECT 1 FROM {q} AS e WHERE e.table_name = r.table_name AND e.row_key = r.row_key AND e.id < r.id
-               AND (e.status IN ('failed', 'in_flight') OR (e.status = 'pending' AND e.next_attempt_at > 1)))
-             ORDER BY r.id LIMIT 10",
-            q = o.q
-        );
-        let plan: Vec<String> = conn
-            .prepare(&sql)
+    fn plan(conn: &Connection, sql: &str) -> String {
+        conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
             .unwrap()
             .query_map([], |r| r.get::<_, String>(3))
             .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        let text = plan.join("\n");
-        assert!(
-            !text.contains("TEMP B-TREE"),
-            "the claim must not sort the backlog:\n{text}"
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+            .join("\n")
+    }
+
+    #[test]
+    fn the_hot_queries_walk_indexes_without_sorting() {
+        let (conn, o) = setup();
+        let q = &o.q;
+        let claim = plan(
+            &conn,
+            &format!(
+                "SELECT id FROM {q} AS r WHERE r.status = 'pending' AND r.next_attempt_at <= 1
+                 AND NOT EXISTS (SELECT 1 FROM {q} AS e WHERE e.table_name = r.table_name AND e.row_key = r.row_key AND e.id < r.id
+                   AND (e.status = 'failed' OR e.next_attempt_at > 0)
+                   AND (e.status = 'failed' OR (e.status = 'pending' AND e.next_attempt_at > 1)))
+                 ORDER BY r.id LIMIT 10"
+            ),
         );
-        assert!(text.contains("d1_sync_queue_status_id"), "{text}");
-        assert!(text.contains("d1_sync_queue_row"), "{text}");
+        assert!(
+            !claim.contains("TEMP B-TREE"),
+            "the claim must not sort the backlog:\n{claim}"
+        );
+        assert!(claim.contains("d1_sync_queue_status_id"), "{claim}");
+        assert!(
+            claim.contains("d1_sync_queue_blocking"),
+            "the row check uses the partial index:\n{claim}"
+        );
+        let purge = plan(
+            &conn,
+            &format!("DELETE FROM {q} WHERE status = 'synced' AND id < coalesce((SELECT id FROM {q} WHERE status = 'synced' ORDER BY id DESC LIMIT 1 OFFSET 5), 0)"),
+        );
+        assert!(
+            !purge.contains("TEMP B-TREE") && purge.contains("d1_sync_queue_status_id"),
+            "{purge}"
+        );
+        let mark = plan(
+            &conn,
+            &format!("UPDATE {q} SET status = 'synced' WHERE id IN (SELECT value FROM json_each('[1]')) AND status = 'pending'"),
+        );
+        assert!(
+            !mark.contains("SCAN d1_sync_queue") || mark.contains("USING INTEGER PRIMARY KEY"),
+            "{mark}"
+        );
     }
 
     #[test]
@@ -943,8 +963,13 @@ mod tests {
             o.install(&conn),
             Err(Error::QueueTooNew { found: 99, .. })
         ));
+        assert!(matches!(
+            o.check(&conn),
+            Err(Error::QueueTooNew { found: 99, .. })
+        ));
         let other = Connection::open_in_memory().unwrap();
         let err = o.counts(&other).unwrap_err();
         assert!(matches!(err, Error::NotInstalled(_)), "{err}");
+        assert!(matches!(o.check(&other), Err(Error::NotInstalled(_))));
     }
 }

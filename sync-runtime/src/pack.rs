@@ -86,10 +86,12 @@ impl Default for PackLimits {
 /// A request: its statements, and which changes it carries.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
-    /// Statements, the first being [`DEFER_FOREIGN_KEYS`].
+    /// Statements, the first being [`DEFER_FOREIGN_KEYS`] (empty when packed without SQL).
     pub statements: Vec<Statement>,
     /// Queue ids of the changes, in order.
     pub ids: Vec<i64>,
+    /// Where its changes are in the slice given to [`pack`].
+    pub range: std::ops::Range<usize>,
 }
 
 #[derive(PartialEq, Eq)]
@@ -173,8 +175,28 @@ impl Open<'_> {
 /// reach here: [`crate::change::check`] refuses values and rows over D1's limits, and the
 /// default limits leave room for one such row.
 pub fn pack(changes: &[Change], limits: &PackLimits) -> Vec<Request> {
+    pack_with(changes, limits, true)
+}
+
+/// [`pack`], or, with `sql` false, only the request boundaries (for targets that apply the
+/// changes themselves): one request of up to `max_statements` changes.
+pub fn pack_with(changes: &[Change], limits: &PackLimits, sql: bool) -> Vec<Request> {
+    if !sql {
+        let step = limits.max_statements.max(1);
+        return (0..changes.len())
+            .step_by(step)
+            .map(|start| {
+                let range = start..(start + step).min(changes.len());
+                Request {
+                    statements: Vec::new(),
+                    ids: changes[range.clone()].iter().map(|c| c.id).collect(),
+                    range,
+                }
+            })
+            .collect();
+    }
     let mut requests = Vec::new();
-    let mut cur = new_request();
+    let mut cur = new_request(0);
     let mut cur_bytes = DEFER_FOREIGN_KEYS.len();
     let mut open: Option<Open> = None;
 
@@ -197,7 +219,8 @@ pub fn pack(changes: &[Change], limits: &PackLimits) -> Vec<Request> {
             let full = cur.statements.len() >= limits.max_statements
                 || cur_bytes + sql.len() + row.len() + 2 > limits.max_request_bytes;
             if full && !cur.ids.is_empty() {
-                requests.push(std::mem::replace(&mut cur, new_request()));
+                let next_start = cur.range.end;
+                requests.push(std::mem::replace(&mut cur, new_request(next_start)));
                 cur_bytes = DEFER_FOREIGN_KEYS.len();
             }
             open = Some(Open {
@@ -220,6 +243,7 @@ pub fn pack(changes: &[Change], limits: &PackLimits) -> Vec<Request> {
             }
         }
         cur.ids.push(c.id);
+        cur.range.end += 1;
     }
     close(&mut open, &mut cur, &mut cur_bytes);
     if !cur.ids.is_empty() {
@@ -239,10 +263,11 @@ fn close(open: &mut Option<Open>, cur: &mut Request, cur_bytes: &mut usize) {
     }
 }
 
-fn new_request() -> Request {
+fn new_request(start: usize) -> Request {
     Request {
         statements: vec![Statement::new(DEFER_FOREIGN_KEYS)],
         ids: Vec::new(),
+        range: start..start,
     }
 }
 
@@ -269,7 +294,7 @@ mod tests {
             row_key: format!("[{id}]"),
             table: t.clone(),
             op: Op::Upsert,
-            columns: vec!["id".into(), "v".into()],
+            columns: vec!["id".to_string(), "v".to_string()].into(),
             values: vec![Value::Integer(id), v],
             attempts: 0,
         }
@@ -281,7 +306,7 @@ mod tests {
             row_key: format!("[{id}]"),
             table: t.clone(),
             op: Op::Delete,
-            columns: vec!["id".into()],
+            columns: vec!["id".to_string()].into(),
             values: vec![Value::Integer(id)],
             attempts: 0,
         }
@@ -326,6 +351,7 @@ mod tests {
         assert!(sqls[4].starts_with("INSERT INTO \"a\"") && !sqls[4].contains("unhex"));
         assert!(sqls[5].contains("unhex"), "a blob value changes the shape");
         assert_eq!(reqs[0].ids, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(reqs[0].range, 0..6);
     }
 
     #[test]
@@ -343,6 +369,23 @@ mod tests {
         let reqs = pack(&changes, &limits);
         let ids: Vec<i64> = reqs.iter().flat_map(|r| r.ids.clone()).collect();
         assert_eq!(ids, (1..=100).collect::<Vec<_>>());
+        for (i, r) in reqs.iter().enumerate() {
+            let ids_in_range: Vec<i64> = changes[r.range.clone()].iter().map(|c| c.id).collect();
+            assert_eq!(ids_in_range, r.ids, "request {i}");
+        }
+        let bare = pack_with(
+            &changes,
+            &PackLimits {
+                max_statements: 30,
+                ..PackLimits::default()
+            },
+            false,
+        );
+        assert_eq!(
+            bare.iter().map(|r| r.range.clone()).collect::<Vec<_>>(),
+            [0..30, 30..60, 60..90, 90..100]
+        );
+        assert!(bare.iter().all(|r| r.statements.is_empty()));
         for r in &reqs {
             assert!(r.statements.len() <= 4);
             for s in &r.statements[1..] {
@@ -396,7 +439,7 @@ mod tests {
             row_key: format!("[{k}]"),
             table: a.clone(),
             op: Op::Update,
-            columns: vec!["id".into(), "v".into()],
+            columns: vec!["id".to_string(), "v".to_string()].into(),
             values: vec![Value::Integer(k), Value::Integer(id)],
             attempts: 0,
         };

@@ -18,6 +18,12 @@ pub enum WorkerState {
         /// Why.
         reason: String,
     },
+    /// Another worker (another process, or another worker on this file) holds the queue's
+    /// lease and sends it; this one waits to take over.
+    Standby {
+        /// The lease holder's id.
+        holder: String,
+    },
     /// Stopped sending until `until` because the target refused the credentials or the
     /// configuration; nothing is dead-lettered meanwhile. Fix the token or settings.
     Paused {

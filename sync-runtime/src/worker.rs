@@ -22,12 +22,12 @@ use tracing::{debug, error, info, warn};
 use crate::backoff::Backoff;
 use crate::change::{self, Change};
 use crate::error::{Error, Result};
-use crate::outbox::{now_ms, Outbox};
-use crate::pack::pack;
+use crate::outbox::{now_ms, Claim, Outbox};
+use crate::pack::{pack_with, PackLimits};
 use crate::registry::Registry;
 use crate::row::SyncRow;
 use crate::stats::{Stats, WorkerState};
-use crate::target::{Target, TargetError};
+use crate::target::{Batch, Target, TargetError};
 
 /// How a worker behaves. The defaults follow the TypeScript worker it replaces where that was
 /// right (10 attempts, backoff from 1 s to 5 min, keep 1000 synced records).
@@ -375,6 +375,7 @@ impl SyncWorker {
         Ok(match tick(&self.inner, &CancellationToken::new()).await {
             TickEnd::Idle => Step::Idle,
             TickEnd::Progress | TickEnd::Cancelled => Step::Progress,
+            TickEnd::Standby(holder) => Step::Standby(holder),
             TickEnd::Failed(e) => {
                 lock(&self.inner.live).last_error = Some(e.to_string());
                 Step::Failed(e)
@@ -407,11 +408,10 @@ impl SyncWorker {
             );
             abort.abort();
         }
+        // Another worker may take the queue over at once; whatever was in flight and not
+        // acknowledged is still pending.
         let owner = self.inner.owner.clone();
-        let released = db(&self.inner, move |o, c| o.release_all(c, &owner)).await?;
-        if released > 0 {
-            info!(released, "gave back claims on shutdown");
-        }
+        db(&self.inner, move |o, c| o.release_lease(c, &owner)).await?;
         lock(&self.inner.live).state = WorkerState::Stopped;
         self.inner.ticks.send_modify(|t| t.stopped = true);
         Ok(())
@@ -438,6 +438,8 @@ pub enum Step {
     Idle,
     /// Records were shipped, dead-lettered or charged.
     Progress,
+    /// Another worker holds the queue's lease; nothing was sent.
+    Standby(String),
     /// The target failed in a way that backs the whole worker off or pauses it; the batch
     /// went back to the queue uncharged.
     Failed(TargetError),
@@ -447,6 +449,8 @@ enum TickEnd {
     Idle,
     Progress,
     Cancelled,
+    /// Another worker holds the queue's lease.
+    Standby(String),
     Failed(TargetError),
 }
 
@@ -488,6 +492,11 @@ async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
                 wake = None;
             }
             TickEnd::Cancelled => break,
+            TickEnd::Standby(holder) => {
+                hold = false;
+                lock(&inner.live).state = WorkerState::Standby { holder };
+                wake = Some(now + inner.config.poll_interval);
+            }
             TickEnd::Failed(e) => {
                 failures = failures.saturating_add(1);
                 let (delay, paused) = match &e {
@@ -534,8 +543,8 @@ async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
         }
     }
     let owner = inner.owner.clone();
-    if let Err(e) = db(&inner, move |o, c| o.release_all(c, &owner)).await {
-        warn!(error = %e, "could not give back claims on stop");
+    if let Err(e) = db(&inner, move |o, c| o.release_lease(c, &owner)).await {
+        warn!(error = %e, "could not release the queue's lease; it runs out by itself");
     }
     lock(&inner.live).state = WorkerState::Stopped;
     inner.ticks.send_modify(|t| t.stopped = true);
@@ -552,12 +561,13 @@ async fn tick(inner: &Arc<Inner>, cancel: &CancellationToken) -> TickEnd {
         inner.config.lease,
         inner.config.batch_size,
     );
-    let raw = match db(inner, move |o, c| {
+    let claimed = db(inner, move |o, c| {
         o.claim(c, &owner, now_ms(), lease, limit)
     })
-    .await
-    {
-        Ok(r) => r,
+    .await;
+    let raw = match claimed {
+        Ok(Claim::Records(r)) => r,
+        Ok(Claim::HeldBy(holder)) => return TickEnd::Standby(holder),
         Err(e) => return TickEnd::Failed(TargetError::Transient(format!("local queue: {e}"))),
     };
     if raw.is_empty() {
@@ -567,10 +577,11 @@ async fn tick(inner: &Arc<Inner>, cancel: &CancellationToken) -> TickEnd {
 
     let mut changes = Vec::with_capacity(raw.len());
     let mut invalid = Vec::new();
+    let mut columns = change::ColumnsCache::default();
     // The first dead record of each row: later records of that row wait behind it.
     let mut dead_rows: HashMap<(String, String), i64> = HashMap::new();
     for r in &raw {
-        match change::check(r, &inner.registry) {
+        match change::check_with(r, &inner.registry, &mut columns) {
             Ok(c) => changes.push(c),
             Err(reason) => {
                 warn!(id = r.id, table = %r.table, reason = %reason, "dead-lettering a record that can never be sent");
@@ -584,104 +595,89 @@ async fn tick(inner: &Arc<Inner>, cancel: &CancellationToken) -> TickEnd {
     if !invalid.is_empty() {
         let n = invalid.len() as u64;
         let last = invalid.last().map(|(_, r)| r.clone());
-        let owner = inner.owner.clone();
-        if let Err(e) = db(inner, move |o, c| o.fail(c, &owner, &invalid)).await {
+        if let Err(e) = db(inner, move |o, c| o.fail(c, &invalid)).await {
             return TickEnd::Failed(TargetError::Transient(format!("local queue: {e}")));
         }
         let mut live = lock(&inner.live);
         live.records_failed += n;
         live.last_error = last;
     }
-    let (changes, held): (Vec<Change>, Vec<Change>) = changes.into_iter().partition(|c| {
+    // Later records of a row with a new dead letter stay pending, behind it.
+    changes.retain(|c| {
         dead_rows
             .get(&row_of(&c.table.name, &c.row_key))
             .is_none_or(|first| c.id < *first)
     });
-    if !held.is_empty() {
-        let ids: Vec<i64> = held.iter().map(|c| c.id).collect();
-        let owner = inner.owner.clone();
-        if let Err(e) = db(inner, move |o, c| o.release(c, &owner, &ids)).await {
-            return TickEnd::Failed(TargetError::Transient(format!("local queue: {e}")));
-        }
-    }
     ship(inner, changes, cancel).await
 }
 
 /// Sends changes in order, splitting rejected requests until the records at fault are found.
+/// Whatever is not acknowledged simply stays pending: there is no claim to give back.
 async fn ship(inner: &Arc<Inner>, changes: Vec<Change>, cancel: &CancellationToken) -> TickEnd {
     let limits = inner.target.limits();
+    let with_sql = inner.target.wants_statements();
     // One segment per request of the first packing; popped from the end, so reversed.
     let mut stack: Vec<Vec<Change>> = Vec::new();
-    {
-        let requests = pack(&changes, &limits);
-        let mut it = changes.into_iter();
-        let segments: Vec<Vec<Change>> = requests
-            .iter()
-            .map(|r| it.by_ref().take(r.ids.len()).collect())
-            .collect();
-        stack.extend(segments.into_iter().rev());
-    }
+    split_into(&mut stack, changes, &limits, with_sql);
     let mut blocked: HashSet<(String, String)> = HashSet::new();
-
-    let give_back = |inner: &Arc<Inner>, rest: Vec<Change>| {
-        let ids: Vec<i64> = rest.iter().map(|c| c.id).collect();
-        let owner = inner.owner.clone();
-        let inner = inner.clone();
-        async move {
-            if ids.is_empty() {
-                return;
-            }
-            if let Err(e) = db(&inner, move |o, c| o.release(c, &owner, &ids)).await {
-                warn!(error = %e, "could not give back claims; they return when the lease ends");
-            }
-        }
-    };
+    let mut renewed = tokio::time::Instant::now();
 
     while let Some(segment) = stack.pop() {
         if cancel.is_cancelled() {
-            let mut rest = segment;
-            rest.extend(stack.drain(..).flatten());
-            give_back(inner, rest).await;
             return TickEnd::Cancelled;
         }
-        let (segment, held): (Vec<Change>, Vec<Change>) = segment
+        let segment: Vec<Change> = segment
             .into_iter()
-            .partition(|c| !blocked.contains(&row_of(&c.table.name, &c.row_key)));
-        give_back(inner, held).await;
+            .filter(|c| !blocked.contains(&row_of(&c.table.name, &c.row_key)))
+            .collect();
         if segment.is_empty() {
             continue;
         }
-        let mut requests = pack(&segment, &limits);
+        let mut requests = pack_with(&segment, &limits, with_sql);
         if requests.len() > 1 {
-            let mut it = segment.into_iter();
-            let parts: Vec<Vec<Change>> = requests
-                .iter()
-                .map(|r| it.by_ref().take(r.ids.len()).collect())
-                .collect();
-            stack.extend(parts.into_iter().rev());
+            split_into(&mut stack, segment, &limits, with_sql);
             continue;
         }
         let Some(request) = requests.pop() else {
             continue;
         };
+        // Keep the queue's lease well ahead of the request's own timeout.
+        if renewed.elapsed() > inner.config.lease / 4 {
+            let (owner, until) = (
+                inner.owner.clone(),
+                now_ms().saturating_add(
+                    i64::try_from(inner.config.lease.as_millis()).unwrap_or(i64::MAX),
+                ),
+            );
+            match db(inner, move |o, c| o.acquire(c, &owner, now_ms(), until)).await {
+                Ok(Ok(())) => renewed = tokio::time::Instant::now(),
+                Ok(Err(holder)) => return TickEnd::Standby(holder),
+                Err(e) => {
+                    return TickEnd::Failed(TargetError::Transient(format!("local queue: {e}")))
+                }
+            }
+        }
         {
             let mut live = lock(&inner.live);
             live.requests += 1;
             live.statements += request.statements.len() as u64;
         }
-        match inner.target.execute(&request.statements).await {
+        let batch = Batch {
+            statements: &request.statements,
+            changes: &segment,
+        };
+        match inner.target.execute(batch).await {
             Ok(()) => {
-                let ids = request.ids.clone();
-                let owner = inner.owner.clone();
-                match db(inner, move |o, c| o.mark_synced(c, &owner, &ids)).await {
+                let ids = request.ids;
+                match db(inner, move |o, c| o.mark_synced(c, &ids)).await {
                     Ok(n) => {
                         let mut live = lock(&inner.live);
                         live.records_synced += n as u64;
                         live.last_success = Some(SystemTime::now());
                     }
                     Err(e) => {
-                        // D1 has the rows; the records stay in flight and are re-sent after
-                        // the lease: harmless, as every statement is idempotent.
+                        // D1 has the rows; the records stay pending and are sent again:
+                        // harmless, as every statement is idempotent.
                         return TickEnd::Failed(TargetError::Transient(format!(
                             "local queue: {e}"
                         )));
@@ -702,11 +698,8 @@ async fn ship(inner: &Arc<Inner>, changes: Vec<Change>, cancel: &CancellationTok
                 }
                 blocked.insert(row_of(&c.table.name, &c.row_key));
                 let failures = vec![(c.id, message.clone(), next_at)];
-                let owner = inner.owner.clone();
                 let max = inner.config.max_attempts;
-                if let Err(e) =
-                    db(inner, move |o, conn| o.charge(conn, &owner, &failures, max)).await
-                {
+                if let Err(e) = db(inner, move |o, conn| o.charge(conn, &failures, max)).await {
                     return TickEnd::Failed(TargetError::Transient(format!("local queue: {e}")));
                 }
                 let mut live = lock(&inner.live);
@@ -726,9 +719,6 @@ async fn ship(inner: &Arc<Inner>, changes: Vec<Change>, cancel: &CancellationTok
             }
             Err(e) => {
                 lock(&inner.live).requests_failed += 1;
-                let mut rest = segment;
-                rest.extend(stack.drain(..).rev().flatten());
-                give_back(inner, rest).await;
                 return TickEnd::Failed(e);
             }
         }
@@ -738,4 +728,20 @@ async fn ship(inner: &Arc<Inner>, changes: Vec<Change>, cancel: &CancellationTok
         warn!(error = %e, "could not purge synced records");
     }
     TickEnd::Progress
+}
+
+/// Pushes `changes` onto `stack` as one segment per request, the first request on top.
+fn split_into(
+    stack: &mut Vec<Vec<Change>>,
+    changes: Vec<Change>,
+    limits: &PackLimits,
+    with_sql: bool,
+) {
+    let requests = pack_with(&changes, limits, with_sql);
+    let mut it = changes.into_iter();
+    let segments: Vec<Vec<Change>> = requests
+        .iter()
+        .map(|r| it.by_ref().take(r.range.len()).collect())
+        .collect();
+    stack.extend(segments.into_iter().rev());
 }

@@ -43,7 +43,7 @@ impl TestTarget {
     pub async fn exec(&self, sqls: &[&str]) -> Result<(), TargetError> {
         let statements: Vec<Statement> = sqls.iter().map(|s| Statement::new(*s)).collect();
         match self {
-            TestTarget::Sqlite(t) => t.execute(&statements).await,
+            TestTarget::Sqlite(t) => t.execute_statements(&statements).await,
             TestTarget::D1(d, _) => d.query(&statements).await.map(drop),
         }
     }

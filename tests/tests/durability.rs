@@ -79,7 +79,7 @@ async fn sigkill_mid_drain_loses_nothing() {
         kills += 1;
         let counts = f.counts();
         assert!(
-            counts.pending + counts.in_flight > 0,
+            counts.pending > 0,
             "round {round}: the kill should land mid-drain ({counts:?})"
         );
     }
@@ -87,11 +87,7 @@ async fn sigkill_mid_drain_loses_nothing() {
     let status = spawn(&["--until-empty"]).wait().unwrap();
     assert!(status.success());
     let c = f.counts();
-    assert_eq!(
-        (c.pending, c.in_flight, c.failed),
-        (0, 0, 0),
-        "after {kills} kills"
-    );
+    assert_eq!((c.pending, c.failed), (0, 0), "after {kills} kills");
     assert!(c.synced > 0 && total > 0);
     f.assert_all_in_step().await;
 }

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use d1_sync::rusqlite::Connection;
-use d1_sync::target::{BoxFuture, Param, Statement};
+use d1_sync::target::{Batch, BoxFuture, Param, Statement};
 use d1_sync::{
     Backoff, D1Sync, Outbox, SqliteTarget, Step, SyncRow, SyncWorker, Target, TargetError,
 };
@@ -80,10 +80,9 @@ fn rows_in(statements: &[Statement]) -> u64 {
 }
 
 impl Target for Scripted {
-    fn execute<'a>(
-        &'a self,
-        statements: &'a [Statement],
-    ) -> BoxFuture<'a, Result<(), TargetError>> {
+    fn execute<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<(), TargetError>> {
+        // D1's wire form, run on SQLite: the json_each statements, bound reals and all.
+        let statements = batch.statements;
         let outcome = self
             .script
             .lock()
@@ -93,9 +92,10 @@ impl Target for Scripted {
         Box::pin(async move {
             match outcome {
                 Outcome::Ok => {
-                    self.inner.execute(statements).await?;
+                    self.inner.execute_statements(statements).await?;
+                    assert_eq!(rows_in(statements), batch.changes.len() as u64);
                     self.acked_rows
-                        .fetch_add(rows_in(statements), Ordering::SeqCst);
+                        .fetch_add(batch.changes.len() as u64, Ordering::SeqCst);
                     Ok(())
                 }
                 Outcome::ServerError => Err(TargetError::Transient("HTTP 503".into())),
@@ -105,7 +105,7 @@ impl Target for Scripted {
                 }),
                 Outcome::TimeoutBefore => Err(TargetError::Transient("timeout".into())),
                 Outcome::TimeoutAfter => {
-                    self.inner.execute(statements).await?;
+                    self.inner.execute_statements(statements).await?;
                     Err(TargetError::Transient(
                         "timeout after the target applied it".into(),
                     ))
@@ -116,7 +116,7 @@ impl Target for Scripted {
                 }),
                 Outcome::CrashBefore => std::future::pending().await,
                 Outcome::CrashAfter => {
-                    self.inner.execute(statements).await?;
+                    self.inner.execute_statements(statements).await?;
                     std::future::pending().await
                 }
             }

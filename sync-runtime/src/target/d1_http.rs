@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::classify::{classify_response, parse_retry_after};
-use super::{BoxFuture, PackLimits, Param, Statement, Target, TargetError};
+use super::{Batch, BoxFuture, PackLimits, Param, Statement, Target, TargetError};
 use crate::error::Error;
 
 /// Where and how to reach a D1 database.
@@ -232,13 +232,10 @@ fn describe_reqwest(e: &reqwest::Error) -> String {
 }
 
 impl Target for D1Http {
-    fn execute<'a>(
-        &'a self,
-        statements: &'a [Statement],
-    ) -> BoxFuture<'a, Result<(), TargetError>> {
+    fn execute<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<(), TargetError>> {
         Box::pin(async move {
-            let (status, retry_after, body) = self.post(statements).await?;
-            classify_response(status, retry_after, &body, statements.len())
+            let (status, retry_after, body) = self.post(batch.statements).await?;
+            classify_response(status, retry_after, &body, batch.statements.len())
         })
     }
 

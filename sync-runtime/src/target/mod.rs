@@ -11,57 +11,64 @@ use std::time::Duration;
 
 pub use classify::classify_response;
 pub use d1_http::{D1Config, D1Http};
-pub use sqlite::SqliteTarget;
+pub use sqlite::{SqliteMode, SqliteTarget};
 
+pub use crate::change::Change;
 pub use crate::pack::{PackLimits, Param, Statement};
 
 /// A boxed future, so targets can be used as trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// A database that applies a request's statements atomically, all or none.
+/// One request, in both forms: the SQL statements D1 receives (empty when the target said
+/// it does not want them), and the checked changes they carry, in order.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    /// The statements, the first being `PRAGMA defer_foreign_keys = on`.
+    pub statements: &'a [Statement],
+    /// The changes, in queue order.
+    pub changes: &'a [Change],
+}
+
+/// A database that applies a request atomically, all or none.
 pub trait Target: Send + Sync + 'static {
-    /// Runs `statements` as one transaction. `Ok` only when every statement was applied.
-    fn execute<'a>(&'a self, statements: &'a [Statement])
-        -> BoxFuture<'a, Result<(), TargetError>>;
+    /// Applies the batch as one transaction. `Ok` only when all of it was applied.
+    fn execute<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<(), TargetError>>;
 
     /// How large a request may be.
     fn limits(&self) -> PackLimits {
         PackLimits::default()
     }
 
+    /// Whether [`Batch::statements`] should be built (D1's wire form). A target that applies
+    /// [`Batch::changes`] itself says no and saves the packing.
+    fn wants_statements(&self) -> bool {
+        true
+    }
+
     /// A short description for logs and reports (never a secret).
     fn describe(&self) -> String;
 }
 
-impl<T: Target + ?Sized> Target for Box<T> {
-    fn execute<'a>(
-        &'a self,
-        statements: &'a [Statement],
-    ) -> BoxFuture<'a, Result<(), TargetError>> {
-        (**self).execute(statements)
-    }
-    fn limits(&self) -> PackLimits {
-        (**self).limits()
-    }
-    fn describe(&self) -> String {
-        (**self).describe()
-    }
+macro_rules! forward_target {
+    ($ty:ty) => {
+        impl<T: Target + ?Sized> Target for $ty {
+            fn execute<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<(), TargetError>> {
+                (**self).execute(batch)
+            }
+            fn limits(&self) -> PackLimits {
+                (**self).limits()
+            }
+            fn wants_statements(&self) -> bool {
+                (**self).wants_statements()
+            }
+            fn describe(&self) -> String {
+                (**self).describe()
+            }
+        }
+    };
 }
-
-impl<T: Target + ?Sized> Target for std::sync::Arc<T> {
-    fn execute<'a>(
-        &'a self,
-        statements: &'a [Statement],
-    ) -> BoxFuture<'a, Result<(), TargetError>> {
-        (**self).execute(statements)
-    }
-    fn limits(&self) -> PackLimits {
-        (**self).limits()
-    }
-    fn describe(&self) -> String {
-        (**self).describe()
-    }
-}
+forward_target!(Box<T>);
+forward_target!(std::sync::Arc<T>);
 
 /// Why a request was not applied, sorted by what the worker does about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

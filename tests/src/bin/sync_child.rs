@@ -48,7 +48,7 @@ async fn main() {
                 std::process::exit(1);
             }
             match worker.stats().await {
-                Ok(s) if s.queue.pending == 0 && s.queue.in_flight == 0 => break,
+                Ok(s) if s.queue.pending == 0 => break,
                 Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 Err(e) => {
                     eprintln!("sync_child: {e}");
