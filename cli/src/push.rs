@@ -97,6 +97,13 @@ pub async fn push(a: &PushArgs) -> Result<ExitCode, CliError> {
                     WorkerState::Paused { reason, .. } => {
                         break Err(CliError::Failed(format!("{} refused the request: {reason}", target.describe())));
                     }
+                    WorkerState::Standby { holder }
+                        if last_progress.elapsed() > Duration::from_secs(a.give_up_after) =>
+                    {
+                        break Err(CliError::Failed(format!(
+                            "another worker ({holder}) is sending this outbox; stop it, or wait for its lease to run out"
+                        )));
+                    }
                     WorkerState::BackingOff { reason, .. }
                         if last_progress.elapsed() > Duration::from_secs(a.give_up_after) =>
                     {

@@ -1,7 +1,8 @@
 //! The sync worker: a tokio task that drains the outbox to a [`Target`].
 //!
 //! One task owns the loop; [`SyncWorker`] is the handle (`start`, `notify`, `flush`, `stats`,
-//! `shutdown`). Each tick claims a batch under a lease, dead-letters records that can never
+//! `shutdown`). Each tick takes (or renews) the queue's lease and reads a batch — only the
+//! lease holder sends, so a second process waits in `Standby` — dead-letters records that can never
 //! ship, packs the rest into as few requests as the target's limits allow, and marks records
 //! synced only after the target acknowledged their request. Failures are sorted by
 //! [`TargetError`]: transient ones back the whole worker off without charging records,
@@ -43,8 +44,9 @@ pub struct WorkerConfig {
     pub backoff: Backoff,
     /// Synced records kept in the queue (default 1000).
     pub purge_keep: usize,
-    /// How long a claim is held; a crashed worker's claims are taken again after it
-    /// (default 60 s; keep it above the target's request timeout).
+    /// The queue's lease: only its holder sends, and it renews the lease before every
+    /// request. After a crash another worker takes the queue over once it runs out (default
+    /// 45 s; keep it above the target's request timeout, 35 s for [`crate::D1Http`]).
     pub lease: Duration,
     /// How long `shutdown` waits for the request in flight (default 10 s).
     pub shutdown_timeout: Duration,
@@ -60,7 +62,7 @@ impl Default for WorkerConfig {
             max_attempts: 10,
             backoff: Backoff::default(),
             purge_keep: 1000,
-            lease: Duration::from_secs(60),
+            lease: Duration::from_secs(45),
             shutdown_timeout: Duration::from_secs(10),
             pause: Duration::from_secs(60),
         }

@@ -318,3 +318,26 @@ async fn shutdown_returns_within_its_bound_while_a_request_hangs() {
         "the lease is released on shutdown"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_keeps_under_its_request_budget() {
+    let db = D1Peer::shared().database();
+    let mut config = db.config.clone();
+    config.request_budget = Some((3, Duration::from_secs(1)));
+    let d1 = D1Http::new(config).unwrap();
+    let select = [d1_sync::target::Statement::new("SELECT 1")];
+    let start = Instant::now();
+    for _ in 0..3 {
+        d1.query(&select).await.unwrap();
+    }
+    assert!(
+        start.elapsed() < Duration::from_millis(900),
+        "three fit in the budget"
+    );
+    d1.query(&select).await.unwrap();
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "the fourth waited for the window"
+    );
+    assert_eq!(D1Peer::shared().stats(&db).await.requests, 4);
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::classify::{classify_response, parse_retry_after};
-use super::{Batch, BoxFuture, PackLimits, Param, Statement, Target, TargetError};
+use super::{Batch, BoxFuture, PackLimits, Param, RequestBudget, Statement, Target, TargetError};
 use crate::error::Error;
 
 /// Where and how to reach a D1 database.
@@ -24,6 +24,9 @@ pub struct D1Config {
     pub timeout: Duration,
     /// Connect timeout.
     pub connect_timeout: Duration,
+    /// At most this many requests per window (default 1,000 per 5 minutes: D1 allows 1,200
+    /// per 5 minutes per token and blocks the token for 5 minutes beyond); `None` for none.
+    pub request_budget: Option<(usize, Duration)>,
 }
 
 impl fmt::Debug for D1Config {
@@ -55,6 +58,7 @@ impl D1Config {
             base_url: Self::DEFAULT_BASE_URL.to_string(),
             timeout: Duration::from_secs(35),
             connect_timeout: Duration::from_secs(10),
+            request_budget: Some((1_000, Duration::from_secs(300))),
         }
     }
 
@@ -112,6 +116,7 @@ pub struct D1Http {
     auth: String,
     config: D1Config,
     limits: PackLimits,
+    budget: Option<tokio::sync::Mutex<RequestBudget>>,
 }
 
 impl fmt::Debug for D1Http {
@@ -143,7 +148,11 @@ impl D1Http {
             .user_agent(concat!("d1-sync/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
+        let budget = config
+            .request_budget
+            .map(|(max, window)| tokio::sync::Mutex::new(RequestBudget::new(max, window)));
         Ok(D1Http {
+            budget,
             url: config.query_url(),
             auth: format!("Bearer {}", config.api_token),
             client,
@@ -183,6 +192,21 @@ impl D1Http {
         &self,
         statements: &[Statement],
     ) -> Result<(u16, Option<Duration>, Vec<u8>), TargetError> {
+        if let Some(budget) = &self.budget {
+            loop {
+                let wait = budget.lock().await.reserve(std::time::Instant::now());
+                match wait {
+                    None => break,
+                    Some(d) => {
+                        tracing::debug!(
+                            wait_ms = d.as_millis() as u64,
+                            "keeping under the D1 request budget"
+                        );
+                        tokio::time::sleep(d).await;
+                    }
+                }
+            }
+        }
         let body = Body {
             batch: statements
                 .iter()

@@ -1,6 +1,7 @@
 //! Where changes go: D1 over its REST API ([`D1Http`]) or a local SQLite file
 //! ([`SqliteTarget`]), behind one small trait.
 
+mod budget;
 mod classify;
 mod d1_http;
 mod sqlite;
@@ -9,6 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+pub use budget::RequestBudget;
 pub use classify::classify_response;
 pub use d1_http::{D1Config, D1Http};
 pub use sqlite::{SqliteMode, SqliteTarget};
