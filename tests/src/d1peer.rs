@@ -205,6 +205,8 @@ impl D1Peer {
         let mut config = D1Config::new("test-account", id.clone(), TOKEN);
         config.base_url = self.base_url.clone();
         config.timeout = Duration::from_secs(10);
+        // The local peer has no API budget to protect (a test that wants one sets it).
+        config.request_budget = None;
         TestDb { id, config }
     }
 

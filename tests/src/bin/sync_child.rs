@@ -16,6 +16,8 @@ async fn main() {
     let mut config = D1Config::new("test-account", &args[3], "test-token");
     config.base_url = args[2].clone();
     config.timeout = Duration::from_secs(10);
+    // A local D1: no API budget to keep under.
+    config.request_budget = None;
     let target = match D1Http::new(config) {
         Ok(t) => t,
         Err(e) => {
