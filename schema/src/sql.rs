@@ -122,13 +122,21 @@ pub fn upsert_sql(
 /// );
 /// ```
 pub fn delete_sql(table: &str, primary_key: &[&str]) -> String {
-    let cond = primary_key
+    format!(
+        "DELETE FROM {} WHERE {}",
+        quote_ident(table),
+        numbered_assignments(primary_key, 1, " AND ")
+    )
+}
+
+/// `"a" = ?first, "b" = ?first+1, ...` joined by `sep`.
+fn numbered_assignments(columns: &[&str], first: usize, sep: &str) -> String {
+    columns
         .iter()
         .enumerate()
-        .map(|(i, c)| format!("{} = ?{}", quote_ident(c), i + 1))
+        .map(|(i, c)| format!("{} = ?{}", quote_ident(c), first + i))
         .collect::<Vec<_>>()
-        .join(" AND ");
-    format!("DELETE FROM {} WHERE {}", quote_ident(table), cond)
+        .join(sep)
 }
 
 /// One-row update of `set` by primary key: parameters `?1..?K` are the key (in `primary_key`
@@ -141,21 +149,11 @@ pub fn delete_sql(table: &str, primary_key: &[&str]) -> String {
 /// );
 /// ```
 pub fn update_sql(table: &str, primary_key: &[&str], set: &[&str]) -> String {
-    let assignments = set
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("{} = ?{}", quote_ident(c), primary_key.len() + i + 1))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let cond = primary_key
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("{} = ?{}", quote_ident(c), i + 1))
-        .collect::<Vec<_>>()
-        .join(" AND ");
     format!(
-        "UPDATE {} SET {assignments} WHERE {cond}",
-        quote_ident(table)
+        "UPDATE {} SET {} WHERE {}",
+        quote_ident(table),
+        numbered_assignments(set, primary_key.len() + 1, ", "),
+        numbered_assignments(primary_key, 1, " AND ")
     )
 }
 
@@ -169,6 +167,14 @@ pub enum JsonEncoding {
     /// Not in the JSON at all: bound parameter `?N` (N ≥ 2). For a real that SQLite's JSON
     /// number parser would not read back bit for bit; such a statement carries one row.
     Param(u16),
+}
+
+/// The expressions reading elements `0..n` of a row, comma-separated.
+fn json_exprs(n: usize, encodings: &[JsonEncoding]) -> String {
+    (0..n)
+        .map(|i| json_expr(i, encodings.get(i).copied().unwrap_or(JsonEncoding::Plain)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn json_expr(index: usize, encoding: JsonEncoding) -> String {
@@ -199,10 +205,7 @@ pub fn upsert_json_sql(
     primary_key: &[&str],
     insert_only: &[&str],
 ) -> String {
-    let exprs = (0..columns.len())
-        .map(|i| json_expr(i, encodings.get(i).copied().unwrap_or(JsonEncoding::Plain)))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let exprs = json_exprs(columns.len(), encodings);
     format!(
         "INSERT INTO {} ({}) SELECT {} FROM json_each(?1) WHERE true {}",
         quote_ident(table),
@@ -223,14 +226,11 @@ pub fn upsert_json_sql(
 /// );
 /// ```
 pub fn delete_json_sql(table: &str, primary_key: &[&str], encodings: &[JsonEncoding]) -> String {
-    let exprs = (0..primary_key.len())
-        .map(|i| json_expr(i, encodings.get(i).copied().unwrap_or(JsonEncoding::Plain)))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let (lhs, rhs) = if primary_key.len() == 1 {
-        (quote_ident(primary_key[0]), exprs)
+    let rhs = json_exprs(primary_key.len(), encodings);
+    let lhs = if primary_key.len() == 1 {
+        quote_ident(primary_key[0])
     } else {
-        (format!("({})", join_quoted(primary_key)), exprs)
+        format!("({})", join_quoted(primary_key))
     };
     format!(
         "DELETE FROM {} WHERE {} IN (SELECT {} FROM json_each(?1))",

@@ -440,16 +440,13 @@ impl Outbox {
             .map_err(|e| self.map_missing(e))?;
         let rows = stmt
             .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
-                let text = |i| -> rusqlite::Result<String> {
-                    Ok(String::from_utf8_lossy(&bytes_of(r.get_ref(i)?)).into_owned())
-                };
                 Ok(DeadLetter {
                     id: r.get(0)?,
-                    table: text(1)?,
-                    row_key: text(2)?,
-                    op: text(3)?,
+                    table: text_at(r, 1)?,
+                    row_key: text_at(r, 2)?,
+                    op: text_at(r, 3)?,
                     attempts: attempts_of(r.get_ref(4)?),
-                    last_error: text(5)?,
+                    last_error: text_at(r, 5)?,
                     created_at: r.get::<_, Option<i64>>(6)?.unwrap_or(0),
                 })
             })?
@@ -582,14 +579,11 @@ impl Outbox {
                     |r| {
                         // Whatever was written into the queue by hand must not stop the claim:
                         // read any storage class; `change::check` judges the content.
-                        let text = |i| -> rusqlite::Result<String> {
-                            Ok(String::from_utf8_lossy(&bytes_of(r.get_ref(i)?)).into_owned())
-                        };
                         Ok(RawRecord {
                             id: r.get(0)?,
-                            table: text(1)?,
-                            row_key: text(2)?,
-                            op: text(3)?,
+                            table: text_at(r, 1)?,
+                            row_key: text_at(r, 2)?,
+                            op: text_at(r, 3)?,
                             payload: bytes_of(r.get_ref(4)?),
                             attempts: attempts_of(r.get_ref(5)?),
                         })
@@ -689,6 +683,11 @@ fn ids_json(ids: &[i64]) -> String {
     s
 }
 
+/// Column `i` as text, whatever its storage class (invalid UTF-8 replaced).
+fn text_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<String> {
+    Ok(String::from_utf8_lossy(&bytes_of(r.get_ref(i)?)).into_owned())
+}
+
 /// The bytes of any SQLite value (numbers as their text; NULL as nothing).
 fn bytes_of(v: rusqlite::types::ValueRef<'_>) -> Vec<u8> {
     use rusqlite::types::ValueRef;
@@ -719,17 +718,23 @@ fn selection_id(which: Selection) -> Option<i64> {
 /// — WAL, `synchronous = FULL` (a returned commit survives power loss), foreign keys on, a 5 s
 /// busy timeout — and installs the default outbox.
 pub fn open(path: impl AsRef<std::path::Path>) -> Result<Connection> {
-    let path = path.as_ref();
+    let conn = open_with(path.as_ref(), "FULL")?;
+    conn.execute_batch("PRAGMA foreign_keys = ON;")?;
+    Outbox::new().install(&conn)?;
+    Ok(conn)
+}
+
+/// Opens a database in WAL mode with `synchronous = <synchronous>` and a 5 s busy timeout.
+pub(crate) fn open_with(path: &std::path::Path, synchronous: &str) -> Result<Connection> {
     let db = |source| Error::Database {
         path: path.to_path_buf(),
         source,
     };
     let conn = Connection::open(path).map_err(db)?;
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
-    )
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = 5000;"
+    ))
     .map_err(db)?;
-    Outbox::new().install(&conn)?;
     Ok(conn)
 }
 

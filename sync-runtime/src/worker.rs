@@ -167,17 +167,9 @@ impl WorkerBuilder {
 }
 
 fn open_queue_connection(path: &Path) -> Result<Connection> {
-    let db = |source| Error::Database {
-        path: path.to_path_buf(),
-        source,
-    };
-    let conn = Connection::open(path).map_err(db)?;
-    // The worker's own writes (claims, marks) need not be FULL: a mark lost to a power cut
+    // The worker's own writes (marks, charges) need not be FULL: a mark lost to a power cut
     // only re-sends an idempotent statement.
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
-    )
-    .map_err(db)?;
+    let conn = crate::outbox::open_with(path, "NORMAL")?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }

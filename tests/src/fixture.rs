@@ -19,6 +19,24 @@ pub fn fast_backoff() -> Backoff {
     }
 }
 
+/// A `messages` row with some unicode and quotes in it.
+pub fn message(id: &str, text: &str, created_at: i64) -> d1_sync_example::rows::Message {
+    d1_sync_example::rows::Message {
+        id: id.to_string(),
+        platform: "web".into(),
+        conversation_id: Some("c1".into()),
+        role: "user".into(),
+        raw_text: Some(text.to_string()),
+        summary: None,
+        observed_at: 1_700_000_000_000,
+        static_path: None,
+        page_url: None,
+        page_title: Some("Ünïcödé \"t\" 'q'".into()),
+        created_at,
+        organization_id: None,
+    }
+}
+
 /// The example tables plus `schemas/values.sql`'s.
 pub fn registry() -> Registry {
     let mut r = d1_sync_example::registry();

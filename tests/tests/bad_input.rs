@@ -9,20 +9,7 @@ use d1_sync_tests::fixture::Fixture;
 use d1_sync_tests::targets::TestTarget;
 
 fn message(i: usize) -> Message {
-    Message {
-        id: format!("ok-{i}"),
-        platform: "web".into(),
-        conversation_id: None,
-        role: "user".into(),
-        raw_text: Some(format!("valid {i}")),
-        summary: None,
-        observed_at: i as i64,
-        static_path: None,
-        page_url: None,
-        page_title: None,
-        created_at: 1,
-        organization_id: None,
-    }
+    d1_sync_tests::fixture::message(&format!("ok-{i}"), &format!("valid {i}"), 1)
 }
 
 /// (table, row key, operation, payload, what the reason must say)

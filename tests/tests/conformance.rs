@@ -6,20 +6,7 @@ use d1_sync_example::rows::Message;
 use d1_sync_tests::fixture::{Fixture, Val};
 
 fn message(id: &str, text: &str, created_at: i64) -> Message {
-    Message {
-        id: id.into(),
-        platform: "web".into(),
-        conversation_id: Some("c1".into()),
-        role: "user".into(),
-        raw_text: Some(text.into()),
-        summary: None,
-        observed_at: 1_700_000_000_000,
-        static_path: None,
-        page_url: None,
-        page_title: Some("Ünïcödé \"t\" 'q'".into()),
-        created_at,
-        organization_id: None,
-    }
+    d1_sync_tests::fixture::message(id, text, created_at)
 }
 
 macro_rules! both_targets {

@@ -10,20 +10,11 @@ use d1_sync_tests::fixture::{Fixture, Person};
 use d1_sync_tests::targets::TestTarget;
 
 fn message(i: usize) -> Message {
-    Message {
-        id: format!("m{i:05}"),
-        platform: "web".into(),
-        conversation_id: Some(format!("c{}", i % 7)),
-        role: "user".into(),
-        raw_text: Some(format!("message number {i}")),
-        summary: None,
-        observed_at: 1_700_000_000_000 + i as i64,
-        static_path: None,
-        page_url: None,
-        page_title: None,
-        created_at: 1_700_000_000_000,
-        organization_id: None,
-    }
+    d1_sync_tests::fixture::message(
+        &format!("m{i:05}"),
+        &format!("message number {i}"),
+        1_700_000_000_000,
+    )
 }
 
 async fn d1_fixture(messages: usize) -> Fixture {

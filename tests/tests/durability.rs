@@ -9,25 +9,7 @@ use d1_sync_tests::fixture::Fixture;
 use d1_sync_tests::targets::TestTarget;
 
 fn message(i: usize) -> Message {
-    Message {
-        id: format!("m{i:05}"),
-        platform: "web".into(),
-        conversation_id: None,
-        role: if i.is_multiple_of(2) {
-            "user"
-        } else {
-            "assistant"
-        }
-        .into(),
-        raw_text: Some(format!("text {i}")),
-        summary: None,
-        observed_at: i as i64,
-        static_path: None,
-        page_url: None,
-        page_title: None,
-        created_at: i as i64,
-        organization_id: None,
-    }
+    d1_sync_tests::fixture::message(&format!("m{i:05}"), &format!("text {i}"), i as i64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,20 +24,7 @@ fn env_or(name: &str, default: u64) -> u64 {
 }
 
 fn message(i: u64, text: &str) -> Message {
-    Message {
-        id: format!("m{:06}", i),
-        platform: "web".into(),
-        conversation_id: Some(format!("c{}", i % 13)),
-        role: "user".into(),
-        raw_text: Some(text.to_string()),
-        summary: None,
-        observed_at: i as i64,
-        static_path: None,
-        page_url: None,
-        page_title: None,
-        created_at: i as i64,
-        organization_id: None,
-    }
+    d1_sync_tests::fixture::message(&format!("m{i:06}"), text, i as i64)
 }
 
 /// Writes `n` changes over a few hundred keys: inserts, updates, deletes, re-inserts.
