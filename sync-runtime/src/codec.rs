@@ -16,12 +16,32 @@ use d1_sync_schema::sql::JsonEncoding;
 
 use crate::value::Value;
 
+/// Appends `s` as a JSON string: quotes, backslashes and control characters escaped, the
+/// rest (any unicode) as is.
 fn push_json_string(out: &mut String, s: &str) {
-    // serde_json's escaping: quotes, backslashes and control characters.
-    match serde_json::to_string(s) {
-        Ok(q) => out.push_str(&q),
-        Err(_) => out.push_str("null"),
+    out.reserve(s.len() + 2);
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escaped = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if escaped.is_empty() {
+            out.push_str(&format!("\\u{b:04x}"));
+        } else {
+            out.push_str(escaped);
+        }
+        start = i + 1;
     }
+    out.push_str(&s[start..]);
+    out.push('"');
 }
 
 fn push_hex(out: &mut String, bytes: &[u8]) {
@@ -358,6 +378,29 @@ mod tests {
         ] {
             round_trip(v);
         }
+    }
+
+    #[test]
+    fn strings_escape_like_serde_json() {
+        for t in [
+            "",
+            "plain",
+            "q\"b\\s",
+            "nl\ncr\rtab\t",
+            "\u{0}\u{1f}\u{7f}",
+            "é🦀日本",
+            "a\u{2028}b",
+        ] {
+            let mut s = String::new();
+            push_json_string(&mut s, t);
+            assert_eq!(s, serde_json::to_string(t).unwrap(), "{t:?}");
+            assert_eq!(serde_json::from_str::<String>(&s).unwrap(), t);
+        }
+        // serde_json writes \b and \f here; \u0008 and \u000c read back the same.
+        let mut s = String::new();
+        push_json_string(&mut s, "\u{8}\u{c}");
+        assert_eq!(s, r#""\u0008\u000c""#);
+        assert_eq!(serde_json::from_str::<String>(&s).unwrap(), "\u{8}\u{c}");
     }
 
     #[test]

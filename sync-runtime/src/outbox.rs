@@ -384,9 +384,11 @@ impl Outbox {
 
     /// Writes the row locally (`T::UPSERT_SQL`) and enqueues it, in the caller's transaction.
     pub fn save<T: SyncRow>(&self, tx: &Transaction<'_>, row: &T) -> Result<i64> {
+        let values = row.values();
         tx.prepare_cached(T::UPSERT_SQL)?
-            .execute(rusqlite::params_from_iter(row.values()))?;
-        self.upsert(tx, row)
+            .execute(rusqlite::params_from_iter(values.iter()))?;
+        let payload = codec::stored_object(T::COLUMNS.iter().copied().zip(values.iter()));
+        self.enqueue::<T>(tx, &row.key_values(), Op::Upsert, payload)
     }
 
     /// Deletes the row locally (`T::DELETE_SQL`) and enqueues the delete, in the caller's

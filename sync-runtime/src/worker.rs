@@ -392,20 +392,24 @@ impl SyncWorker {
             c.cancel();
         }
         let abort = task.abort_handle();
-        if tokio::time::timeout(self.inner.config.shutdown_timeout, task)
+        let cut_off = tokio::time::timeout(self.inner.config.shutdown_timeout, task)
             .await
-            .is_err()
-        {
+            .is_err();
+        if cut_off {
             warn!(
                 timeout_ms = self.inner.config.shutdown_timeout.as_millis() as u64,
-                "d1-sync worker did not stop in time; cutting off the request in flight"
+                "d1-sync worker did not stop in time; cutting off the request in flight and keeping the queue's lease until it runs out"
             );
             abort.abort();
+        } else {
+            // Another worker may take the queue over at once; nothing is in flight, and
+            // whatever was not acknowledged is still pending. After a cut-off request the
+            // lease is kept instead: D1 may still run that request (for up to 30 s), and a
+            // successor sending newer changes first could see them overwritten by it. The
+            // lease (45 s by default) runs out after D1 is done with it.
+            let owner = self.inner.owner.clone();
+            db(&self.inner, move |o, c| o.release_lease(c, &owner)).await?;
         }
-        // Another worker may take the queue over at once; whatever was in flight and not
-        // acknowledged is still pending.
-        let owner = self.inner.owner.clone();
-        db(&self.inner, move |o, c| o.release_lease(c, &owner)).await?;
         lock(&self.inner.live).state = WorkerState::Stopped;
         self.inner.ticks.send_modify(|t| t.stopped = true);
         Ok(())

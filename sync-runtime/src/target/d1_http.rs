@@ -20,7 +20,9 @@ pub struct D1Config {
     pub api_token: String,
     /// API base URL; `https://api.cloudflare.com` in production, a local D1 in tests.
     pub base_url: String,
-    /// Whole-request timeout (D1 stops a query after 30 s).
+    /// Whole-request timeout (default 35 s). Keep it above D1's own 30 s limit: a request
+    /// given up on earlier might still run on D1 after its retry and newer changes, and
+    /// overwrite them.
     pub timeout: Duration,
     /// Connect timeout.
     pub connect_timeout: Duration,
