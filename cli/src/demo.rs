@@ -238,12 +238,16 @@ pub async fn run(a: &DemoArgs) -> Result<ExitCode, CliError> {
     let s = worker.stats().await?;
     worker.shutdown().await?;
     bar.finish_and_clear();
+    let statements = if s.statements > 0 {
+        format!(", {} statements", s.statements)
+    } else {
+        String::new()
+    };
     println!(
-        "  synced     {} records in {} requests ({:.0} rows/request, {} statements)",
+        "  synced     {} records in {} requests ({:.0} rows/request{statements})",
         s.records_synced,
         s.requests,
         s.rows_per_request(),
-        s.statements
     );
     println!(
         "  throughput {:.0} rows/s (drained in {:.2} s)",

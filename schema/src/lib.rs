@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! # d1-sync-schema
 //!
 //! The plain library under `#[derive(D1Sync)]`, the runtime and the CLI:

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! # d1-sync
 //!
 //! Keeps Cloudflare D1 in step with an application's local SQLite database, without losing a
