@@ -5,6 +5,7 @@
 //! cargo run --release -p d1-sync-bench               # all of them (a few minutes)
 //! cargo run --release -p d1-sync-bench -- --quick    # smaller sizes
 //! cargo run --release -p d1-sync-bench -- enqueue drain d1 production latency memory schema
+//! D1SYNC_BENCH_BATCH=2000 cargo run --release -p d1-sync-bench -- drain   # another batch size
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -166,7 +167,11 @@ async fn bench_drain(quick: bool) -> Vec<Row> {
     target
         .with_connection(d1_sync_example::apply_migrations)
         .unwrap();
-    let (took, stats) = drain(&path, Arc::new(target), 1000).await;
+    let batch: u64 = std::env::var("D1SYNC_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let (took, stats) = drain(&path, Arc::new(target), batch as usize).await;
     assert_eq!(stats.records_synced, n);
 
     // Raw: the same rows, one transaction per 1,000, straight into a fresh file.
@@ -181,7 +186,7 @@ async fn bench_drain(quick: bool) -> Vec<Row> {
     let mut i = 0;
     while i < n {
         let tx = raw.transaction().unwrap();
-        for _ in 0..1000.min(n - i) {
+        for _ in 0..batch.min(n - i) {
             tx.prepare_cached(Message::UPSERT_SQL)
                 .unwrap()
                 .execute(params_from_iter(message(i).values()))
@@ -199,7 +204,7 @@ async fn bench_drain(quick: bool) -> Vec<Row> {
             stats.requests
         ),
         baseline: format!(
-            "{} (raw upserts, 1 tx per 1,000)",
+            "{} (raw upserts, 1 tx per {batch})",
             fmt_rate(rate(n, raw_took))
         ),
         ratio: format!(

@@ -119,7 +119,7 @@ pub fn stored_object<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a Value)>) 
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let digit = |c: u8| match c {

@@ -95,6 +95,15 @@ pub struct Lease {
     pub until_ms: i64,
 }
 
+/// Who claims, when, for how long, and how many records at most.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Claimant<'a> {
+    pub(crate) owner: &'a str,
+    pub(crate) now: i64,
+    pub(crate) lease: Duration,
+    pub(crate) limit: usize,
+}
+
 /// What a claim found.
 #[derive(Debug)]
 pub(crate) enum Claim {
@@ -459,7 +468,7 @@ impl Outbox {
     /// Puts dead letters back in line: pending, attempts reset, due now. Returns how many.
     pub fn retry(&self, conn: &Connection, which: Selection) -> Result<usize> {
         let sql = format!(
-            "UPDATE {} SET status = 'pending', attempts = 0, next_attempt_at = 0, updated_at = ?1 WHERE status = 'failed' AND (?2 IS NULL OR id = ?2)",
+            "UPDATE {} SET status = 'pending', attempts = 0, next_attempt_at = 1, updated_at = ?1 WHERE status = 'failed' AND (?2 IS NULL OR id = ?2)",
             self.q
         );
         conn.execute(&sql, params![now_ms(), selection_id(which)])
@@ -557,6 +566,59 @@ impl Outbox {
         lease: Duration,
         limit: usize,
     ) -> Result<Claim> {
+        let who = Claimant {
+            owner,
+            now,
+            lease,
+            limit,
+        };
+        self.claim_from(conn, &who, 0)
+    }
+
+    /// [`Outbox::claim`] of the records after `cursor`, read while the batch up to it is still
+    /// in flight (the worker's prefetch). It must be exactly the records a claim after that
+    /// batch would take, in order, with nothing passed over that may still go first; so it
+    /// stops at the first record whose row is in flight, or whose row has a pending record
+    /// at or below the cursor that waited (charged or retried: it may be due again, and
+    /// only a claim from the start sends it).
+    pub(crate) fn claim_after(
+        &self,
+        conn: &mut Connection,
+        who: &Claimant<'_>,
+        cursor: i64,
+        in_flight: &std::collections::HashSet<(String, String)>,
+    ) -> Result<Claim> {
+        let records = match self.claim_from(conn, who, cursor)? {
+            Claim::Records(r) => r,
+            held => return Ok(held),
+        };
+        let waited: std::collections::HashSet<(String, String)> = conn
+            .prepare_cached(&format!(
+                "SELECT DISTINCT table_name, row_key FROM {} WHERE (status = 'failed' OR next_attempt_at > 0)
+                 AND status = 'pending' AND id <= ?1",
+                self.q
+            ))?
+            .query_map([cursor], |r| Ok((text_at(r, 0)?, text_at(r, 1)?)))?
+            .collect::<Result<_, _>>()?;
+        let stop = records
+            .iter()
+            .position(|r| {
+                let row = (r.table.clone(), r.row_key.clone());
+                in_flight.contains(&row) || waited.contains(&row)
+            })
+            .unwrap_or(records.len());
+        let mut records = records;
+        records.truncate(stop);
+        Ok(Claim::Records(records))
+    }
+
+    fn claim_from(&self, conn: &mut Connection, who: &Claimant<'_>, cursor: i64) -> Result<Claim> {
+        let Claimant {
+            owner,
+            now,
+            lease,
+            limit,
+        } = *who;
         let until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         if let Err(holder) = self.acquire(&tx, owner, now, until)? {
@@ -567,7 +629,7 @@ impl Outbox {
             let q = &self.q;
             let mut stmt = tx.prepare_cached(&format!(
                 "SELECT id, table_name, row_key, op, payload, attempts FROM {q} AS r
-                 WHERE r.status = 'pending' AND r.next_attempt_at <= ?1
+                 WHERE r.status = 'pending' AND r.next_attempt_at <= ?1 AND r.id > ?3
                    AND NOT EXISTS (
                      SELECT 1 FROM {q} AS e
                      WHERE e.table_name = r.table_name AND e.row_key = r.row_key AND e.id < r.id
@@ -577,7 +639,7 @@ impl Outbox {
             ))?;
             let rows = stmt
                 .query_map(
-                    params![now, i64::try_from(limit).unwrap_or(i64::MAX)],
+                    params![now, i64::try_from(limit).unwrap_or(i64::MAX), cursor],
                     |r| {
                         // Whatever was written into the queue by hand must not stop the claim:
                         // read any storage class; `change::check` judges the content.
@@ -766,6 +828,15 @@ mod tests {
 
     const LEASE: Duration = Duration::from_secs(60);
 
+    fn who() -> Claimant<'static> {
+        Claimant {
+            owner: "w",
+            now: now_ms(),
+            lease: LEASE,
+            limit: 10,
+        }
+    }
+
     fn claim(conn: &mut Connection, o: &Outbox, owner: &str, now: i64) -> Vec<i64> {
         match o.claim(conn, owner, now, LEASE, 10).unwrap() {
             Claim::Records(r) => r.iter().map(|r| r.id).collect(),
@@ -822,6 +893,54 @@ mod tests {
         o.mark_synced(&conn, &[b1]).unwrap();
         // When a1 is due again, a1 then a2 go out, in order.
         assert_eq!(claim(&mut conn, &o, "w", now_ms() + 61_000), [a1, a2]);
+    }
+
+    #[test]
+    fn a_prefetch_never_passes_a_record_that_waited() {
+        let (mut conn, o) = setup();
+        let a1 = put(&conn, &o, "a");
+        let b1 = put(&conn, &o, "b");
+        let a2 = put(&conn, &o, "a");
+        let b2 = put(&conn, &o, "b");
+        // a1 was charged and is due again, but it is not in the batch in flight (b1 is):
+        // a prefetch after b1 must not send a2 ahead of it.
+        o.charge(&mut conn, &[(a1, "boom".into(), 1)], 10).unwrap();
+        let none = std::collections::HashSet::new();
+        let next = match o.claim_after(&mut conn, &who(), b1, &none).unwrap() {
+            Claim::Records(r) => r.iter().map(|r| r.id).collect::<Vec<_>>(),
+            Claim::HeldBy(_) => unreachable!(),
+        };
+        assert!(
+            next.is_empty(),
+            "a2 must not pass a1, and nothing after a2 may go either: {next:?}"
+        );
+        // Rows in flight stop the prefetch the same way.
+        let mut b_in_flight = std::collections::HashSet::new();
+        b_in_flight.insert(("t".to_string(), "[\"b\"]".to_string()));
+        o.mark_synced(&conn, &[a1]).unwrap();
+        let next = match o.claim_after(&mut conn, &who(), b1, &b_in_flight).unwrap() {
+            Claim::Records(r) => r.iter().map(|r| r.id).collect::<Vec<_>>(),
+            Claim::HeldBy(_) => unreachable!(),
+        };
+        assert_eq!(
+            next,
+            [a2],
+            "b2 waits for b1 in flight, and stops the prefetch"
+        );
+        // A retried dead letter counts as having waited too.
+        let a3 = put(&conn, &o, "a");
+        o.fail(&mut conn, &[(a2, "dead".into())]).unwrap();
+        o.retry(&conn, Selection::Id(a2)).unwrap();
+        let next = match o.claim_after(&mut conn, &who(), a2, &none).unwrap() {
+            Claim::Records(r) => r.iter().map(|r| r.id).collect::<Vec<_>>(),
+            Claim::HeldBy(_) => unreachable!(),
+        };
+        assert!(
+            !next.contains(&a3),
+            "a3 must not pass the retried a2: {next:?}"
+        );
+        // A plain claim takes them all, in order.
+        assert_eq!(claim(&mut conn, &o, "w", now_ms()), [b1, a2, b2, a3]);
     }
 
     #[test]
@@ -918,10 +1037,10 @@ mod tests {
         let claim = plan(
             &conn,
             &format!(
-                "SELECT id FROM {q} AS r WHERE r.status = 'pending' AND r.next_attempt_at <= 1
+                "SELECT id FROM {q} AS r WHERE r.status = 'pending' AND r.next_attempt_at <= 1 AND r.id > 5
                  AND NOT EXISTS (SELECT 1 FROM {q} AS e WHERE e.table_name = r.table_name AND e.row_key = r.row_key AND e.id < r.id
                    AND (e.status = 'failed' OR e.next_attempt_at > 0)
-                   AND (e.status = 'failed' OR (e.status = 'pending' AND e.next_attempt_at > 1)))
+                   AND (e.status = 'failed' OR (e.status = 'pending' AND (e.next_attempt_at > 1 OR e.id <= 5))))
                  ORDER BY r.id LIMIT 10"
             ),
         );

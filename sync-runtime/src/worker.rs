@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
-use crate::change::{self, Change};
+use crate::change::{self, Change, RawRecord};
 use crate::error::{Error, Result};
 use crate::outbox::{now_ms, Claim, Outbox};
 use crate::pack::{pack_with, PackLimits};
@@ -366,15 +366,17 @@ impl SyncWorker {
                 "SyncWorker::step cannot run beside the started worker".into(),
             ));
         }
-        Ok(match tick(&self.inner, &CancellationToken::new()).await {
-            TickEnd::Idle => Step::Idle,
-            TickEnd::Progress | TickEnd::Cancelled => Step::Progress,
-            TickEnd::Standby(holder) => Step::Standby(holder),
-            TickEnd::Failed(e) => {
-                lock(&self.inner.live).last_error = Some(e.to_string());
-                Step::Failed(e)
-            }
-        })
+        Ok(
+            match tick(&self.inner, &CancellationToken::new(), None).await {
+                TickEnd::Idle => Step::Idle,
+                TickEnd::Progress | TickEnd::Cancelled => Step::Progress,
+                TickEnd::Standby(holder) => Step::Standby(holder),
+                TickEnd::Failed(e) => {
+                    lock(&self.inner.live).last_error = Some(e.to_string());
+                    Step::Failed(e)
+                }
+            },
+        )
     }
 
     /// Stops the worker: the request in flight may finish within
@@ -457,6 +459,7 @@ async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
     let mut failures: u32 = 0;
     let mut wake: Option<tokio::time::Instant> = None;
     let mut hold = false;
+    let mut pipe = Pipeline::default();
     loop {
         if let Some(at) = wake {
             tokio::select! {
@@ -474,7 +477,10 @@ async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
             t.begun += 1;
             number = t.begun;
         });
-        let end = tick(&inner, &cancel).await;
+        let end = tick(&inner, &cancel, Some(&mut pipe)).await;
+        if !matches!(end, TickEnd::Progress) {
+            pipe.prefetched = None;
+        }
         let now = tokio::time::Instant::now();
         match end {
             TickEnd::Idle => {
@@ -540,6 +546,7 @@ async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
             }
         }
     }
+    pipe.settle().await;
     let owner = inner.owner.clone();
     if let Err(e) = db(&inner, move |o, c| o.release_lease(c, &owner)).await {
         warn!(error = %e, "could not release the queue's lease; it runs out by itself");
@@ -553,20 +560,63 @@ fn row_of(table: &str, row_key: &str) -> (String, String) {
     (table.to_string(), row_key.to_string())
 }
 
-async fn tick(inner: &Arc<Inner>, cancel: &CancellationToken) -> TickEnd {
-    let (owner, lease, limit) = (
-        inner.owner.clone(),
-        inner.config.lease,
-        inner.config.batch_size,
-    );
-    let claimed = db(inner, move |o, c| {
-        o.claim(c, &owner, now_ms(), lease, limit)
-    })
-    .await;
-    let raw = match claimed {
-        Ok(Claim::Records(r)) => r,
-        Ok(Claim::HeldBy(holder)) => return TickEnd::Standby(holder),
-        Err(e) => return TickEnd::Failed(TargetError::Transient(format!("local queue: {e}"))),
+/// The background loop's overlap of the queue's bookkeeping with the target's work: while
+/// batch N is at the target, the acknowledgement of batch N-1 is written, synced records are
+/// purged and batch N+1 is read. A prefetched batch holds no claim (reading writes nothing),
+/// so dropping it is free.
+#[derive(Default)]
+struct Pipeline {
+    /// Batch N+1, read (and checked) while batch N was in flight.
+    prefetched: Option<Prefetched>,
+    /// Marking batch N synced, after the target acknowledged it; `true` once written.
+    marking: Option<JoinHandle<bool>>,
+}
+
+/// A batch read ahead, each record already checked.
+struct Prefetched {
+    raw: Vec<RawRecord>,
+    checked: Vec<std::result::Result<Change, String>>,
+}
+
+impl Pipeline {
+    /// Waits until the last acknowledgement is written.
+    async fn settle(&mut self) {
+        if let Some(m) = self.marking.take() {
+            let _ = m.await;
+        }
+    }
+}
+
+async fn tick(
+    inner: &Arc<Inner>,
+    cancel: &CancellationToken,
+    mut pipe: Option<&mut Pipeline>,
+) -> TickEnd {
+    let prefetched = pipe.as_mut().and_then(|p| p.prefetched.take());
+    let (raw, mut checked) = match prefetched {
+        Some(p) => (p.raw, Some(p.checked)),
+        None => {
+            // Records of the last batch stay pending until their mark is written.
+            if let Some(p) = pipe.as_mut() {
+                p.settle().await;
+            }
+            let (owner, lease, limit) = (
+                inner.owner.clone(),
+                inner.config.lease,
+                inner.config.batch_size,
+            );
+            let claimed = db(inner, move |o, c| {
+                o.claim(c, &owner, now_ms(), lease, limit)
+            })
+            .await;
+            match claimed {
+                Ok(Claim::Records(r)) => (r, None),
+                Ok(Claim::HeldBy(holder)) => return TickEnd::Standby(holder),
+                Err(e) => {
+                    return TickEnd::Failed(TargetError::Transient(format!("local queue: {e}")))
+                }
+            }
+        }
     };
     if raw.is_empty() {
         return TickEnd::Idle;
@@ -578,8 +628,12 @@ async fn tick(inner: &Arc<Inner>, cancel: &CancellationToken) -> TickEnd {
     let mut columns = change::ColumnsCache::default();
     // The first dead record of each row: later records of that row wait behind it.
     let mut dead_rows: HashMap<(String, String), i64> = HashMap::new();
-    for r in &raw {
-        match change::check_with(r, &inner.registry, &mut columns) {
+    for (i, r) in raw.iter().enumerate() {
+        let result = match checked.as_mut().and_then(|c| c.get_mut(i)) {
+            Some(done) => std::mem::replace(done, Err(String::new())),
+            None => change::check_with(r, &inner.registry, &mut columns),
+        };
+        match result {
             Ok(c) => changes.push(c),
             Err(reason) => {
                 warn!(id = r.id, table = %r.table, reason = %reason, "dead-lettering a record that can never be sent");
@@ -606,7 +660,125 @@ async fn tick(inner: &Arc<Inner>, cancel: &CancellationToken) -> TickEnd {
             .get(&row_of(&c.table.name, &c.row_key))
             .is_none_or(|first| c.id < *first)
     });
+    if let Some(p) = pipe {
+        match pipelined(inner, p, &raw, &changes).await {
+            Some(end) => return end,
+            None => p.settle().await,
+        }
+    }
     ship(inner, changes, cancel).await
+}
+
+/// The common case, overlapped: the batch fits one request, which goes to the target while
+/// the queue connection settles the previous batch, purges and reads the next one. `None`
+/// when the batch needs the careful path (several requests, or the target refused it): the
+/// prefetch is then dropped and [`ship`] handles the batch.
+async fn pipelined(
+    inner: &Arc<Inner>,
+    pipe: &mut Pipeline,
+    raw: &[RawRecord],
+    changes: &[Change],
+) -> Option<TickEnd> {
+    let limits = inner.target.limits();
+    let with_sql = inner.target.wants_statements();
+    if changes.is_empty() {
+        return None;
+    }
+    let mut requests = pack_with(changes, &limits, with_sql);
+    if requests.len() != 1 {
+        return None;
+    }
+    let request = requests.pop()?;
+    // Everything up to the last claimed id is in flight (or dead); the next read starts
+    // after it and leaves out the rows in flight.
+    let cursor = raw.last().map_or(0, |r| r.id);
+    let in_flight: HashSet<(String, String)> =
+        raw.iter().map(|r| row_of(&r.table, &r.row_key)).collect();
+    {
+        let mut live = lock(&inner.live);
+        live.requests += 1;
+        live.statements += request.statements.len() as u64;
+    }
+    let batch = Batch {
+        statements: &request.statements,
+        changes,
+    };
+    let previous = pipe.marking.take();
+    let prefetch = async {
+        // Records whose acknowledgement could not be written are still pending below the
+        // cursor: no prefetch may pass them; a claim from the start comes next.
+        if let Some(m) = previous {
+            if !m.await.unwrap_or(false) {
+                return None;
+            }
+        }
+        let keep = inner.config.purge_keep;
+        if let Err(e) = db(inner, move |o, c| o.purge(c, keep)).await {
+            warn!(error = %e, "could not purge synced records");
+        }
+        let (owner, lease, limit) = (
+            inner.owner.clone(),
+            inner.config.lease,
+            inner.config.batch_size,
+        );
+        let registry = inner.registry.clone();
+        let read = db(inner, move |o, c| {
+            let who = crate::outbox::Claimant {
+                owner: &owner,
+                now: now_ms(),
+                lease,
+                limit,
+            };
+            let next = o.claim_after(c, &who, cursor, &in_flight)?;
+            // Checked here too, off the critical path.
+            Ok(match next {
+                Claim::Records(raw) if !raw.is_empty() => {
+                    let mut columns = change::ColumnsCache::default();
+                    let checked = raw
+                        .iter()
+                        .map(|r| change::check_with(r, &registry, &mut columns))
+                        .collect();
+                    Some(Prefetched { raw, checked })
+                }
+                _ => None,
+            })
+        })
+        .await;
+        read.ok().flatten()
+    };
+    let (result, next) = tokio::join!(inner.target.execute(batch), prefetch);
+    match result {
+        Ok(()) => {
+            let ids = request.ids;
+            let inner2 = inner.clone();
+            pipe.marking = Some(tokio::spawn(async move {
+                match db(&inner2, move |o, c| o.mark_synced(c, &ids)).await {
+                    Ok(n) => {
+                        let mut live = lock(&inner2.live);
+                        live.records_synced += n as u64;
+                        live.last_success = Some(SystemTime::now());
+                        true
+                    }
+                    // D1 has the rows; the records stay pending and go again, harmlessly.
+                    Err(e) => {
+                        warn!(error = %e, "could not mark records synced; they will be sent again");
+                        false
+                    }
+                }
+            }));
+            pipe.prefetched = next;
+            Some(TickEnd::Progress)
+        }
+        Err(TargetError::Rejected(_)) => {
+            // Found by splitting, on the careful path (one more request, in a rare case).
+            lock(&inner.live).requests_failed += 1;
+            None
+        }
+        Err(e) => {
+            lock(&inner.live).requests_failed += 1;
+            Some(TickEnd::Failed(e))
+        }
+    }
 }
 
 /// Sends changes in order, splitting rejected requests until the records at fault are found.
