@@ -566,16 +566,53 @@ fn row_of(table: &str, row_key: &str) -> (String, String) {
 /// so dropping it is free.
 #[derive(Default)]
 struct Pipeline {
-    /// Batch N+1, read (and checked) while batch N was in flight.
-    prefetched: Option<Prefetched>,
+    /// Batch N+1, read, checked and packed while batch N was in flight.
+    prefetched: Option<Prepared>,
     /// Marking batch N synced, after the target acknowledged it; `true` once written.
     marking: Option<JoinHandle<bool>>,
 }
 
-/// A batch read ahead, each record already checked.
-struct Prefetched {
+/// A claimed batch, sorted: the changes to ship (and, read ahead, their requests already
+/// packed) and the records that can never ship.
+struct Prepared {
     raw: Vec<RawRecord>,
-    checked: Vec<std::result::Result<Change, String>>,
+    changes: Vec<Change>,
+    /// Id, table and reason of each record to dead-letter.
+    invalid: Vec<(i64, String, String)>,
+    requests: Option<Vec<crate::pack::Request>>,
+}
+
+/// Checks a claimed batch. Later records of a row with a new dead letter are left out: they
+/// stay pending behind it. With `pack`, also packs the changes into requests.
+fn prepare(raw: Vec<RawRecord>, registry: &Registry, pack: Option<(PackLimits, bool)>) -> Prepared {
+    let mut changes = Vec::with_capacity(raw.len());
+    let mut invalid = Vec::new();
+    let mut columns = change::ColumnsCache::default();
+    // The first dead record of each row: later records of that row wait behind it.
+    let mut dead_rows: HashMap<(String, String), i64> = HashMap::new();
+    for r in &raw {
+        match change::check_with(r, registry, &mut columns) {
+            Ok(c) => changes.push(c),
+            Err(reason) => {
+                dead_rows
+                    .entry(row_of(&r.table, &r.row_key))
+                    .or_insert(r.id);
+                invalid.push((r.id, r.table.clone(), reason));
+            }
+        }
+    }
+    changes.retain(|c| {
+        dead_rows
+            .get(&row_of(&c.table.name, &c.row_key))
+            .is_none_or(|first| c.id < *first)
+    });
+    let requests = pack.map(|(limits, sql)| pack_with(&changes, &limits, sql));
+    Prepared {
+        raw,
+        changes,
+        invalid,
+        requests,
+    }
 }
 
 impl Pipeline {
@@ -593,8 +630,8 @@ async fn tick(
     mut pipe: Option<&mut Pipeline>,
 ) -> TickEnd {
     let prefetched = pipe.as_mut().and_then(|p| p.prefetched.take());
-    let (raw, mut checked) = match prefetched {
-        Some(p) => (p.raw, Some(p.checked)),
+    let prepared = match prefetched {
+        Some(p) => p,
         None => {
             // Records of the last batch stay pending until their mark is written.
             if let Some(p) = pipe.as_mut() {
@@ -610,7 +647,7 @@ async fn tick(
             })
             .await;
             match claimed {
-                Ok(Claim::Records(r)) => (r, None),
+                Ok(Claim::Records(r)) => prepare(r, &inner.registry, None),
                 Ok(Claim::HeldBy(holder)) => return TickEnd::Standby(holder),
                 Err(e) => {
                     return TickEnd::Failed(TargetError::Transient(format!("local queue: {e}")))
@@ -618,33 +655,19 @@ async fn tick(
             }
         }
     };
-    if raw.is_empty() {
+    if prepared.raw.is_empty() {
         return TickEnd::Idle;
     }
-    debug!(records = raw.len(), "claimed");
-
-    let mut changes = Vec::with_capacity(raw.len());
-    let mut invalid = Vec::new();
-    let mut columns = change::ColumnsCache::default();
-    // The first dead record of each row: later records of that row wait behind it.
-    let mut dead_rows: HashMap<(String, String), i64> = HashMap::new();
-    for (i, r) in raw.iter().enumerate() {
-        let result = match checked.as_mut().and_then(|c| c.get_mut(i)) {
-            Some(done) => std::mem::replace(done, Err(String::new())),
-            None => change::check_with(r, &inner.registry, &mut columns),
-        };
-        match result {
-            Ok(c) => changes.push(c),
-            Err(reason) => {
-                warn!(id = r.id, table = %r.table, reason = %reason, "dead-lettering a record that can never be sent");
-                dead_rows
-                    .entry(row_of(&r.table, &r.row_key))
-                    .or_insert(r.id);
-                invalid.push((r.id, reason));
-            }
+    debug!(records = prepared.raw.len(), "claimed");
+    if !prepared.invalid.is_empty() {
+        for (id, table, reason) in &prepared.invalid {
+            warn!(id, table = %table, reason = %reason, "dead-lettering a record that can never be sent");
         }
-    }
-    if !invalid.is_empty() {
+        let invalid: Vec<(i64, String)> = prepared
+            .invalid
+            .iter()
+            .map(|(id, _, r)| (*id, r.clone()))
+            .collect();
         let n = invalid.len() as u64;
         let last = invalid.last().map(|(_, r)| r.clone());
         if let Err(e) = db(inner, move |o, c| o.fail(c, &invalid)).await {
@@ -654,19 +677,14 @@ async fn tick(
         live.records_failed += n;
         live.last_error = last;
     }
-    // Later records of a row with a new dead letter stay pending, behind it.
-    changes.retain(|c| {
-        dead_rows
-            .get(&row_of(&c.table.name, &c.row_key))
-            .is_none_or(|first| c.id < *first)
-    });
+    let mut prepared = prepared;
     if let Some(p) = pipe {
-        match pipelined(inner, p, &raw, &changes).await {
+        match pipelined(inner, p, &mut prepared).await {
             Some(end) => return end,
             None => p.settle().await,
         }
     }
-    ship(inner, changes, cancel).await
+    ship(inner, prepared.changes, cancel).await
 }
 
 /// The common case, overlapped: the batch fits one request, which goes to the target while
@@ -676,19 +694,22 @@ async fn tick(
 async fn pipelined(
     inner: &Arc<Inner>,
     pipe: &mut Pipeline,
-    raw: &[RawRecord],
-    changes: &[Change],
+    prepared: &mut Prepared,
 ) -> Option<TickEnd> {
     let limits = inner.target.limits();
     let with_sql = inner.target.wants_statements();
-    if changes.is_empty() {
+    if prepared.changes.is_empty() {
         return None;
     }
-    let mut requests = pack_with(changes, &limits, with_sql);
+    let mut requests = match prepared.requests.take() {
+        Some(r) => r,
+        None => pack_with(&prepared.changes, &limits, with_sql),
+    };
     if requests.len() != 1 {
         return None;
     }
     let request = requests.pop()?;
+    let (raw, changes) = (&prepared.raw, &prepared.changes);
     // Everything up to the last claimed id is in flight (or dead); the next read starts
     // after it and leaves out the rows in flight.
     let cursor = raw.last().map_or(0, |r| r.id);
@@ -730,15 +751,10 @@ async fn pipelined(
                 limit,
             };
             let next = o.claim_after(c, &who, cursor, &in_flight)?;
-            // Checked here too, off the critical path.
+            // Checked and packed here too, off the critical path.
             Ok(match next {
                 Claim::Records(raw) if !raw.is_empty() => {
-                    let mut columns = change::ColumnsCache::default();
-                    let checked = raw
-                        .iter()
-                        .map(|r| change::check_with(r, &registry, &mut columns))
-                        .collect();
-                    Some(Prefetched { raw, checked })
+                    Some(prepare(raw, &registry, Some((limits, with_sql))))
                 }
                 _ => None,
             })
