@@ -576,6 +576,8 @@ impl Outbox {
     }
 
     /// [`Outbox::claim`] of the records after `cursor`, read while the batch up to it is still
+    /// in flight (the worker's prefetch); the flag says whether it stopped short (see below).
+    ///
     /// in flight (the worker's prefetch). It must be exactly the records a claim after that
     /// batch would take, in order, with nothing passed over that may still go first; so it
     /// stops at the first record whose row is in flight, or whose row has a pending record
@@ -587,10 +589,10 @@ impl Outbox {
         who: &Claimant<'_>,
         cursor: i64,
         in_flight: &std::collections::HashSet<(String, String)>,
-    ) -> Result<Claim> {
+    ) -> Result<(Claim, bool)> {
         let records = match self.claim_from(conn, who, cursor)? {
             Claim::Records(r) => r,
-            held => return Ok(held),
+            held => return Ok((held, false)),
         };
         let waited: std::collections::HashSet<(String, String)> = conn
             .prepare_cached(&format!(
@@ -608,8 +610,9 @@ impl Outbox {
             })
             .unwrap_or(records.len());
         let mut records = records;
+        let cut = stop < records.len();
         records.truncate(stop);
-        Ok(Claim::Records(records))
+        Ok((Claim::Records(records), cut))
     }
 
     fn claim_from(&self, conn: &mut Connection, who: &Claimant<'_>, cursor: i64) -> Result<Claim> {
@@ -906,7 +909,7 @@ mod tests {
         // a prefetch after b1 must not send a2 ahead of it.
         o.charge(&mut conn, &[(a1, "boom".into(), 1)], 10).unwrap();
         let none = std::collections::HashSet::new();
-        let next = match o.claim_after(&mut conn, &who(), b1, &none).unwrap() {
+        let next = match o.claim_after(&mut conn, &who(), b1, &none).unwrap().0 {
             Claim::Records(r) => r.iter().map(|r| r.id).collect::<Vec<_>>(),
             Claim::HeldBy(_) => unreachable!(),
         };
@@ -918,7 +921,11 @@ mod tests {
         let mut b_in_flight = std::collections::HashSet::new();
         b_in_flight.insert(("t".to_string(), "[\"b\"]".to_string()));
         o.mark_synced(&conn, &[a1]).unwrap();
-        let next = match o.claim_after(&mut conn, &who(), b1, &b_in_flight).unwrap() {
+        let next = match o
+            .claim_after(&mut conn, &who(), b1, &b_in_flight)
+            .unwrap()
+            .0
+        {
             Claim::Records(r) => r.iter().map(|r| r.id).collect::<Vec<_>>(),
             Claim::HeldBy(_) => unreachable!(),
         };
@@ -931,7 +938,7 @@ mod tests {
         let a3 = put(&conn, &o, "a");
         o.fail(&mut conn, &[(a2, "dead".into())]).unwrap();
         o.retry(&conn, Selection::Id(a2)).unwrap();
-        let next = match o.claim_after(&mut conn, &who(), a2, &none).unwrap() {
+        let next = match o.claim_after(&mut conn, &who(), a2, &none).unwrap().0 {
             Claim::Records(r) => r.iter().map(|r| r.id).collect::<Vec<_>>(),
             Claim::HeldBy(_) => unreachable!(),
         };

@@ -750,10 +750,12 @@ async fn pipelined(
                 lease,
                 limit,
             };
-            let next = o.claim_after(c, &who, cursor, &in_flight)?;
-            // Checked and packed here too, off the critical path.
+            let (next, cut) = o.claim_after(c, &who, cursor, &in_flight)?;
+            // Checked and packed here too, off the critical path. A read-ahead cut short
+            // (at a row still in flight) is dropped when less than half full: the claim after
+            // this batch takes a full one, and requests stay large.
             Ok(match next {
-                Claim::Records(raw) if !raw.is_empty() => {
+                Claim::Records(raw) if !(raw.is_empty() || cut && raw.len() < limit / 2) => {
                     Some(prepare(raw, &registry, Some((limits, with_sql))))
                 }
                 _ => None,
