@@ -479,23 +479,6 @@ async fn latency_for(label: &'static str, target: impl Target + Clone, samples: 
     }
 }
 
-#[derive(Clone)]
-struct SharedTarget(Arc<dyn Target>);
-impl Target for SharedTarget {
-    fn execute<'a>(&'a self, b: Batch<'a>) -> BoxFuture<'a, Result<(), TargetError>> {
-        self.0.execute(b)
-    }
-    fn limits(&self) -> PackLimits {
-        self.0.limits()
-    }
-    fn wants_statements(&self) -> bool {
-        self.0.wants_statements()
-    }
-    fn describe(&self) -> String {
-        self.0.describe()
-    }
-}
-
 /// 5. Enqueue-to-applied latency with the worker idle.
 async fn bench_latency(peer: &D1Peer, quick: bool) -> Vec<Row> {
     let samples = if quick { 50 } else { 200 };
@@ -508,13 +491,13 @@ async fn bench_latency(peer: &D1Peer, quick: bool) -> Vec<Row> {
     vec![
         latency_for(
             "enqueue → applied, SqliteTarget",
-            SharedTarget(Arc::new(sqlite)),
+            Arc::new(sqlite) as Arc<dyn Target>,
             samples,
         )
         .await,
         latency_for(
             "enqueue → applied, local D1",
-            SharedTarget(Arc::new(db.client())),
+            Arc::new(db.client()) as Arc<dyn Target>,
             samples,
         )
         .await,

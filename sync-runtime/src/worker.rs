@@ -630,7 +630,7 @@ async fn tick(
     mut pipe: Option<&mut Pipeline>,
 ) -> TickEnd {
     let prefetched = pipe.as_mut().and_then(|p| p.prefetched.take());
-    let prepared = match prefetched {
+    let mut prepared = match prefetched {
         Some(p) => p,
         None => {
             // Records of the last batch stay pending until their mark is written.
@@ -677,7 +677,6 @@ async fn tick(
         live.records_failed += n;
         live.last_error = last;
     }
-    let mut prepared = prepared;
     if let Some(p) = pipe {
         match pipelined(inner, p, &mut prepared).await {
             Some(end) => return end,

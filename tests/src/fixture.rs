@@ -2,7 +2,6 @@
 //! between them — what most runtime tests start from.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use d1_sync::rusqlite::Connection;
@@ -174,6 +173,3 @@ impl Fixture {
             .expect("attempts")
     }
 }
-
-/// A shared handle, for tests that move the fixture's target into several workers.
-pub type SharedTarget = Arc<dyn d1_sync::Target>;

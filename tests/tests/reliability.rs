@@ -75,6 +75,23 @@ fn produce(
     }
 }
 
+/// A producer thread writing `n` changes (see [`produce`]): its handle, the count written so
+/// far, and the flag that stops it.
+fn start_producer(
+    path: &std::path::Path,
+    n: u64,
+    seed: u64,
+    pause: Duration,
+) -> (std::thread::JoinHandle<()>, Arc<AtomicU64>, Arc<AtomicBool>) {
+    let written = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let handle = {
+        let (path, written, stop) = (path.to_path_buf(), written.clone(), stop.clone());
+        std::thread::spawn(move || produce(&path, n, seed, pause, &written, &stop))
+    };
+    (handle, written, stop)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_percent_faults_through_a_proxy_converge() {
     let f = Fixture::new(|_| TestTarget::d1()).await;
@@ -111,22 +128,9 @@ async fn twenty_percent_faults_through_a_proxy_converge() {
     worker.start().unwrap();
 
     let changes = env_or("D1SYNC_FAULT_CHANGES", 3000);
-    let written = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let producer = {
-        let (path, written, stop) = (f.app_path.clone(), written.clone(), stop.clone());
-        std::thread::spawn(move || {
-            produce(
-                &path,
-                changes,
-                11,
-                Duration::from_millis(40),
-                &written,
-                &stop,
-            )
-        })
-    };
+    let (producer, written, _stop) =
+        start_producer(&f.app_path, changes, 11, Duration::from_millis(40));
     // Keep the worker busy alongside the producer.
     while !producer.is_finished() {
         worker.notify();
@@ -200,22 +204,9 @@ async fn crash_loop_with_a_producer_loses_nothing() {
             .spawn()
             .expect("start the child worker")
     };
-    let written = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let producer = {
-        let (path, written, stop) = (f.app_path.clone(), written.clone(), stop.clone());
-        std::thread::spawn(move || {
-            produce(
-                &path,
-                u64::MAX,
-                5,
-                Duration::from_millis(3),
-                &written,
-                &stop,
-            )
-        })
-    };
+    let (producer, written, stop) =
+        start_producer(&f.app_path, u64::MAX, 5, Duration::from_millis(3));
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
     for _ in 0..loops {
         let mut c = spawn(&[]);
