@@ -615,6 +615,23 @@ fn prepare(raw: Vec<RawRecord>, registry: &Registry, pack: Option<(PackLimits, b
     }
 }
 
+/// A task aborted when its handle is dropped (the worker's task was stopped mid-tick), so a
+/// read-ahead never outlives the loop that would use it.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    /// The task's output; `None` if it panicked or was aborted.
+    async fn join(mut self) -> Option<T> {
+        (&mut self.0).await.ok()
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl Pipeline {
     /// Waits until the last acknowledgement is written.
     async fn settle(&mut self) {
@@ -724,7 +741,11 @@ async fn pipelined(
         changes,
     };
     let previous = pipe.marking.take();
-    let prefetch = async {
+    // Its own task: a target that works in place (`block_in_place`) holds this task's
+    // thread, and a read-ahead polled beside it would not start until the target is done.
+    let reader = inner.clone();
+    let prefetch = AbortOnDrop(tokio::spawn(async move {
+        let inner = &reader;
         // Records whose acknowledgement could not be written are still pending below the
         // cursor: no prefetch may pass them; a claim from the start comes next.
         if let Some(m) = previous {
@@ -762,8 +783,9 @@ async fn pipelined(
         })
         .await;
         read.ok().flatten()
-    };
-    let (result, next) = tokio::join!(inner.target.execute(batch), prefetch);
+    }));
+    let (result, next) = tokio::join!(inner.target.execute(batch), prefetch.join());
+    let next = next.flatten();
     match result {
         Ok(()) => {
             let ids = request.ids;
