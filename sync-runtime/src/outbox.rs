@@ -11,6 +11,11 @@
 //! runs out and another takes the queue over, re-sending what was not acknowledged (every
 //! statement is idempotent). Records themselves are only ever written when their state
 //! changes: inserted, acknowledged, charged, dead-lettered, purged.
+//!
+//! An acknowledged record leaves the queue table: it is deleted there and a slim entry (ids,
+//! table, key, operation, times; no payload) goes to the synced log `<queue>_synced`, which
+//! keeps the newest entries (see [`Outbox::purge`]). The queue table so holds only work
+//! (pending records and dead letters), and an acknowledgement never rewrites a payload.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,7 +28,10 @@ use crate::row::SyncRow;
 use crate::value::Value;
 
 /// The queue schema version this build writes.
-const QUEUE_VERSION: i64 = 1;
+///
+/// 1. The first queue: synced records stayed in the queue table, status `synced`.
+/// 2. Synced records move to the slim log `<queue>_synced`.
+const QUEUE_VERSION: i64 = 2;
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {
@@ -146,6 +154,8 @@ pub enum Selection {
 pub struct Outbox {
     table: String,
     q: String,
+    /// The quoted name of the synced log.
+    log: String,
     insert_sql: String,
 }
 
@@ -171,9 +181,11 @@ impl Outbox {
         let insert_sql = format!(
             "INSERT INTO {q} (table_name, row_key, op, payload, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)"
         );
+        let log = d1_sync_schema::sql::quote_ident(&format!("{table}_synced"));
         Outbox {
             table,
             q,
+            log,
             insert_sql,
         }
     }
@@ -181,6 +193,11 @@ impl Outbox {
     /// The queue table's name.
     pub fn table_name(&self) -> &str {
         &self.table
+    }
+
+    /// The synced log's name: `<queue>_synced`.
+    pub fn log_table_name(&self) -> String {
+        format!("{}_synced", self.table)
     }
 
     fn index(&self, suffix: &str) -> String {
@@ -213,11 +230,28 @@ impl Outbox {
                 return Ok(());
             }
         }
-        let q = &self.q;
+        // A savepoint, not a transaction: the caller may be inside its own.
+        conn.execute_batch("SAVEPOINT d1_sync_install")?;
+        let migrated = self.migrate(conn);
+        let done = match migrated {
+            Ok(()) => conn.execute_batch("RELEASE d1_sync_install"),
+            Err(_) => conn.execute_batch("ROLLBACK TO d1_sync_install; RELEASE d1_sync_install"),
+        };
+        migrated?;
+        done?;
+        Ok(())
+    }
+
+    /// Creates what is missing and moves an older queue to this version.
+    fn migrate(&self, conn: &Connection) -> Result<()> {
+        let (q, log) = (&self.q, &self.log);
         // No AUTOINCREMENT: a new id is always above every id in the table, which is all the
-        // ordering needs, and it saves a write per enqueue. The one index an enqueue touches is
-        // (status, id); the row index is partial and holds only records that can block their
-        // row (dead letters and records in backoff).
+        // ordering needs, and it saves a write per enqueue. The table holds only work (pending
+        // records and dead letters), so claims walk it in id order and need no status index:
+        // an enqueue writes the record and nothing else. The one index is partial and holds
+        // only records that can block their row (dead letters and records in backoff). The log
+        // has its own sequence: a queue emptied to the last record may give a later record an
+        // id the log has seen.
         conn.execute_batch(&format!(
             "CREATE TABLE IF NOT EXISTS {q} (
                id INTEGER PRIMARY KEY,
@@ -230,23 +264,47 @@ impl Outbox {
                next_attempt_at INTEGER NOT NULL DEFAULT 0,
                last_error TEXT,
                created_at INTEGER NOT NULL,
-               updated_at INTEGER NOT NULL,
-               synced_at INTEGER
+               updated_at INTEGER NOT NULL
              );
-             CREATE INDEX IF NOT EXISTS {status} ON {q} (status, id);
              CREATE INDEX IF NOT EXISTS {blocking} ON {q} (table_name, row_key, id)
                WHERE status = 'failed' OR next_attempt_at > 0;
+             CREATE TABLE IF NOT EXISTS {log} (
+               seq INTEGER PRIMARY KEY,
+               id INTEGER NOT NULL,
+               table_name TEXT NOT NULL,
+               row_key TEXT NOT NULL,
+               op TEXT NOT NULL,
+               attempts INTEGER NOT NULL,
+               created_at INTEGER NOT NULL,
+               synced_at INTEGER NOT NULL
+             );
              CREATE TABLE IF NOT EXISTS d1_sync_leases (
                queue TEXT PRIMARY KEY NOT NULL,
                owner TEXT NOT NULL,
                until INTEGER NOT NULL
              );",
-            status = self.index("status_id"),
             blocking = self.index("blocking"),
         ))?;
+        let old_layout: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = 'synced_at'",
+            [&self.table],
+            |r| r.get(0),
+        )?;
+        if old_layout {
+            // Version 1 kept synced records in the queue, with a `synced_at` column.
+            conn.execute_batch(&format!(
+                "INSERT INTO {log} (id, table_name, row_key, op, attempts, created_at, synced_at)
+                   SELECT id, table_name, row_key, op, attempts, created_at, coalesce(synced_at, updated_at)
+                   FROM {q} WHERE status = 'synced' ORDER BY id;
+                 DELETE FROM {q} WHERE status = 'synced';
+                 ALTER TABLE {q} DROP COLUMN synced_at;
+                 DROP INDEX IF EXISTS {status};",
+                status = self.index("status_id"),
+            ))?;
+        }
         conn.execute(
             "INSERT INTO d1_sync_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![key, QUEUE_VERSION],
+            params![format!("queue_version:{}", self.table), QUEUE_VERSION],
         )?;
         Ok(())
     }
@@ -423,11 +481,15 @@ impl Outbox {
             let n = u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0);
             match status.as_str() {
                 "pending" => c.pending = n,
-                "synced" => c.synced = n,
                 "failed" => c.failed = n,
                 _ => {}
             }
         }
+        c.synced = conn
+            .prepare_cached(&format!("SELECT count(*) FROM {}", self.log))
+            .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+            .map_err(|e| self.map_missing(e))
+            .map(|n| u64::try_from(n).unwrap_or(0))?;
         c.oldest_unsynced_ms = conn
             .query_row(
                 &format!(
@@ -663,16 +725,24 @@ impl Outbox {
         Ok(Claim::Records(records))
     }
 
-    /// Marks records synced (they must still be pending).
-    pub(crate) fn mark_synced(&self, conn: &Connection, ids: &[i64]) -> Result<usize> {
-        let now = now_ms();
-        let n = conn
+    /// Marks records synced (they must still be pending): moves them from the queue to the
+    /// synced log, in one transaction. Returns how many moved.
+    pub(crate) fn mark_synced(&self, conn: &mut Connection, ids: &[i64]) -> Result<usize> {
+        let (q, log) = (&self.q, &self.log);
+        let ids = ids_json(ids);
+        let tx = conn.transaction()?;
+        tx.prepare_cached(&format!(
+            "INSERT INTO {log} (id, table_name, row_key, op, attempts, created_at, synced_at)
+             SELECT id, table_name, row_key, op, attempts, created_at, ?1 FROM {q}
+             WHERE id IN (SELECT value FROM json_each(?2)) AND status = 'pending' ORDER BY id"
+        ))?
+        .execute(params![now_ms(), ids])?;
+        let n = tx
             .prepare_cached(&format!(
-                "UPDATE {} SET status = 'synced', synced_at = ?1, updated_at = ?1, next_attempt_at = 0, last_error = NULL
-                 WHERE id IN (SELECT value FROM json_each(?2)) AND status = 'pending'",
-                self.q
+                "DELETE FROM {q} WHERE id IN (SELECT value FROM json_each(?1)) AND status = 'pending'"
             ))?
-            .execute(params![now, ids_json(ids)])?;
+            .execute([ids])?;
+        tx.commit()?;
         Ok(n)
     }
 
@@ -718,22 +788,17 @@ impl Outbox {
         Ok(())
     }
 
-    /// Deletes synced records except the newest `keep`. Returns how many went.
+    /// Trims the synced log to its newest `keep` entries. Returns how many went. Pending
+    /// records and dead letters are never touched.
     pub fn purge(&self, conn: &Connection, keep: usize) -> Result<usize> {
-        // Walks (status, id) backwards over `keep` entries to find the cut, then deletes the
-        // range below it: no sort, no temporary table.
-        let q = &self.q;
-        let n = if keep == 0 {
-            conn.prepare_cached(&format!("DELETE FROM {q} WHERE status = 'synced'"))?
-                .execute([])?
-        } else {
-            conn.prepare_cached(&format!(
-                "DELETE FROM {q} WHERE status = 'synced' AND id < coalesce(
-                   (SELECT id FROM {q} WHERE status = 'synced' ORDER BY id DESC LIMIT 1 OFFSET ?1), 0)"
-            ))?
-            .execute([i64::try_from(keep - 1).unwrap_or(i64::MAX)])?
-        };
-        Ok(n)
+        // Only the log's low end is ever deleted, so the newest `keep` entries are those above
+        // `max(seq) - keep`: the cut is one subtraction, the delete a range of the rowid.
+        let log = &self.log;
+        conn.prepare_cached(&format!(
+            "DELETE FROM {log} WHERE seq <= (SELECT max(seq) FROM {log}) - ?1"
+        ))?
+        .execute([i64::try_from(keep).unwrap_or(i64::MAX)])
+        .map_err(|e| self.map_missing(e))
     }
 }
 
@@ -893,7 +958,7 @@ mod tests {
             [b1],
             "a2 waits behind a1; b is free"
         );
-        o.mark_synced(&conn, &[b1]).unwrap();
+        o.mark_synced(&mut conn, &[b1]).unwrap();
         // When a1 is due again, a1 then a2 go out, in order.
         assert_eq!(claim(&mut conn, &o, "w", now_ms() + 61_000), [a1, a2]);
     }
@@ -920,7 +985,7 @@ mod tests {
         // Rows in flight stop the prefetch the same way.
         let mut b_in_flight = std::collections::HashSet::new();
         b_in_flight.insert(("t".to_string(), "[\"b\"]".to_string()));
-        o.mark_synced(&conn, &[a1]).unwrap();
+        o.mark_synced(&mut conn, &[a1]).unwrap();
         let next = match o
             .claim_after(&mut conn, &who(), b1, &b_in_flight)
             .unwrap()
@@ -998,20 +1063,21 @@ mod tests {
         let a = put(&conn, &o, "a");
         let b = put(&conn, &o, "b");
         o.fail(&mut conn, &[(b, "dead".into())]).unwrap();
-        assert_eq!(o.mark_synced(&conn, &[a, b]).unwrap(), 1);
-        assert_eq!(o.mark_synced(&conn, &[a]).unwrap(), 0, "once");
+        assert_eq!(o.mark_synced(&mut conn, &[a, b]).unwrap(), 1);
+        assert_eq!(o.mark_synced(&mut conn, &[a]).unwrap(), 0, "once");
         let c = o.counts(&conn).unwrap();
         assert_eq!((c.synced, c.failed), (1, 1));
     }
 
     #[test]
     fn purge_keeps_the_newest_synced_records() {
-        let (conn, o) = setup();
+        let (mut conn, o) = setup();
         let all: Vec<i64> = (0..10).map(|i| put(&conn, &o, &i.to_string())).collect();
-        o.mark_synced(&conn, &all[..8]).unwrap();
+        o.mark_synced(&mut conn, &all[..8]).unwrap();
+        assert_eq!(o.counts(&conn).unwrap().synced, 8);
         assert_eq!(o.purge(&conn, 3).unwrap(), 5);
         let kept: Vec<i64> = conn
-            .prepare("SELECT id FROM d1_sync_queue WHERE status = 'synced' ORDER BY id")
+            .prepare("SELECT id FROM d1_sync_queue_synced ORDER BY seq")
             .unwrap()
             .query_map([], |r| r.get(0))
             .unwrap()
@@ -1025,6 +1091,90 @@ mod tests {
         );
         assert_eq!(o.purge(&conn, 100).unwrap(), 0);
         assert_eq!(o.purge(&conn, 0).unwrap(), 3);
+        assert_eq!(o.counts(&conn).unwrap().synced, 0);
+    }
+
+    #[test]
+    fn an_acknowledged_record_leaves_the_queue_for_the_log() {
+        let (mut conn, o) = setup();
+        let a = put(&conn, &o, "a");
+        o.mark_synced(&mut conn, &[a]).unwrap();
+        let in_queue: i64 = conn
+            .query_row("SELECT count(*) FROM d1_sync_queue", [], |r| r.get(0))
+            .unwrap();
+        let logged: (i64, String, String, String) = conn
+            .query_row(
+                "SELECT id, table_name, row_key, op FROM d1_sync_queue_synced",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap();
+        assert_eq!(in_queue, 0);
+        assert_eq!(logged, (a, "t".into(), "[\"a\"]".into(), "upsert".into()));
+    }
+
+    #[test]
+    fn a_version_1_queue_is_migrated_without_losing_a_record() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE d1_sync_meta (key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);
+             INSERT INTO d1_sync_meta VALUES ('queue_version:d1_sync_queue', 1);
+             CREATE TABLE d1_sync_queue (
+               id INTEGER PRIMARY KEY, table_name TEXT NOT NULL, row_key TEXT NOT NULL,
+               op TEXT NOT NULL, payload TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending',
+               attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at INTEGER NOT NULL DEFAULT 0,
+               last_error TEXT, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+               synced_at INTEGER);
+             CREATE INDEX d1_sync_queue_status_id ON d1_sync_queue (status, id);
+             INSERT INTO d1_sync_queue (id, table_name, row_key, op, payload, status, created_at, updated_at, synced_at)
+             VALUES (1, 't', '[\"a\"]', 'upsert', '{\"id\":\"a\"}', 'synced', 10, 11, 12),
+                    (2, 't', '[\"b\"]', 'upsert', '{\"id\":\"b\"}', 'pending', 20, 20, NULL),
+                    (3, 't', '[\"c\"]', 'upsert', '{\"id\":\"c\"}', 'failed', 30, 31, NULL);",
+        )
+        .unwrap();
+        let o = Outbox::new();
+        o.install(&conn).unwrap();
+        let c = o.counts(&conn).unwrap();
+        assert_eq!((c.pending, c.failed, c.synced), (1, 1, 1));
+        let synced_at: i64 = conn
+            .query_row(
+                "SELECT synced_at FROM d1_sync_queue_synced WHERE id = 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(synced_at, 12);
+        let version: i64 = conn
+            .query_row("SELECT value FROM d1_sync_meta", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, QUEUE_VERSION);
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'd1_sync_queue' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            indexes,
+            ["d1_sync_queue_blocking"],
+            "the status index is gone"
+        );
+        o.install(&conn).unwrap();
+        assert_eq!(
+            o.counts(&conn).unwrap(),
+            c,
+            "installing again changes nothing"
+        );
+    }
+
+    #[test]
+    fn install_works_inside_the_callers_transaction() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let tx = conn.transaction().unwrap();
+        Outbox::new().install(&tx).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(Outbox::new().counts(&conn).unwrap(), Counts::default());
     }
 
     fn plan(conn: &Connection, sql: &str) -> String {
@@ -1055,27 +1205,33 @@ mod tests {
             !claim.contains("TEMP B-TREE"),
             "the claim must not sort the backlog:\n{claim}"
         );
-        assert!(claim.contains("d1_sync_queue_status_id"), "{claim}");
+        assert!(
+            claim.contains("SEARCH r USING INTEGER PRIMARY KEY (rowid>?)"),
+            "the claim walks the queue from the cursor in id order:\n{claim}"
+        );
         assert!(
             claim.contains("d1_sync_queue_blocking"),
             "the row check uses the partial index:\n{claim}"
         );
+        let log = &o.log;
         let purge = plan(
             &conn,
-            &format!("DELETE FROM {q} WHERE status = 'synced' AND id < coalesce((SELECT id FROM {q} WHERE status = 'synced' ORDER BY id DESC LIMIT 1 OFFSET 5), 0)"),
+            &format!("DELETE FROM {log} WHERE seq <= (SELECT max(seq) FROM {log}) - 5"),
         );
         assert!(
-            !purge.contains("TEMP B-TREE") && purge.contains("d1_sync_queue_status_id"),
-            "{purge}"
+            !purge.contains("TEMP B-TREE") && !purge.contains("SCAN d1_sync_queue_synced"),
+            "the purge cuts a range of the log:\n{purge}"
         );
-        let mark = plan(
-            &conn,
-            &format!("UPDATE {q} SET status = 'synced' WHERE id IN (SELECT value FROM json_each('[1]')) AND status = 'pending'"),
-        );
-        assert!(
-            !mark.contains("SCAN d1_sync_queue") || mark.contains("USING INTEGER PRIMARY KEY"),
-            "{mark}"
-        );
+        for mark in [
+            format!("DELETE FROM {q} WHERE id IN (SELECT value FROM json_each('[1]')) AND status = 'pending'"),
+            format!("SELECT id FROM {q} WHERE id IN (SELECT value FROM json_each('[1]')) AND status = 'pending' ORDER BY id"),
+        ] {
+            let mark = plan(&conn, &mark);
+            assert!(
+                mark.contains("SEARCH d1_sync_queue ") && !mark.contains("SCAN d1_sync_queue "),
+                "the acknowledgement looks records up by id:\n{mark}"
+            );
+        }
     }
 
     #[test]
