@@ -255,11 +255,18 @@ impl D1Peer {
 
 impl Drop for D1Peer {
     fn drop(&mut self) {
+        // The peer leads its own process group (node and workerd): end the group. Not with
+        // the `kill` command: procps-ng 4.0.2 reads `kill -TERM -<pgid>` as `kill(-1, SIGTERM)`
+        // and ends every process of the user.
         #[cfg(unix)]
-        {
-            let _ = Command::new("kill")
-                .args(["-TERM", &format!("-{}", self.child.id())])
-                .status();
+        if let Ok(pgid) = i32::try_from(self.child.id()) {
+            if pgid > 1 {
+                // SAFETY: kill(2) takes plain integers and touches no memory of ours; a
+                // negative pid names exactly the peer's process group.
+                unsafe {
+                    libc::kill(-pgid, libc::SIGTERM);
+                }
+            }
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
