@@ -61,6 +61,16 @@ pub struct RawRecord {
     pub attempts: u32,
 }
 
+/// A 64-bit digest of a row (table and stored key), for sets of rows that are only ever used
+/// to hold records back: two rows sharing a digest (rare) hold back more, never less.
+pub(crate) fn row_digest(table: &str, row_key: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    table.hash(&mut h);
+    row_key.hash(&mut h);
+    h.finish()
+}
+
 /// A checked change: whitelisted columns in the table's order, values decoded.
 #[derive(Debug, Clone)]
 pub struct Change {
@@ -81,9 +91,13 @@ pub struct Change {
     pub attempts: u32,
 }
 
-/// Column lists shared between changes of one shape, so a batch holds one copy of each.
+/// What checking a batch of records keeps between records: column lists shared between
+/// changes of one shape (so a batch holds one copy of each), and scratch space.
 #[derive(Default)]
-pub struct ColumnsCache(HashMap<(usize, Op, u128), Arc<[String]>>);
+pub struct ColumnsCache {
+    shared: HashMap<(usize, Op, u128), Arc<[String]>>,
+    by_col: Vec<Option<Result<Value, String>>>,
+}
 
 /// Checks a record; `Err` is the reason it can never ship (it goes to `failed`).
 pub fn check(record: &RawRecord, registry: &Registry) -> Result<Change, String> {
@@ -114,24 +128,48 @@ pub fn check_with(
             record.op
         )
     })?;
-    let pairs = codec::decode_payload(&record.payload)?;
-    if pairs.len() > MAX_COLUMNS {
+    // Each value at its column's position in the table (a repeated key: the last one wins).
+    // Decoded in one pass, names borrowed: a batch of records allocates only its values.
+    let mut by_col = std::mem::take(&mut cache.by_col);
+    by_col.clear();
+    by_col.resize(table.columns.len(), None);
+    let checked = check_values(record, table, op, &mut by_col, cache);
+    cache.by_col = by_col;
+    checked
+}
+
+/// [`check_with`] once the table and operation are known; `by_col` is empty scratch space
+/// with one slot per column of the table.
+fn check_values(
+    record: &RawRecord,
+    table: &Arc<TableDef>,
+    op: Op,
+    by_col: &mut [Option<Result<Value, String>>],
+    cache: &mut ColumnsCache,
+) -> Result<Change, String> {
+    let mut pairs = 0usize;
+    let mut unknown: Option<String> = None;
+    codec::for_each_pair(&record.payload, &mut |col, v| {
+        pairs += 1;
+        match table.columns.iter().position(|c| c == col) {
+            Some(i) => by_col[i] = Some(v),
+            None => {
+                if unknown.is_none() {
+                    unknown = Some(col.chars().take(80).collect());
+                }
+            }
+        }
+    })?;
+    if pairs > MAX_COLUMNS {
         return Err(format!(
-            "payload has {} columns; D1 allows at most {MAX_COLUMNS}",
-            pairs.len()
+            "payload has {pairs} columns; D1 allows at most {MAX_COLUMNS}"
         ));
     }
-    // Each value at its column's position in the table (a repeated key: the last one wins).
-    let mut by_col: Vec<Option<Result<Value, String>>> = vec![None; table.columns.len()];
-    for (col, v) in pairs {
-        let Some(i) = table.columns.iter().position(|c| *c == col) else {
-            let shown: String = col.chars().take(80).collect();
-            return Err(format!(
-                "`{shown}` is not a column of table `{}`",
-                table.name
-            ));
-        };
-        by_col[i] = Some(v);
+    if let Some(shown) = unknown {
+        return Err(format!(
+            "`{shown}` is not a column of table `{}`",
+            table.name
+        ));
     }
     let position = |name: &str| table.columns.iter().position(|c| c == name);
     let mut key_positions = Vec::with_capacity(table.primary_key.len());
@@ -198,7 +236,7 @@ pub fn check_with(
         .iter()
         .fold(0u128, |m, &i| m | (1u128 << (i % 128)));
     let columns = cache
-        .0
+        .shared
         .entry((Arc::as_ptr(table) as usize, op, mask))
         .or_insert_with(|| {
             positions

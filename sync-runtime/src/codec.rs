@@ -233,34 +233,48 @@ pub type DecodedColumn = (String, Result<Value, String>);
 /// A stored payload: the pairs of a JSON object, each value decoded (or what is wrong with
 /// it), in document order. `Err` when the bytes are not a JSON object.
 pub fn decode_payload(bytes: &[u8]) -> Result<Vec<DecodedColumn>, String> {
-    struct Pairs(Vec<DecodedColumn>);
-    impl<'de> serde::Deserialize<'de> for Pairs {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl<'de> serde::de::Visitor<'de> for V {
-                type Value = Pairs;
-                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                    f.write_str("a JSON object of column values")
-                }
-                fn visit_map<A: serde::de::MapAccess<'de>>(
-                    self,
-                    mut map: A,
-                ) -> Result<Pairs, A::Error> {
-                    let mut out = Vec::with_capacity(map.size_hint().unwrap_or(16));
-                    while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                        let v: Stored = map.next_value()?;
-                        out.push((k.into_owned(), v.0));
-                    }
-                    Ok(Pairs(out))
-                }
+    let mut out = Vec::new();
+    for_each_pair(bytes, &mut |name, value| {
+        out.push((name.to_string(), value))
+    })?;
+    Ok(out)
+}
+
+/// [`decode_payload`] without collecting: hands each pair to `f` in document order, the name
+/// borrowed from `bytes` where it has no escapes. `Err` when the bytes are not a JSON object
+/// (after `f` may have seen some pairs).
+pub(crate) fn for_each_pair(
+    bytes: &[u8],
+    f: &mut dyn FnMut(&str, Result<Value, String>),
+) -> Result<(), String> {
+    use serde::de::DeserializeSeed as _;
+
+    struct Pairs<'f>(&'f mut dyn FnMut(&str, Result<Value, String>));
+    impl<'de> serde::de::DeserializeSeed<'de> for Pairs<'_> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    impl<'de> serde::de::Visitor<'de> for Pairs<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object of column values")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                let v: Stored = map.next_value()?;
+                (self.0)(&k, v.0);
             }
-            d.deserialize_map(V)
+            Ok(())
         }
     }
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'{') {
-        return serde_json::from_slice::<Pairs>(bytes)
-            .map(|p| p.0)
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        return Pairs(f)
+            .deserialize(&mut de)
+            .and_then(|()| de.end())
             .map_err(|e| format!("payload is not JSON: {e}"));
     }
     // Not an object: say what it is, or why it is not JSON.

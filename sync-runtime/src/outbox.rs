@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use crate::change::{Op, RawRecord};
+use crate::change::{row_digest, Op, RawRecord};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::row::SyncRow;
@@ -640,34 +640,36 @@ impl Outbox {
     /// [`Outbox::claim`] of the records after `cursor`, read while the batch up to it is still
     /// in flight (the worker's prefetch); the flag says whether it stopped short (see below).
     ///
-    /// in flight (the worker's prefetch). It must be exactly the records a claim after that
-    /// batch would take, in order, with nothing passed over that may still go first; so it
-    /// stops at the first record whose row is in flight, or whose row has a pending record
-    /// at or below the cursor that waited (charged or retried: it may be due again, and
-    /// only a claim from the start sends it).
+    /// It must be exactly the records a claim after that batch would take, in order, with
+    /// nothing passed over that may still go first; so it stops at the first record whose row
+    /// is in flight (`in_flight` holds their [`row_digest`]s), or whose row has a pending
+    /// record at or below the cursor that waited (charged or retried: it may be due again,
+    /// and only a claim from the start sends it).
     pub(crate) fn claim_after(
         &self,
         conn: &mut Connection,
         who: &Claimant<'_>,
         cursor: i64,
-        in_flight: &std::collections::HashSet<(String, String)>,
+        in_flight: &std::collections::HashSet<u64>,
     ) -> Result<(Claim, bool)> {
         let records = match self.claim_from(conn, who, cursor)? {
             Claim::Records(r) => r,
             held => return Ok((held, false)),
         };
-        let waited: std::collections::HashSet<(String, String)> = conn
+        let waited: std::collections::HashSet<u64> = conn
             .prepare_cached(&format!(
                 "SELECT DISTINCT table_name, row_key FROM {} WHERE (status = 'failed' OR next_attempt_at > 0)
                  AND status = 'pending' AND id <= ?1",
                 self.q
             ))?
-            .query_map([cursor], |r| Ok((text_at(r, 0)?, text_at(r, 1)?)))?
+            .query_map([cursor], |r| {
+                Ok(row_digest(&text_at(r, 0)?, &text_at(r, 1)?))
+            })?
             .collect::<Result<_, _>>()?;
         let stop = records
             .iter()
             .position(|r| {
-                let row = (r.table.clone(), r.row_key.clone());
+                let row = row_digest(&r.table, &r.row_key);
                 in_flight.contains(&row) || waited.contains(&row)
             })
             .unwrap_or(records.len());
@@ -817,7 +819,11 @@ fn ids_json(ids: &[i64]) -> String {
 
 /// Column `i` as text, whatever its storage class (invalid UTF-8 replaced).
 fn text_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<String> {
-    Ok(String::from_utf8_lossy(&bytes_of(r.get_ref(i)?)).into_owned())
+    use rusqlite::types::ValueRef;
+    Ok(match r.get_ref(i)? {
+        ValueRef::Text(t) | ValueRef::Blob(t) => String::from_utf8_lossy(t).into_owned(),
+        other => String::from_utf8_lossy(&bytes_of(other)).into_owned(),
+    })
 }
 
 /// The bytes of any SQLite value (numbers as their text; NULL as nothing).
@@ -984,7 +990,7 @@ mod tests {
         );
         // Rows in flight stop the prefetch the same way.
         let mut b_in_flight = std::collections::HashSet::new();
-        b_in_flight.insert(("t".to_string(), "[\"b\"]".to_string()));
+        b_in_flight.insert(row_digest("t", "[\"b\"]"));
         o.mark_synced(&mut conn, &[a1]).unwrap();
         let next = match o
             .claim_after(&mut conn, &who(), b1, &b_in_flight)

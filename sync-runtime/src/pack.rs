@@ -9,6 +9,7 @@
 //! be in one local transaction.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use d1_sync_schema::sql::{delete_json_sql, update_json_sql, upsert_json_sql, JsonEncoding};
 
@@ -94,7 +95,6 @@ pub struct Request {
     pub range: std::ops::Range<usize>,
 }
 
-#[derive(PartialEq, Eq)]
 struct Shape<'a> {
     table: &'a str,
     op: Op,
@@ -103,38 +103,31 @@ struct Shape<'a> {
 }
 
 impl Shape<'_> {
-    /// A shape with bound values carries exactly one row.
-    fn single_row(&self) -> bool {
-        self.encodings
-            .iter()
-            .any(|e| matches!(e, JsonEncoding::Param(_)))
+    /// Whether `c`, whose value encodings are `encodings`, has this shape. Changes of one
+    /// shape share their column list, so the pointer check settles most comparisons.
+    fn fits(&self, c: &Change, encodings: &[JsonEncoding]) -> bool {
+        self.op == c.op
+            && self.table == c.table.name
+            && (std::ptr::eq(self.columns, &*c.columns) || self.columns == &*c.columns)
+            && self.encodings == encodings
     }
 }
 
-/// The shape of a change, and the values bound outside the JSON (reals SQLite's JSON parser
-/// would not read back exactly), numbered from `?2`.
-fn shape(c: &Change) -> (Shape<'_>, Vec<Param>) {
-    let mut bound = Vec::new();
-    let encodings = c
-        .values
-        .iter()
-        .map(|v| match v {
+/// The encodings of a change's values into `encodings`, and the values bound outside the
+/// JSON (reals SQLite's JSON parser would not read back exactly), numbered from `?2`, into
+/// `bound`. Both are cleared first.
+fn encode_shape(c: &Change, encodings: &mut Vec<JsonEncoding>, bound: &mut Vec<Param>) {
+    encodings.clear();
+    bound.clear();
+    for v in &c.values {
+        encodings.push(match v {
             Value::Real(f) if !codec::fits_json(v) => {
                 bound.push(Param::Real(*f));
                 JsonEncoding::Param(u16::try_from(bound.len() + 1).unwrap_or(u16::MAX))
             }
             _ => codec::wire_encoding(v),
-        })
-        .collect();
-    (
-        Shape {
-            table: &c.table.name,
-            op: c.op,
-            columns: &c.columns,
-            encodings,
-        },
-        bound,
-    )
+        });
+    }
 }
 
 fn statement_sql(s: &Shape, c: &Change) -> String {
@@ -200,22 +193,33 @@ pub fn pack_with(changes: &[Change], limits: &PackLimits, sql: bool) -> Vec<Requ
     let mut cur_bytes = DEFER_FOREIGN_KEYS.len();
     let mut open: Option<Open> = None;
 
-    for c in changes {
-        let (s, bound) = shape(c);
-        let mut row = String::new();
+    // Scratch buffers, reused for every change.
+    let (mut encodings, mut bound, mut row) = (Vec::new(), Vec::new(), String::new());
+    for (n, c) in changes.iter().enumerate() {
+        encode_shape(c, &mut encodings, &mut bound);
+        row.clear();
         codec::push_wire_row(&mut row, &c.values);
+        let single_row = encodings
+            .iter()
+            .any(|e| matches!(e, JsonEncoding::Param(_)));
 
         let fits_open = open.as_ref().is_some_and(|o| {
-            o.shape == s
-                && !s.single_row()
+            o.shape.fits(c, &encodings)
+                && !single_row
                 && o.rows < limits.max_rows_per_statement
                 && o.json.len() + 1 + row.len() < limits.max_param_bytes
                 && cur_bytes + o.bytes() + row.len() + 2 <= limits.max_request_bytes
-                && !(s.op == Op::Update && o.keys.contains(c.row_key.as_str()))
+                && !(c.op == Op::Update && o.keys.contains(c.row_key.as_str()))
         });
         if !fits_open {
             close(&mut open, &mut cur, &mut cur_bytes);
-            let sql = statement_sql(&s, c);
+            let shape = Shape {
+                table: &c.table.name,
+                op: c.op,
+                columns: &c.columns,
+                encodings: encodings.clone(),
+            };
+            let sql = statement_sql(&shape, c);
             let full = cur.statements.len() >= limits.max_statements
                 || cur_bytes + sql.len() + row.len() + 2 > limits.max_request_bytes;
             if full && !cur.ids.is_empty() {
@@ -223,11 +227,33 @@ pub fn pack_with(changes: &[Change], limits: &PackLimits, sql: bool) -> Vec<Requ
                 requests.push(std::mem::replace(&mut cur, new_request(next_start)));
                 cur_bytes = DEFER_FOREIGN_KEYS.len();
             }
+            // Room for the changes of this shape that follow, at this row's size and within
+            // the limits: one allocation for most statements instead of a doubling series.
+            let run = if single_row {
+                1
+            } else {
+                changes[n..]
+                    .iter()
+                    .take(limits.max_rows_per_statement)
+                    .take_while(|d| {
+                        d.op == c.op
+                            && Arc::ptr_eq(&d.table, &c.table)
+                            && Arc::ptr_eq(&d.columns, &c.columns)
+                    })
+                    .count()
+                    .max(1)
+            };
+            let room = (row.len() + 1)
+                .saturating_mul(run)
+                .min(limits.max_param_bytes)
+                + 2;
+            let mut json = String::with_capacity(room);
+            json.push('[');
             open = Some(Open {
-                shape: s,
+                shape,
                 sql,
-                json: String::from("["),
-                bound,
+                json,
+                bound: std::mem::take(&mut bound),
                 rows: 0,
                 keys: HashSet::new(),
             });

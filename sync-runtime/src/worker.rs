@@ -729,8 +729,10 @@ async fn pipelined(
     // Everything up to the last claimed id is in flight (or dead); the next read starts
     // after it and leaves out the rows in flight.
     let cursor = raw.last().map_or(0, |r| r.id);
-    let in_flight: HashSet<(String, String)> =
-        raw.iter().map(|r| row_of(&r.table, &r.row_key)).collect();
+    let in_flight: HashSet<u64> = raw
+        .iter()
+        .map(|r| change::row_digest(&r.table, &r.row_key))
+        .collect();
     {
         let mut live = lock(&inner.live);
         live.requests += 1;
