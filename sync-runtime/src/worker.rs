@@ -580,6 +580,9 @@ struct Prepared {
     /// Id, table and reason of each record to dead-letter.
     invalid: Vec<(i64, String, String)>,
     requests: Option<Vec<crate::pack::Request>>,
+    /// The rows of `raw` ([`change::row_digest`]s): while it is in flight, the next read
+    /// stops at them.
+    rows: HashSet<u64>,
 }
 
 /// Checks a claimed batch. Later records of a row with a new dead letter are left out: they
@@ -607,11 +610,16 @@ fn prepare(raw: Vec<RawRecord>, registry: &Registry, pack: Option<(PackLimits, b
             .is_none_or(|first| c.id < *first)
     });
     let requests = pack.map(|(limits, sql)| pack_with(&changes, &limits, sql));
+    let rows = raw
+        .iter()
+        .map(|r| change::row_digest(&r.table, &r.row_key))
+        .collect();
     Prepared {
         raw,
         changes,
         invalid,
         requests,
+        rows,
     }
 }
 
@@ -729,10 +737,7 @@ async fn pipelined(
     // Everything up to the last claimed id is in flight (or dead); the next read starts
     // after it and leaves out the rows in flight.
     let cursor = raw.last().map_or(0, |r| r.id);
-    let in_flight: HashSet<u64> = raw
-        .iter()
-        .map(|r| change::row_digest(&r.table, &r.row_key))
-        .collect();
+    let in_flight = std::mem::take(&mut prepared.rows);
     {
         let mut live = lock(&inner.live);
         live.requests += 1;
@@ -792,8 +797,21 @@ async fn pipelined(
         Ok(()) => {
             let ids = request.ids;
             let inner2 = inner.clone();
+            // The finished batch is freed after its mark, on the blocking pool: its tens of
+            // thousands of allocations would otherwise be freed here, between this response
+            // and the next request.
+            let spent = (
+                std::mem::take(&mut prepared.raw),
+                std::mem::take(&mut prepared.changes),
+                request.statements,
+            );
             pipe.marking = Some(tokio::spawn(async move {
-                match db(&inner2, move |o, c| o.mark_synced(c, &ids)).await {
+                let marked = db(&inner2, move |o, c| {
+                    let marked = o.mark_synced(c, &ids);
+                    drop(spent);
+                    marked
+                });
+                match marked.await {
                     Ok(n) => {
                         let mut live = lock(&inner2.live);
                         live.records_synced += n as u64;
