@@ -797,21 +797,19 @@ async fn pipelined(
         Ok(()) => {
             let ids = request.ids;
             let inner2 = inner.clone();
-            // The finished batch is freed after its mark, on the blocking pool: its tens of
-            // thousands of allocations would otherwise be freed here, between this response
-            // and the next request.
+            // The finished batch is freed on the blocking pool once its mark is written: its
+            // tens of thousands of allocations would otherwise be freed here, between this
+            // response and the next request.
             let spent = (
                 std::mem::take(&mut prepared.raw),
                 std::mem::take(&mut prepared.changes),
                 request.statements,
             );
             pipe.marking = Some(tokio::spawn(async move {
-                let marked = db(&inner2, move |o, c| {
-                    let marked = o.mark_synced(c, &ids);
-                    drop(spent);
-                    marked
-                });
-                match marked.await {
+                let marked = db(&inner2, move |o, c| o.mark_synced(c, &ids)).await;
+                // Freed after the mark is written and known, so the read-ahead does not wait.
+                tokio::task::spawn_blocking(move || drop(spent));
+                match marked {
                     Ok(n) => {
                         let mut live = lock(&inner2.live);
                         live.records_synced += n as u64;
