@@ -69,6 +69,14 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// The worker's batch size: its default, or `D1SYNC_BENCH_BATCH`.
+fn batch_size() -> usize {
+    std::env::var("D1SYNC_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d1_sync::WorkerConfig::default().batch_size)
+}
+
 fn median_f64(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -169,10 +177,7 @@ async fn drain(path: &Path, target: Arc<dyn Target>, batch: usize) -> (Duration,
 /// 2. Draining to a local SQLite file, against the same upserts applied straight to it.
 async fn bench_drain(quick: bool) -> Vec<Row> {
     let n = if quick { 20_000 } else { 100_000 };
-    let batch: u64 = std::env::var("D1SYNC_BENCH_BATCH")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+    let batch = batch_size() as u64;
     let (mut ours, mut raws, mut requests) = (Vec::new(), Vec::new(), 0);
     for _ in 0..ROUNDS {
         let dir = tempfile::tempdir().unwrap();
@@ -223,10 +228,24 @@ async fn bench_drain(quick: bool) -> Vec<Row> {
     }]
 }
 
-/// The seed's way: one request per record, sequentially, with its SQL and its parameters.
+/// A queue of `n` records for the seed's way, in a file of its own.
+fn seed_queue(dir: &Path, n: u64) -> Connection {
+    let (path, mut conn) = app_db(dir, "seed.db");
+    backlog(&mut conn, n);
+    drop(conn);
+    // The same settings as d1-sync's own queue connection: WAL, synchronous = NORMAL.
+    let conn = Connection::open(path).unwrap();
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
+        .unwrap();
+    conn
+}
+
+/// The seed's way, as `sync-worker.ts` does it: take a batch of pending records from the
+/// queue; for each, parse its payload, bind its values to the seed's upsert, send that one
+/// statement in a request of its own, then mark the record synced in the local queue.
 async fn seed_way(
     d1: &D1Http,
-    from: u64,
+    queue: &Connection,
     n: u64,
     deadline: Option<Duration>,
 ) -> (u64, Duration, u64) {
@@ -246,35 +265,60 @@ async fn seed_way(
     let sql = format!("INSERT INTO messages ({cols}) VALUES ({placeholders}) ON CONFLICT DO UPDATE SET {updates};");
     let t = Instant::now();
     let (mut done, mut requests) = (0, 0);
-    while done < n {
-        if deadline.is_some_and(|d| t.elapsed() >= d) {
+    'batches: while done < n {
+        // Batches of 50 (the seed imports its default from a file not in the seed); the size
+        // only sets how often the queue is read.
+        let batch: Vec<(i64, String)> = queue
+            .prepare_cached(
+                "SELECT id, payload FROM d1_sync_queue WHERE status = 'pending' ORDER BY id LIMIT 50",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        if batch.is_empty() {
             break;
         }
-        let params = message(from + done)
-            .values()
-            .into_iter()
-            .map(|v| match v {
-                d1_sync::Value::Null => d1_sync::target::Param::Text(String::new()),
-                d1_sync::Value::Integer(i) => d1_sync::target::Param::Text(i.to_string()),
-                d1_sync::Value::Real(f) => d1_sync::target::Param::Real(f),
-                d1_sync::Value::Text(s) => d1_sync::target::Param::Text(s),
-                d1_sync::Value::Blob(_) => d1_sync::target::Param::Text(String::new()),
-            })
-            .collect();
-        requests += 1;
-        match d1
-            .query(&[Statement {
-                sql: sql.clone(),
-                params,
-            }])
-            .await
-        {
-            Ok(_) => done += 1,
-            Err(TargetError::RateLimited { retry_after, .. }) => {
-                // Kinder than the seed, which charged the record: wait as asked.
-                tokio::time::sleep(retry_after.unwrap_or(Duration::from_secs(1))).await;
+        for (id, payload) in batch {
+            if done >= n || deadline.is_some_and(|d| t.elapsed() >= d) {
+                break 'batches;
             }
-            Err(e) => panic!("seed-way request failed: {e}"),
+            let payload: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&payload).unwrap();
+            let params: Vec<d1_sync::target::Param> = Message::COLUMNS
+                .iter()
+                .map(|c| match &payload[*c] {
+                    serde_json::Value::String(s) => d1_sync::target::Param::Text(s.clone()),
+                    serde_json::Value::Number(x) => d1_sync::target::Param::Text(x.to_string()),
+                    _ => d1_sync::target::Param::Text(String::new()),
+                })
+                .collect();
+            loop {
+                requests += 1;
+                match d1
+                    .query(&[Statement {
+                        sql: sql.clone(),
+                        params: params.clone(),
+                    }])
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(TargetError::RateLimited { retry_after, .. }) => {
+                        // Kinder than the seed, which charged the record: wait as asked.
+                        tokio::time::sleep(retry_after.unwrap_or(Duration::from_secs(1))).await;
+                    }
+                    Err(e) => panic!("seed-way request failed: {e}"),
+                }
+            }
+            queue
+                .prepare_cached(
+                    "UPDATE d1_sync_queue SET status = 'synced', updated_at = ?1 WHERE id = ?2",
+                )
+                .unwrap()
+                .execute(d1_sync::rusqlite::params![1_i64, id])
+                .unwrap();
+            done += 1;
         }
     }
     (done, t.elapsed(), requests)
@@ -296,14 +340,15 @@ async fn bench_d1(peer: &D1Peer, quick: bool) -> Vec<Row> {
         let (path, mut conn) = app_db(dir.path(), "d1.db");
         backlog(&mut conn, n);
         let db = d1_table(peer).await;
-        let (took, stats) = drain(&path, Arc::new(db.client()), 1000).await;
+        let (took, stats) = drain(&path, Arc::new(db.client()), batch_size()).await;
         assert_eq!(stats.records_synced, n);
         per_1000.push(peer.stats(&db).await.requests as f64 * 1000.0 / n as f64);
         ours.push(rate(n, took));
 
         let seed_db = d1_table(peer).await;
-        let (done, seed_took, _) =
-            seed_way(&seed_db.client(), 0, if quick { 200 } else { 500 }, None).await;
+        let seed_n = if quick { 200 } else { 500 };
+        let queue = seed_queue(dir.path(), seed_n);
+        let (done, seed_took, _) = seed_way(&seed_db.client(), &queue, seed_n, None).await;
         seeds.push(rate(done, seed_took));
     }
     let (ours, seed) = (median_f64(ours), median_f64(seeds));
@@ -338,7 +383,7 @@ async fn bench_production(peer: &D1Peer, quick: bool) -> Vec<Row> {
     let proxy = Proxy::start(&db.config.base_url, config.clone()).await;
     let mut c = db.config.clone();
     c.base_url = proxy.base_url.clone();
-    let (took, stats) = drain(&path, Arc::new(D1Http::new(c).unwrap()), 1000).await;
+    let (took, stats) = drain(&path, Arc::new(D1Http::new(c).unwrap()), batch_size()).await;
     assert_eq!(stats.records_synced, n);
     let refused = proxy.stats().over_budget;
 
@@ -346,9 +391,11 @@ async fn bench_production(peer: &D1Peer, quick: bool) -> Vec<Row> {
     let seed_proxy = Proxy::start(&seed_db.config.base_url, config).await;
     let mut c = seed_db.config.clone();
     c.base_url = seed_proxy.base_url.clone();
+    // At about 4 rows/s, 200 records outlast the time allowed.
+    let queue = seed_queue(dir.path(), 200);
     let (done, seed_took, seed_requests) = seed_way(
         &D1Http::new(c).unwrap(),
-        0,
+        &queue,
         u64::MAX,
         Some(Duration::from_secs(if quick { 5 } else { 15 })),
     )

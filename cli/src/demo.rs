@@ -42,7 +42,7 @@ pub struct DemoArgs {
     #[arg(long, env = "D1_BASE_URL")]
     d1_base_url: Option<String>,
     /// Records claimed per worker tick.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = d1_sync::WorkerConfig::default().batch_size)]
     batch_size: usize,
     /// Seed of the workload.
     #[arg(long, default_value_t = 42)]
