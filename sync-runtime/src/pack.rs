@@ -179,7 +179,7 @@ pub fn pack_with(changes: &[Change], limits: &PackLimits, sql: bool) -> Vec<Requ
         return (0..changes.len())
             .step_by(step)
             .map(|start| {
-                let range = start..(start + step).min(changes.len());
+                let range = start..start.saturating_add(step).min(changes.len());
                 Request {
                     statements: Vec::new(),
                     ids: changes[range.clone()].iter().map(|c| c.id).collect(),
@@ -478,6 +478,25 @@ mod tests {
         assert!(reqs[0].statements[1]
             .sql
             .starts_with("UPDATE \"a\" SET \"v\""));
+    }
+
+    #[test]
+    fn without_sql_a_request_is_up_to_max_statements_changes() {
+        let t = table("t");
+        let changes: Vec<Change> = (0..5).map(|i| up(i, &t, Value::Integer(i))).collect();
+        let limits = |max_statements| PackLimits {
+            max_statements,
+            ..PackLimits::default()
+        };
+        let ranges = |reqs: Vec<Request>| reqs.into_iter().map(|r| r.range).collect::<Vec<_>>();
+        assert_eq!(
+            ranges(pack_with(&changes, &limits(2), false)),
+            [0..2, 2..4, 4..5]
+        );
+        assert_eq!(
+            ranges(pack_with(&changes, &limits(usize::MAX), false)),
+            [0..5]
+        );
     }
 
     #[test]

@@ -16,7 +16,8 @@ use crate::pack::DEFER_FOREIGN_KEYS;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SqliteMode {
     /// Binds each change's values to a cached one-row statement: the fastest way, and exact by
-    /// construction (no text on the way). The default.
+    /// construction (no text on the way). A request is the whole batch the worker claimed, in
+    /// one transaction. The default.
     Rows,
     /// Runs the very statements D1 would receive (`json_each` and all): for testing the wire
     /// form without D1.
@@ -201,7 +202,15 @@ impl Target for SqliteTarget {
     }
 
     fn limits(&self) -> PackLimits {
-        self.limits
+        match self.mode {
+            // One transaction of one-row statements: nothing on the way to bound, so a
+            // request is the whole batch the worker claimed.
+            SqliteMode::Rows => PackLimits {
+                max_statements: usize::MAX,
+                ..self.limits
+            },
+            SqliteMode::Statements => self.limits,
+        }
     }
 
     fn wants_statements(&self) -> bool {
