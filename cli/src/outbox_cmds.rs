@@ -94,7 +94,10 @@ pub fn status(a: &DbArgs) -> Result<ExitCode, CliError> {
     let c = &report.counts;
     println!("outbox `{}` in {}", report.queue_table, report.database);
     println!("  pending     {}", c.pending);
-    println!("  synced      {} (kept for reference)", c.synced);
+    println!(
+        "  synced      {} (the newest, kept in the synced log)",
+        c.synced
+    );
     println!("  failed      {}", c.failed);
     match report.oldest_unsynced_age_ms {
         Some(ms) => println!(

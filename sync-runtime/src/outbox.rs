@@ -67,7 +67,8 @@ impl Status {
 pub struct Counts {
     /// Waiting to be sent (including records in backoff and records held behind one).
     pub pending: u64,
-    /// Acknowledged and not yet purged.
+    /// Entries in the synced log: the newest acknowledged records, kept for reference (see
+    /// [`Outbox::purge`]).
     pub synced: u64,
     /// Dead letters.
     pub failed: u64,
