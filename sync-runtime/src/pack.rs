@@ -493,9 +493,11 @@ mod tests {
             ranges(pack_with(&changes, &limits(2), false)),
             [0..2, 2..4, 4..5]
         );
+        let whole = ranges(pack_with(&changes, &limits(usize::MAX), false));
         assert_eq!(
-            ranges(pack_with(&changes, &limits(usize::MAX), false)),
-            [0..5]
+            (whole.len(), &whole[0]),
+            (1, &(0..5)),
+            "one request, no overflow"
         );
     }
 
