@@ -621,27 +621,15 @@ async fn bench_latency(peer: &D1Peer, quick: bool) -> Vec<Row> {
     ]
 }
 
-fn vm_hwm_kib() -> u64 {
+/// A `kB` field of `/proc/self/status` (`VmHWM`, `VmRSS`); 0 where there is none.
+fn proc_status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(str::to_string)
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':').map(str::to_string))
         })
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
-}
-
-fn vm_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .map(str::to_string)
-        })
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
         .unwrap_or(0)
 }
 
@@ -652,7 +640,7 @@ async fn memory_child(dir: &Path) {
         .registry(d1_sync_example::registry())
         .build()
         .unwrap();
-    let before = vm_rss_kib();
+    let before = proc_status_kib("VmRSS");
     let t = Instant::now();
     worker.start().unwrap();
     worker.flush().await.unwrap();
@@ -661,7 +649,7 @@ async fn memory_child(dir: &Path) {
     println!(
         "{} {} {} {}",
         before,
-        vm_hwm_kib(),
+        proc_status_kib("VmHWM"),
         s.records_synced,
         t.elapsed().as_millis()
     );
