@@ -27,6 +27,11 @@ use crate::error::{Error, Result};
 use crate::row::SyncRow;
 use crate::value::Value;
 
+/// Dead letters, in a form that implies the partial index holding them (its condition first):
+/// the queries on dead letters name that index, so with a backlog of pending records and a few
+/// dead letters they read the index, not the backlog.
+const DEAD: &str = "(status = 'failed' OR next_attempt_at > 0) AND status = 'failed'";
+
 /// The queue schema version this build writes.
 ///
 /// 1. The first queue: synced records stayed in the queue table, status `synced`.
@@ -508,8 +513,9 @@ impl Outbox {
     pub fn failed(&self, conn: &Connection, limit: usize) -> Result<Vec<DeadLetter>> {
         let mut stmt = conn
             .prepare_cached(&format!(
-                "SELECT id, table_name, row_key, op, attempts, coalesce(last_error, ''), created_at FROM {} WHERE status = 'failed' ORDER BY id LIMIT ?1",
-                self.q
+                "SELECT id, table_name, row_key, op, attempts, coalesce(last_error, ''), created_at FROM {} INDEXED BY {} WHERE {DEAD} ORDER BY id LIMIT ?1",
+                self.q,
+                self.index("blocking"),
             ))
             .map_err(|e| self.map_missing(e))?;
         let rows = stmt
@@ -531,8 +537,9 @@ impl Outbox {
     /// Puts dead letters back in line: pending, attempts reset, due now. Returns how many.
     pub fn retry(&self, conn: &Connection, which: Selection) -> Result<usize> {
         let sql = format!(
-            "UPDATE {} SET status = 'pending', attempts = 0, next_attempt_at = 1, updated_at = ?1 WHERE status = 'failed' AND (?2 IS NULL OR id = ?2)",
-            self.q
+            "UPDATE {} INDEXED BY {} SET status = 'pending', attempts = 0, next_attempt_at = 1, updated_at = ?1 WHERE {DEAD} AND (?2 IS NULL OR id = ?2)",
+            self.q,
+            self.index("blocking"),
         );
         conn.execute(&sql, params![now_ms(), selection_id(which)])
             .map_err(|e| self.map_missing(e))
@@ -541,8 +548,9 @@ impl Outbox {
     /// Deletes dead letters for good. Returns how many.
     pub fn drop_failed(&self, conn: &Connection, which: Selection) -> Result<usize> {
         let sql = format!(
-            "DELETE FROM {} WHERE status = 'failed' AND (?1 IS NULL OR id = ?1)",
-            self.q
+            "DELETE FROM {} INDEXED BY {} WHERE {DEAD} AND (?1 IS NULL OR id = ?1)",
+            self.q,
+            self.index("blocking"),
         );
         conn.execute(&sql, params![selection_id(which)])
             .map_err(|e| self.map_missing(e))
@@ -1220,6 +1228,20 @@ mod tests {
             claim.contains("d1_sync_queue_blocking"),
             "the row check uses the partial index:\n{claim}"
         );
+        let by = o.index("blocking");
+        for dead in [
+            format!("SELECT id, last_error FROM {q} INDEXED BY {by} WHERE {DEAD} ORDER BY id LIMIT 10"),
+            format!("UPDATE {q} INDEXED BY {by} SET status = 'pending' WHERE {DEAD} AND (NULL IS NULL OR id = NULL)"),
+            format!("DELETE FROM {q} INDEXED BY {by} WHERE {DEAD} AND (7 IS NULL OR id = 7)"),
+        ] {
+            let dead = plan(&conn, &dead);
+            assert!(
+                dead.lines()
+                    .filter(|l| l.contains("d1_sync_queue"))
+                    .all(|l| l.contains("INDEX d1_sync_queue_blocking")),
+                "dead letters are found through their partial index, not the backlog:\n{dead}"
+            );
+        }
         let log = &o.log;
         let purge = plan(
             &conn,
