@@ -221,7 +221,8 @@ pub async fn run(a: &DemoArgs) -> Result<ExitCode, CliError> {
     loop {
         tokio::select! {
             r = &mut flush => { r?; break; }
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+            // Stats count the queue, which walks it: a few times a second is plenty.
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {
                 let s = worker.stats().await?;
                 bar.set_position(s.records_synced.min(total));
                 bar.set_message(format!("queue depth {}", s.queue.pending));

@@ -85,7 +85,8 @@ pub async fn push(a: &PushArgs) -> Result<ExitCode, CliError> {
     let outcome: Result<(), CliError> = loop {
         tokio::select! {
             r = &mut flush => break r.map_err(CliError::from),
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+            // Stats count the queue, which walks it: a few times a second is plenty.
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {
                 let s = worker.stats().await?;
                 bar.set_position(s.records_synced.min(total));
                 bar.set_message(format!("queue {}", s.queue.pending));

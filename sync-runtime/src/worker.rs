@@ -150,6 +150,9 @@ impl WorkerBuilder {
         }
         let conn = open_queue_connection(&self.db_path)?;
         self.outbox.install(&conn)?;
+        // Stats count the queue on a connection of their own: a count walks the whole queue,
+        // and on the worker's connection it would hold the worker up for as long.
+        let reader = open_queue_connection(&self.db_path)?;
         let (ticks, _) = watch::channel(Ticks::default());
         Ok(SyncWorker {
             inner: Arc::new(Inner {
@@ -159,6 +162,7 @@ impl WorkerBuilder {
                 target: self.target,
                 registry: self.registry,
                 conn: Arc::new(Mutex::new(conn)),
+                reader: Arc::new(Mutex::new(reader)),
                 notify: Notify::new(),
                 control: Mutex::new(Control::default()),
                 live: Mutex::new(Live::default()),
@@ -211,6 +215,8 @@ struct Inner {
     target: Arc<dyn Target>,
     registry: Registry,
     conn: Arc<Mutex<Connection>>,
+    /// For [`SyncWorker::stats`]: reads only.
+    reader: Arc<Mutex<Connection>>,
     owner: String,
     notify: Notify,
     control: Mutex<Control>,
@@ -338,8 +344,14 @@ impl SyncWorker {
     }
 
     /// The worker's state and counters, and the queue's counts.
+    ///
+    /// The counts are read on a connection of the worker's own, so they never hold up
+    /// sending; counting walks the queue (see [`Outbox::counts`]), so poll at human pace.
     pub async fn stats(&self) -> Result<Stats> {
-        let counts = db(&self.inner, |o, c| o.counts(c)).await?;
+        let (reader, outbox) = (self.inner.reader.clone(), self.inner.outbox.clone());
+        let counts = tokio::task::spawn_blocking(move || outbox.counts(&lock(&reader)))
+            .await
+            .map_err(|e| Error::Config(format!("the database task failed: {e}")))??;
         let live = lock(&self.inner.live).clone();
         let now = now_ms();
         Ok(Stats {
