@@ -13,6 +13,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use d1_sync::change::Change;
 use d1_sync::rusqlite::{params_from_iter, Connection};
 use d1_sync::target::{Batch, BoxFuture, PackLimits, Statement};
 use d1_sync::{D1Http, Outbox, SqliteTarget, SyncRow, SyncWorker, Target, TargetError};
@@ -42,6 +43,34 @@ fn message(i: u64) -> Message {
         page_title: Some("Renewal".into()),
         created_at: 1_767_225_600_000 + i as i64,
         organization_id: Some("org-1".into()),
+    }
+}
+
+/// The table and column list shared by checked upserts of [`Message`], as a batch shares them.
+struct MessageShape {
+    table: Arc<d1_sync::TableDef>,
+    columns: Arc<[String]>,
+}
+
+impl MessageShape {
+    fn new() -> MessageShape {
+        MessageShape {
+            table: Arc::new(Message::table_def()),
+            columns: Message::COLUMNS.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    /// An upsert of `m` as the worker hands it to a target, without a queue.
+    fn upsert(&self, id: i64, m: &Message) -> Change {
+        Change {
+            id,
+            row_key: String::new(),
+            table: self.table.clone(),
+            op: d1_sync::change::Op::Upsert,
+            columns: self.columns.clone(),
+            values: m.values(),
+            attempts: 0,
+        }
     }
 }
 
@@ -356,22 +385,9 @@ async fn bench_d1(peer: &D1Peer, quick: bool) -> Vec<Row> {
         // sent back to back. No queue, no checks: the most any worker could get.
         let engine_db = d1_table(peer).await;
         let client = engine_db.client();
-        let table = Arc::new(Message::table_def());
-        let columns: Arc<[String]> = Message::COLUMNS
-            .iter()
-            .map(|c| c.to_string())
-            .collect::<Vec<_>>()
-            .into();
-        let changes: Vec<d1_sync::change::Change> = (0..n)
-            .map(|i| d1_sync::change::Change {
-                id: i as i64 + 1,
-                row_key: String::new(),
-                table: table.clone(),
-                op: d1_sync::change::Op::Upsert,
-                columns: columns.clone(),
-                values: message(i).values(),
-                attempts: 0,
-            })
+        let shape = MessageShape::new();
+        let changes: Vec<Change> = (0..n)
+            .map(|i| shape.upsert(i as i64 + 1, &message(i)))
             .collect();
         let requests: Vec<_> = changes
             .chunks(batch_size())
@@ -526,7 +542,7 @@ async fn latency_for(label: &'static str, target: impl Target + Clone, samples: 
     worker.start().unwrap();
     worker.flush().await.unwrap();
     let outbox = Outbox::new();
-    let table = Arc::new(Message::table_def());
+    let shape = MessageShape::new();
     let mut lat = Vec::new();
     let mut direct = Vec::new();
     for i in 0..samples {
@@ -544,19 +560,7 @@ async fn latency_for(label: &'static str, target: impl Target + Clone, samples: 
                 })
                 .collect(),
         };
-        let change = d1_sync::change::Change {
-            id: 0,
-            row_key: String::new(),
-            table: table.clone(),
-            op: d1_sync::change::Op::Upsert,
-            columns: Message::COLUMNS
-                .iter()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .into(),
-            values: m.values(),
-            attempts: 0,
-        };
+        let change = shape.upsert(0, &m);
         let t = Instant::now();
         target
             .execute(Batch {

@@ -210,6 +210,16 @@ impl Outbox {
         d1_sync_schema::sql::quote_ident(&format!("{}_{suffix}", self.table))
     }
 
+    /// `<queue> INDEXED BY <blocking index> WHERE <dead letter>`: the dead letters, read
+    /// through the partial index that holds them.
+    fn dead_letters(&self) -> String {
+        format!(
+            "{} INDEXED BY {} WHERE {DEAD}",
+            self.q,
+            self.index("blocking")
+        )
+    }
+
     /// Creates the queue table (and its indexes) if missing, or migrates it; refuses a queue
     /// made by a newer d1-sync. Idempotent; does not change the connection's pragmas.
     pub fn install(&self, conn: &Connection) -> Result<()> {
@@ -485,11 +495,7 @@ impl Outbox {
             .and_then(|mut s| s.query_row([], |r| r.get(0)))
             .map_err(|e| self.map_missing(e))?;
         let failed: i64 = conn
-            .prepare_cached(&format!(
-                "SELECT count(*) FROM {} INDEXED BY {} WHERE {DEAD}",
-                self.q,
-                self.index("blocking")
-            ))?
+            .prepare_cached(&format!("SELECT count(*) FROM {}", self.dead_letters()))?
             .query_row([], |r| r.get(0))?;
         c.failed = u64::try_from(failed).unwrap_or(0);
         c.pending = u64::try_from(total - failed).unwrap_or(0);
@@ -515,9 +521,8 @@ impl Outbox {
     pub fn failed(&self, conn: &Connection, limit: usize) -> Result<Vec<DeadLetter>> {
         let mut stmt = conn
             .prepare_cached(&format!(
-                "SELECT id, table_name, row_key, op, attempts, coalesce(last_error, ''), created_at FROM {} INDEXED BY {} WHERE {DEAD} ORDER BY id LIMIT ?1",
-                self.q,
-                self.index("blocking"),
+                "SELECT id, table_name, row_key, op, attempts, coalesce(last_error, ''), created_at FROM {} ORDER BY id LIMIT ?1",
+                self.dead_letters(),
             ))
             .map_err(|e| self.map_missing(e))?;
         let rows = stmt
@@ -550,9 +555,8 @@ impl Outbox {
     /// Deletes dead letters for good. Returns how many.
     pub fn drop_failed(&self, conn: &Connection, which: Selection) -> Result<usize> {
         let sql = format!(
-            "DELETE FROM {} INDEXED BY {} WHERE {DEAD} AND (?1 IS NULL OR id = ?1)",
-            self.q,
-            self.index("blocking"),
+            "DELETE FROM {} AND (?1 IS NULL OR id = ?1)",
+            self.dead_letters(),
         );
         conn.execute(&sql, params![selection_id(which)])
             .map_err(|e| self.map_missing(e))
@@ -1093,13 +1097,7 @@ mod tests {
         o.mark_synced(&mut conn, &all[..8]).unwrap();
         assert_eq!(o.counts(&conn).unwrap().synced, 8);
         assert_eq!(o.purge(&conn, 3).unwrap(), 5);
-        let kept: Vec<i64> = conn
-            .prepare("SELECT id FROM d1_sync_queue_synced ORDER BY seq")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let kept: Vec<i64> = column(&conn, "SELECT id FROM d1_sync_queue_synced ORDER BY seq");
         assert_eq!(kept, all[5..8]);
         assert_eq!(
             o.counts(&conn).unwrap().pending,
@@ -1165,13 +1163,10 @@ mod tests {
             .query_row("SELECT value FROM d1_sync_meta", [], |r| r.get(0))
             .unwrap();
         assert_eq!(version, QUEUE_VERSION);
-        let indexes: Vec<String> = conn
-            .prepare("SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'd1_sync_queue' ORDER BY name")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let indexes: Vec<String> = column(
+            &conn,
+            "SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'd1_sync_queue' ORDER BY name",
+        );
         assert_eq!(
             indexes,
             ["d1_sync_queue_blocking"],
@@ -1192,6 +1187,16 @@ mod tests {
         Outbox::new().install(&tx).unwrap();
         tx.commit().unwrap();
         assert_eq!(Outbox::new().counts(&conn).unwrap(), Counts::default());
+    }
+
+    /// The first column of every row of `sql`.
+    fn column<T: rusqlite::types::FromSql>(conn: &Connection, sql: &str) -> Vec<T> {
+        conn.prepare(sql)
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
     }
 
     fn plan(conn: &Connection, sql: &str) -> String {

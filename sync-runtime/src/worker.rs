@@ -18,6 +18,7 @@ use rusqlite::Connection;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
@@ -570,13 +571,9 @@ async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
     info!("d1-sync worker stopped");
 }
 
-fn row_of(table: &str, row_key: &str) -> (String, String) {
-    (table.to_string(), row_key.to_string())
-}
-
 /// The background loop's overlap of the queue's bookkeeping with the target's work: while
-/// batch N is at the target, the acknowledgement of batch N-1 is written, synced records are
-/// purged and batch N+1 is read. A prefetched batch holds no claim (reading writes nothing),
+/// batch N is at the target, the acknowledgement of batch N-1 is written, the synced log is
+/// trimmed and batch N+1 is read. A prefetched batch holds no claim (reading writes nothing),
 /// so dropping it is free.
 #[derive(Default)]
 struct Pipeline {
@@ -606,13 +603,13 @@ fn prepare(raw: Vec<RawRecord>, registry: &Registry, pack: Option<(PackLimits, b
     let mut invalid = Vec::new();
     let mut columns = change::ColumnsCache::default();
     // The first dead record of each row: later records of that row wait behind it.
-    let mut dead_rows: HashMap<(String, String), i64> = HashMap::new();
+    let mut dead_rows: HashMap<u64, i64> = HashMap::new();
     for r in &raw {
         match change::check_with(r, registry, &mut columns) {
             Ok(c) => changes.push(c),
             Err(reason) => {
                 dead_rows
-                    .entry(row_of(&r.table, &r.row_key))
+                    .entry(change::row_digest(&r.table, &r.row_key))
                     .or_insert(r.id);
                 invalid.push((r.id, r.table.clone(), reason));
             }
@@ -620,7 +617,7 @@ fn prepare(raw: Vec<RawRecord>, registry: &Registry, pack: Option<(PackLimits, b
     }
     changes.retain(|c| {
         dead_rows
-            .get(&row_of(&c.table.name, &c.row_key))
+            .get(&change::row_digest(&c.table.name, &c.row_key))
             .is_none_or(|first| c.id < *first)
     });
     let requests = pack.map(|(limits, sql)| pack_with(&changes, &limits, sql));
@@ -634,23 +631,6 @@ fn prepare(raw: Vec<RawRecord>, registry: &Registry, pack: Option<(PackLimits, b
         invalid,
         requests,
         rows,
-    }
-}
-
-/// A task aborted when its handle is dropped (the worker's task was stopped mid-tick), so a
-/// read-ahead never outlives the loop that would use it.
-struct AbortOnDrop<T>(JoinHandle<T>);
-
-impl<T> AbortOnDrop<T> {
-    /// The task's output; `None` if it panicked or was aborted.
-    async fn join(mut self) -> Option<T> {
-        (&mut self.0).await.ok()
-    }
-}
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -765,7 +745,9 @@ async fn pipelined(
     // Its own task: a target that works in place (`block_in_place`) holds this task's
     // thread, and a read-ahead polled beside it would not start until the target is done.
     let reader = inner.clone();
-    let prefetch = AbortOnDrop(tokio::spawn(async move {
+    // Aborted if this tick is dropped (the worker's task stopped mid-tick), so a read-ahead
+    // never outlives the loop that would use it.
+    let prefetch = AbortOnDropHandle::new(tokio::spawn(async move {
         let inner = &reader;
         // Records whose acknowledgement could not be written are still pending below the
         // cursor: no prefetch may pass them; a claim from the start comes next.
@@ -805,8 +787,8 @@ async fn pipelined(
         .await;
         read.ok().flatten()
     }));
-    let (result, next) = tokio::join!(inner.target.execute(batch), prefetch.join());
-    let next = next.flatten();
+    let (result, next) = tokio::join!(inner.target.execute(batch), prefetch);
+    let next = next.ok().flatten();
     match result {
         Ok(()) => {
             let ids = request.ids;
@@ -860,7 +842,7 @@ async fn ship(inner: &Arc<Inner>, changes: Vec<Change>, cancel: &CancellationTok
     // One segment per request of the first packing; popped from the end, so reversed.
     let mut stack: Vec<Vec<Change>> = Vec::new();
     split_into(&mut stack, changes, &limits, with_sql);
-    let mut blocked: HashSet<(String, String)> = HashSet::new();
+    let mut blocked: HashSet<u64> = HashSet::new();
     let mut renewed = tokio::time::Instant::now();
 
     while let Some(segment) = stack.pop() {
@@ -869,7 +851,7 @@ async fn ship(inner: &Arc<Inner>, changes: Vec<Change>, cancel: &CancellationTok
         }
         let segment: Vec<Change> = segment
             .into_iter()
-            .filter(|c| !blocked.contains(&row_of(&c.table.name, &c.row_key)))
+            .filter(|c| !blocked.contains(&change::row_digest(&c.table.name, &c.row_key)))
             .collect();
         if segment.is_empty() {
             continue;
@@ -937,7 +919,7 @@ async fn ship(inner: &Arc<Inner>, changes: Vec<Change>, cancel: &CancellationTok
                 } else {
                     debug!(id = c.id, table = %c.table.name, attempts, error = %message, "record refused; retrying later");
                 }
-                blocked.insert(row_of(&c.table.name, &c.row_key));
+                blocked.insert(change::row_digest(&c.table.name, &c.row_key));
                 let failures = vec![(c.id, message.clone(), next_at)];
                 let max = inner.config.max_attempts;
                 if let Err(e) = db(inner, move |o, conn| o.charge(conn, &failures, max)).await {
