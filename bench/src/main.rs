@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use d1_sync::change::Change;
 use d1_sync::rusqlite::{params_from_iter, Connection};
-use d1_sync::target::{Batch, BoxFuture, PackLimits, Statement};
+use d1_sync::target::{Applied, Batch, BoxFuture, PackLimits, Statement};
 use d1_sync::{D1Http, Outbox, SqliteTarget, SyncRow, SyncWorker, Target, TargetError};
 use d1_sync_example::rows::Message;
 use d1_sync_tests::d1peer::D1Peer;
@@ -364,7 +364,7 @@ async fn d1_table(peer: &D1Peer) -> d1_sync_tests::d1peer::TestDb {
 async fn bench_d1(peer: &D1Peer, quick: bool) -> Vec<Row> {
     let n = if quick { 5_000 } else { 30_000 };
     let (mut ours, mut seeds, mut per_1000) = (Vec::new(), Vec::new(), Vec::new());
-    let mut engine = Vec::new();
+    let (mut engine, mut engine_bare) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         let dir = tempfile::tempdir().unwrap();
         let (path, mut conn) = app_db(dir.path(), "d1.db");
@@ -389,6 +389,7 @@ async fn bench_d1(peer: &D1Peer, quick: bool) -> Vec<Row> {
         let changes: Vec<Change> = (0..n)
             .map(|i| shape.upsert(i as i64 + 1, &message(i)))
             .collect();
+        let mut seq = 0;
         let requests: Vec<_> = changes
             .chunks(batch_size())
             .flat_map(|chunk| {
@@ -396,20 +397,46 @@ async fn bench_d1(peer: &D1Peer, quick: bool) -> Vec<Row> {
                     .into_iter()
                     .map(move |r| (chunk, r))
             })
+            .map(|(chunk, mut r)| {
+                seq += 1;
+                let id = d1_sync::ledger::RequestId::new("0000000000bench0", seq);
+                r.stamp(&id);
+                (chunk, r, id)
+            })
             .collect();
         let t = Instant::now();
-        for (chunk, r) in &requests {
-            client
+        for (chunk, r, id) in &requests {
+            let applied = client
                 .execute(Batch {
+                    request: id,
                     statements: &r.statements,
                     changes: &chunk[r.range.clone()],
                 })
                 .await
                 .unwrap();
+            assert_eq!(applied, d1_sync::ledger::Applied::Now);
         }
         engine.push(rate(n, t.elapsed()));
+        // The same requests without the ledger's write, into a fresh table: what the ledger
+        // costs the engine.
+        let bare_db = d1_table(peer).await;
+        let bare = bare_db.client();
+        let t = Instant::now();
+        for (chunk, r, _) in &requests {
+            let statements: Vec<_> = r
+                .statements
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != d1_sync::pack::LEDGER_STATEMENT)
+                .map(|(_, s)| s.clone())
+                .collect();
+            bare.query(&statements).await.unwrap();
+            let _ = chunk;
+        }
+        engine_bare.push(rate(n, t.elapsed()));
     }
     let (ours, seed, engine) = (median_f64(ours), median_f64(seeds), median_f64(engine));
+    let engine_bare = median_f64(engine_bare);
     vec![
         Row {
             name: "drain over D1's REST API (local D1)",
@@ -438,6 +465,16 @@ async fn bench_d1(peer: &D1Peer, quick: bool) -> Vec<Row> {
                 ours / engine * 100.0
             ),
             target: "report",
+        },
+        Row {
+            name: "the ledger's cost to the engine",
+            measured: format!(
+                "{} with the ledger write (one row per request)",
+                fmt_rate(engine)
+            ),
+            baseline: format!("{} without it (the same requests)", fmt_rate(engine_bare)),
+            ratio: format!("{:.3}x the time", engine_bare / engine),
+            target: "one row written per request, no extra request",
         },
     ]
 }
@@ -499,7 +536,7 @@ struct Timed<T: Target> {
 }
 
 impl<T: Target> Target for Timed<T> {
-    fn execute<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<(), TargetError>> {
+    fn execute<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<Applied, TargetError>> {
         Box::pin(async move {
             let r = self.inner.execute(batch).await;
             if r.is_ok() {
@@ -561,9 +598,11 @@ async fn latency_for(label: &'static str, target: impl Target + Clone, samples: 
                 .collect(),
         };
         let change = shape.upsert(0, &m);
+        let id = d1_sync::ledger::RequestId::new("000000000direct0", i as i64);
         let t = Instant::now();
         target
             .execute(Batch {
+                request: &id,
                 statements: &[stmt],
                 changes: &[change],
             })

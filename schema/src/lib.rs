@@ -25,6 +25,7 @@
 //! assert_eq!(sql::delete_sql("items", &["id"]), r#"DELETE FROM "items" WHERE "id" = ?1"#);
 //! ```
 
+pub mod ledger;
 pub mod limits;
 pub mod load;
 pub mod model;

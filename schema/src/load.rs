@@ -224,7 +224,10 @@ fn table_names(conn: &Connection) -> Result<Vec<String>, rusqlite::Error> {
     Ok(names)
 }
 
-fn read_table(conn: &Connection, name: &str) -> Result<Table, rusqlite::Error> {
+/// Reads one table of a live database into the model: columns, key, unique sets and foreign
+/// keys, as `PRAGMA table_xinfo / index_list / foreign_key_list` report them. The worker uses it
+/// on the application's own file to learn which tables depend on which.
+pub fn read_table(conn: &Connection, name: &str) -> Result<Table, rusqlite::Error> {
     let q = quote_ident(name);
     let (strict, without_rowid): (bool, bool) = conn.query_row(
         "SELECT strict, wr FROM pragma_table_list WHERE schema = 'main' AND name = ?1",

@@ -59,6 +59,7 @@ pub mod backoff;
 pub mod change;
 pub mod codec;
 pub mod error;
+pub mod ledger;
 pub mod outbox;
 pub mod pack;
 pub mod registry;

@@ -24,6 +24,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use crate::change::{row_digest, Op, RawRecord};
 use crate::codec;
 use crate::error::{Error, Result};
+use crate::ledger::RequestId;
 use crate::row::SyncRow;
 use crate::value::Value;
 
@@ -36,7 +37,9 @@ const DEAD: &str = "(status = 'failed' OR next_attempt_at > 0) AND status = 'fai
 ///
 /// 1. The first queue: synced records stayed in the queue table, status `synced`.
 /// 2. Synced records move to the slim log `<queue>_synced`.
-const QUEUE_VERSION: i64 = 2;
+/// 3. Requests in flight are journaled in `<queue>_requests`, under the queue's stream id
+///    (`d1_sync_meta`), for exactly-once delivery.
+const QUEUE_VERSION: i64 = 3;
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {
@@ -162,6 +165,8 @@ pub struct Outbox {
     q: String,
     /// The quoted name of the synced log.
     log: String,
+    /// The quoted name of the journal of requests in flight.
+    journal: String,
     insert_sql: String,
 }
 
@@ -188,10 +193,12 @@ impl Outbox {
             "INSERT INTO {q} (table_name, row_key, op, payload, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)"
         );
         let log = d1_sync_schema::sql::quote_ident(&format!("{table}_synced"));
+        let journal = d1_sync_schema::sql::quote_ident(&format!("{table}_requests"));
         Outbox {
             table,
             q,
             log,
+            journal,
             insert_sql,
         }
     }
@@ -204,6 +211,11 @@ impl Outbox {
     /// The synced log's name: `<queue>_synced`.
     pub fn log_table_name(&self) -> String {
         format!("{}_synced", self.table)
+    }
+
+    /// The journal's name: `<queue>_requests`, the requests that may be in flight.
+    pub fn journal_table_name(&self) -> String {
+        format!("{}_requests", self.table)
     }
 
     fn index(&self, suffix: &str) -> String {
@@ -298,9 +310,21 @@ impl Outbox {
                queue TEXT PRIMARY KEY NOT NULL,
                owner TEXT NOT NULL,
                until INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS {journal} (
+               seq INTEGER PRIMARY KEY AUTOINCREMENT,
+               nonce TEXT NOT NULL,
+               ids TEXT NOT NULL,
+               created_at INTEGER NOT NULL
              );",
             blocking = self.index("blocking"),
+            journal = self.journal,
         ))?;
+        // The queue's stream: the ledger in D1 keeps this queue's requests under it.
+        conn.execute(
+            "INSERT INTO d1_sync_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+            params![self.stream_key(), rand::random::<i64>()],
+        )?;
         let old_layout: bool = conn.query_row(
             "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = 'synced_at'",
             [&self.table],
@@ -593,14 +617,22 @@ impl Outbox {
     }
 
     /// Takes or renews the queue's lease for `owner` until `until`; `Err(holder)` when
-    /// another worker holds it.
+    /// another worker holds it. `Ok(true)` when no other worker held it since `owner` last did
+    /// (so what it planned before is still its own to send), `Ok(false)` when it takes it anew.
     pub(crate) fn acquire(
         &self,
         conn: &Connection,
         owner: &str,
         now: i64,
         until: i64,
-    ) -> Result<Result<(), String>> {
+    ) -> Result<Result<bool, String>> {
+        // Nobody else sent in between if the lease still names `owner`, even if it ran out:
+        // whoever takes a lease writes their name into it.
+        let held: bool = conn
+            .prepare_cached(
+                "SELECT count(*) > 0 FROM d1_sync_leases WHERE queue = ?1 AND owner = ?2",
+            )?
+            .query_row(params![self.table, owner], |r| r.get(0))?;
         let n = conn
             .prepare_cached(
                 "INSERT INTO d1_sync_leases (queue, owner, until) VALUES (?1, ?2, ?3)
@@ -609,7 +641,7 @@ impl Outbox {
             )?
             .execute(params![self.table, owner, until, now])?;
         if n == 1 {
-            return Ok(Ok(()));
+            return Ok(Ok(held));
         }
         let holder: Option<String> = conn
             .query_row(
@@ -722,18 +754,7 @@ impl Outbox {
             let rows = stmt
                 .query_map(
                     params![now, i64::try_from(limit).unwrap_or(i64::MAX), cursor],
-                    |r| {
-                        // Whatever was written into the queue by hand must not stop the claim:
-                        // read any storage class; `change::check` judges the content.
-                        Ok(RawRecord {
-                            id: r.get(0)?,
-                            table: text_at(r, 1)?,
-                            row_key: text_at(r, 2)?,
-                            op: text_at(r, 3)?,
-                            payload: bytes_of(r.get_ref(4)?),
-                            attempts: attempts_of(r.get_ref(5)?),
-                        })
-                    },
+                    raw_record,
                 )?
                 .collect::<Result<Vec<_>, _>>()?;
             rows
@@ -743,11 +764,20 @@ impl Outbox {
     }
 
     /// Marks records synced (they must still be pending): moves them from the queue to the
-    /// synced log, in one transaction. Returns how many moved.
-    pub(crate) fn mark_synced(&self, conn: &mut Connection, ids: &[i64]) -> Result<usize> {
+    /// synced log and forgets the journaled request `seq` that carried them, in one
+    /// transaction. Returns how many moved.
+    pub(crate) fn mark_synced(
+        &self,
+        conn: &mut Connection,
+        ids: &[i64],
+        seq: Option<i64>,
+    ) -> Result<usize> {
         let (q, log) = (&self.q, &self.log);
         let ids = ids_json(ids);
         let tx = conn.transaction()?;
+        if let Some(seq) = seq {
+            self.unjournal(&tx, seq)?;
+        }
         tx.prepare_cached(&format!(
             "INSERT INTO {log} (id, table_name, row_key, op, attempts, created_at, synced_at)
              SELECT id, table_name, row_key, op, attempts, created_at, ?1 FROM {q}
@@ -805,6 +835,133 @@ impl Outbox {
         Ok(())
     }
 
+    fn stream_key(&self) -> String {
+        format!("stream:{}", self.table)
+    }
+
+    /// The queue's stream id, as the ledger in D1 names it (16 hex digits).
+    pub(crate) fn stream(&self, conn: &Connection) -> Result<String> {
+        let v: i64 = conn
+            .prepare_cached("SELECT value FROM d1_sync_meta WHERE key = ?1")?
+            .query_row([self.stream_key()], |r| r.get(0))
+            .map_err(|e| self.map_missing(e))?;
+        Ok(format!("{:016x}", v as u64))
+    }
+
+    /// Journals a request before it is sent: its records' ids get a new sequence number and
+    /// a random nonce. From here until [`Outbox::mark_synced`] or [`Outbox::unjournal`] the
+    /// request counts as in flight, and whoever sends this queue next sends it again first.
+    pub(crate) fn journal(&self, conn: &Connection, ids: &[i64]) -> Result<RequestId> {
+        let stream = self.stream(conn)?;
+        let mut id = RequestId::new(stream, 0);
+        conn.prepare_cached(&format!(
+            "INSERT INTO {} (nonce, ids, created_at) VALUES (?1, ?2, ?3)",
+            self.journal
+        ))?
+        .execute(params![id.nonce, ids_json(ids), now_ms()])?;
+        id.seq = conn.last_insert_rowid();
+        Ok(id)
+    }
+
+    /// Forgets a journaled request that was definitely not applied (refused as a whole, or
+    /// never sent).
+    pub(crate) fn unjournal(&self, conn: &Connection, seq: i64) -> Result<()> {
+        conn.prepare_cached(&format!("DELETE FROM {} WHERE seq = ?1", self.journal))?
+            .execute([seq])?;
+        Ok(())
+    }
+
+    /// The journaled requests, oldest first, with their records' ids.
+    pub(crate) fn journaled(&self, conn: &Connection) -> Result<Vec<(RequestId, Vec<i64>)>> {
+        let stream = self.stream(conn)?;
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT seq, nonce, ids FROM {} ORDER BY seq",
+                self.journal
+            ))
+            .map_err(|e| self.map_missing(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, i64>(0)?, text_at(r, 1)?, text_at(r, 2)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, nonce, ids)| {
+                let ids: Vec<i64> = serde_json::from_str(&ids).unwrap_or_default();
+                (
+                    RequestId {
+                        stream: stream.clone(),
+                        seq,
+                        nonce,
+                    },
+                    ids,
+                )
+            })
+            .collect())
+    }
+
+    /// The pending records with these ids, in queue order (what a journaled request carries).
+    pub(crate) fn records(&self, conn: &Connection, ids: &[i64]) -> Result<Vec<RawRecord>> {
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT id, table_name, row_key, op, payload, attempts FROM {}
+             WHERE id IN (SELECT value FROM json_each(?1)) AND status = 'pending' ORDER BY id",
+            self.q
+        ))?;
+        let rows = stmt
+            .query_map([ids_json(ids)], raw_record)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// The rows that have a record waiting (a dead letter, or pending and not due at `now`),
+    /// as [`row_digest`]s, each with the id of its first waiting record and the time that
+    /// record is due (`i64::MAX` for a dead letter). Read through the partial index that holds
+    /// only such records.
+    pub(crate) fn waiting_rows(
+        &self,
+        conn: &Connection,
+        now: i64,
+    ) -> Result<std::collections::HashMap<u64, (i64, i64)>> {
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT table_name, row_key, min(id), min(CASE WHEN status = 'failed' THEN {max} ELSE next_attempt_at END)
+             FROM {} INDEXED BY {} WHERE (status = 'failed' OR next_attempt_at > 0)
+               AND (status = 'failed' OR next_attempt_at > ?1)
+             GROUP BY table_name, row_key",
+            self.q,
+            self.index("blocking"),
+            max = i64::MAX
+        ))?;
+        let rows = stmt
+            .query_map([now], |r| {
+                Ok((
+                    row_digest(&text_at(r, 0)?, &text_at(r, 1)?),
+                    (r.get::<_, i64>(2)?, r.get::<_, i64>(3)?),
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Holds records back without charging them: they wait until `next_at` (ms) because a
+    /// record they depend on waits, and say why in `last_error`. Each entry: id, reason, time.
+    pub(crate) fn hold(&self, conn: &mut Connection, held: &[(i64, String, i64)]) -> Result<()> {
+        let now = now_ms();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(&format!(
+                "UPDATE {} SET last_error = ?1, next_attempt_at = ?2, updated_at = ?3
+                 WHERE id = ?4 AND status = 'pending'",
+                self.q
+            ))?;
+            for (id, reason, next_at) in held {
+                stmt.execute(params![reason, next_at.max(&1), now, id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Trims the synced log to its newest `keep` entries. Returns how many went. Pending
     /// records and dead letters are never touched.
     pub fn purge(&self, conn: &Connection, keep: usize) -> Result<usize> {
@@ -817,6 +974,20 @@ impl Outbox {
         .execute([i64::try_from(keep).unwrap_or(i64::MAX)])
         .map_err(|e| self.map_missing(e))
     }
+}
+
+/// A record as `SELECT id, table_name, row_key, op, payload, attempts` reads it. Whatever was
+/// written into the queue by hand must not stop a claim: any storage class is read, and
+/// `change::check` judges the content.
+fn raw_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
+    Ok(RawRecord {
+        id: r.get(0)?,
+        table: text_at(r, 1)?,
+        row_key: text_at(r, 2)?,
+        op: text_at(r, 3)?,
+        payload: bytes_of(r.get_ref(4)?),
+        attempts: attempts_of(r.get_ref(5)?),
+    })
 }
 
 fn ids_json(ids: &[i64]) -> String {
@@ -979,7 +1150,7 @@ mod tests {
             [b1],
             "a2 waits behind a1; b is free"
         );
-        o.mark_synced(&mut conn, &[b1]).unwrap();
+        o.mark_synced(&mut conn, &[b1], None).unwrap();
         // When a1 is due again, a1 then a2 go out, in order.
         assert_eq!(claim(&mut conn, &o, "w", now_ms() + 61_000), [a1, a2]);
     }
@@ -1006,7 +1177,7 @@ mod tests {
         // Rows in flight stop the prefetch the same way.
         let mut b_in_flight = std::collections::HashSet::new();
         b_in_flight.insert(row_digest("t", "[\"b\"]"));
-        o.mark_synced(&mut conn, &[a1]).unwrap();
+        o.mark_synced(&mut conn, &[a1], None).unwrap();
         let next = match o
             .claim_after(&mut conn, &who(), b1, &b_in_flight)
             .unwrap()
@@ -1084,8 +1255,8 @@ mod tests {
         let a = put(&conn, &o, "a");
         let b = put(&conn, &o, "b");
         o.fail(&mut conn, &[(b, "dead".into())]).unwrap();
-        assert_eq!(o.mark_synced(&mut conn, &[a, b]).unwrap(), 1);
-        assert_eq!(o.mark_synced(&mut conn, &[a]).unwrap(), 0, "once");
+        assert_eq!(o.mark_synced(&mut conn, &[a, b], None).unwrap(), 1);
+        assert_eq!(o.mark_synced(&mut conn, &[a], None).unwrap(), 0, "once");
         let c = o.counts(&conn).unwrap();
         assert_eq!((c.synced, c.failed), (1, 1));
     }
@@ -1094,7 +1265,7 @@ mod tests {
     fn purge_keeps_the_newest_synced_records() {
         let (mut conn, o) = setup();
         let all: Vec<i64> = (0..10).map(|i| put(&conn, &o, &i.to_string())).collect();
-        o.mark_synced(&mut conn, &all[..8]).unwrap();
+        o.mark_synced(&mut conn, &all[..8], None).unwrap();
         assert_eq!(o.counts(&conn).unwrap().synced, 8);
         assert_eq!(o.purge(&conn, 3).unwrap(), 5);
         let kept: Vec<i64> = column(&conn, "SELECT id FROM d1_sync_queue_synced ORDER BY seq");
@@ -1113,7 +1284,7 @@ mod tests {
     fn an_acknowledged_record_leaves_the_queue_for_the_log() {
         let (mut conn, o) = setup();
         let a = put(&conn, &o, "a");
-        o.mark_synced(&mut conn, &[a]).unwrap();
+        o.mark_synced(&mut conn, &[a], None).unwrap();
         let in_queue: i64 = conn
             .query_row("SELECT count(*) FROM d1_sync_queue", [], |r| r.get(0))
             .unwrap();

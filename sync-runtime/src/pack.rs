@@ -87,13 +87,27 @@ impl Default for PackLimits {
 /// A request: its statements, and which changes it carries.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
-    /// Statements, the first being [`DEFER_FOREIGN_KEYS`] (empty when packed without SQL).
+    /// Statements: [`DEFER_FOREIGN_KEYS`], the ledger write (its parameters set by
+    /// [`Request::stamp`]), then the changes. Empty when packed without SQL.
     pub statements: Vec<Statement>,
     /// Queue ids of the changes, in order.
     pub ids: Vec<i64>,
     /// Where its changes are in the slice given to [`pack`].
     pub range: std::ops::Range<usize>,
 }
+
+impl Request {
+    /// Sets the request's id in its ledger statement (the second); a request packed without
+    /// SQL has none, and its target writes the ledger itself.
+    pub fn stamp(&mut self, id: &crate::ledger::RequestId) {
+        if let Some(s) = self.statements.get_mut(LEDGER_STATEMENT) {
+            s.params = id.params();
+        }
+    }
+}
+
+/// Where the ledger write stands in a request's statements.
+pub const LEDGER_STATEMENT: usize = 1;
 
 struct Shape<'a> {
     table: &'a str,
@@ -171,6 +185,20 @@ pub fn pack(changes: &[Change], limits: &PackLimits) -> Vec<Request> {
     pack_with(changes, limits, true)
 }
 
+/// [`pack_with`] into exactly one request, whatever its size: for sending again a request that
+/// was sent before (it fitted then; a target that now refuses its size answers with an error
+/// that splits it like any refused request).
+pub fn pack_one(changes: &[Change], limits: &PackLimits, sql: bool) -> Request {
+    let limits = PackLimits {
+        max_statements: usize::MAX,
+        max_request_bytes: usize::MAX,
+        ..*limits
+    };
+    pack_with(changes, &limits, sql)
+        .pop()
+        .unwrap_or_else(|| new_request(0, sql))
+}
+
 /// [`pack`], or, with `sql` false, only the request boundaries (for targets that apply the
 /// changes themselves): one request of up to `max_statements` changes.
 pub fn pack_with(changes: &[Change], limits: &PackLimits, sql: bool) -> Vec<Request> {
@@ -189,8 +217,9 @@ pub fn pack_with(changes: &[Change], limits: &PackLimits, sql: bool) -> Vec<Requ
             .collect();
     }
     let mut requests = Vec::new();
-    let mut cur = new_request(0);
-    let mut cur_bytes = DEFER_FOREIGN_KEYS.len();
+    let mut cur = new_request(0, true);
+    let opening = request_overhead();
+    let mut cur_bytes = opening;
     let mut open: Option<Open> = None;
 
     // Scratch buffers, reused for every change.
@@ -224,8 +253,8 @@ pub fn pack_with(changes: &[Change], limits: &PackLimits, sql: bool) -> Vec<Requ
                 || cur_bytes + sql.len() + row.len() + 2 > limits.max_request_bytes;
             if full && !cur.ids.is_empty() {
                 let next_start = cur.range.end;
-                requests.push(std::mem::replace(&mut cur, new_request(next_start)));
-                cur_bytes = DEFER_FOREIGN_KEYS.len();
+                requests.push(std::mem::replace(&mut cur, new_request(next_start, true)));
+                cur_bytes = opening;
             }
             // Room for the changes of this shape that follow, at this row's size and within
             // the limits: one allocation for most statements instead of a doubling series.
@@ -289,12 +318,30 @@ fn close(open: &mut Option<Open>, cur: &mut Request, cur_bytes: &mut usize) {
     }
 }
 
-fn new_request(start: usize) -> Request {
+/// A request's first statements: the PRAGMA and the ledger write (parameters set later).
+fn new_request(start: usize, sql: bool) -> Request {
+    let statements = if sql {
+        vec![
+            Statement::new(DEFER_FOREIGN_KEYS),
+            Statement::new(d1_sync_schema::ledger::record_sql(
+                crate::ledger::DEFAULT_TABLE,
+            )),
+        ]
+    } else {
+        Vec::new()
+    };
     Request {
-        statements: vec![Statement::new(DEFER_FOREIGN_KEYS)],
+        statements,
         ids: Vec::new(),
         range: start..start,
     }
+}
+
+/// Bytes of the statements every request opens with, parameters included.
+fn request_overhead() -> usize {
+    DEFER_FOREIGN_KEYS.len()
+        + d1_sync_schema::ledger::record_sql(crate::ledger::DEFAULT_TABLE).len()
+        + 96
 }
 
 #[cfg(test)]
@@ -346,10 +393,15 @@ mod tests {
             .collect();
         let reqs = pack(&changes, &PackLimits::default());
         assert_eq!(reqs.len(), 1);
-        assert_eq!(reqs[0].statements.len(), 2, "the PRAGMA and one upsert");
+        assert_eq!(
+            reqs[0].statements.len(),
+            3,
+            "the PRAGMA, the ledger and one upsert"
+        );
         assert_eq!(reqs[0].statements[0].sql, DEFER_FOREIGN_KEYS);
-        assert!(reqs[0].statements[1].sql.contains("json_each(?1)"));
-        let Param::Text(json) = &reqs[0].statements[1].params[0] else {
+        assert!(reqs[0].statements[1].sql.contains("d1_sync_ledger"));
+        assert!(reqs[0].statements[2].sql.contains("json_each(?1)"));
+        let Param::Text(json) = &reqs[0].statements[2].params[0] else {
             panic!()
         };
         assert!(json.starts_with(r#"[[1,"v1"],[2,"v2"]"#), "{json}");
@@ -370,12 +422,12 @@ mod tests {
         let reqs = pack(&changes, &PackLimits::default());
         assert_eq!(reqs.len(), 1);
         let sqls: Vec<&str> = reqs[0].statements.iter().map(|s| s.sql.as_str()).collect();
-        assert_eq!(sqls.len(), 6, "{sqls:#?}");
-        assert!(sqls[1].starts_with("INSERT INTO \"a\""));
-        assert!(sqls[2].starts_with("INSERT INTO \"b\""));
-        assert!(sqls[3].starts_with("DELETE FROM \"a\""));
-        assert!(sqls[4].starts_with("INSERT INTO \"a\"") && !sqls[4].contains("unhex"));
-        assert!(sqls[5].contains("unhex"), "a blob value changes the shape");
+        assert_eq!(sqls.len(), 7, "{sqls:#?}");
+        assert!(sqls[2].starts_with("INSERT INTO \"a\""));
+        assert!(sqls[3].starts_with("INSERT INTO \"b\""));
+        assert!(sqls[4].starts_with("DELETE FROM \"a\""));
+        assert!(sqls[5].starts_with("INSERT INTO \"a\"") && !sqls[5].contains("unhex"));
+        assert!(sqls[6].contains("unhex"), "a blob value changes the shape");
         assert_eq!(reqs[0].ids, [1, 2, 3, 4, 5, 6]);
         assert_eq!(reqs[0].range, 0..6);
     }
@@ -414,7 +466,7 @@ mod tests {
         assert!(bare.iter().all(|r| r.statements.is_empty()));
         for r in &reqs {
             assert!(r.statements.len() <= 4);
-            for s in &r.statements[1..] {
+            for s in &r.statements[2..] {
                 let Param::Text(json) = &s.params[0] else {
                     panic!()
                 };
@@ -430,7 +482,7 @@ mod tests {
         );
         assert_eq!(
             rows[0].statements.len(),
-            1 + 15,
+            2 + 15,
             "100 rows in statements of 7"
         );
     }
@@ -446,15 +498,15 @@ mod tests {
         ];
         let reqs = pack(&changes, &PackLimits::default());
         let st = &reqs[0].statements;
-        assert_eq!(st.len(), 5, "{st:#?}");
+        assert_eq!(st.len(), 6, "{st:#?}");
         assert!(
-            st[2].sql.contains(", ?2 FROM json_each(?1)"),
+            st[3].sql.contains(", ?2 FROM json_each(?1)"),
             "{}",
-            st[2].sql
+            st[3].sql
         );
-        assert_eq!(st[2].params[1], Param::Real(1e-300));
-        assert_eq!(st[3].params[1], Param::Real(2e300));
-        assert_eq!(st[4].params.len(), 1, "0.25 travels in the JSON");
+        assert_eq!(st[3].params[1], Param::Real(1e-300));
+        assert_eq!(st[4].params[1], Param::Real(2e300));
+        assert_eq!(st[5].params.len(), 1, "0.25 travels in the JSON");
     }
 
     #[test]
@@ -472,10 +524,10 @@ mod tests {
         let reqs = pack(&[upd(1, 7), upd(2, 8), upd(3, 7)], &PackLimits::default());
         assert_eq!(
             reqs[0].statements.len(),
-            3,
+            4,
             "the second update of key 7 starts a statement"
         );
-        assert!(reqs[0].statements[1]
+        assert!(reqs[0].statements[2]
             .sql
             .starts_with("UPDATE \"a\" SET \"v\""));
     }

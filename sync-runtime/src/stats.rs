@@ -55,7 +55,14 @@ pub struct Stats {
     pub requests: u64,
     /// Requests that failed since start.
     pub requests_failed: u64,
-    /// Statements sent since start (each request also opens with one PRAGMA).
+    /// Requests D1 had applied before, whose answer was lost: the ledger refused the replay
+    /// and their records were marked synced without being applied twice.
+    pub requests_replayed: u64,
+    /// Records held back, uncharged, because their parent row waited (in backoff or
+    /// dead-lettered).
+    pub records_held: u64,
+    /// Statements sent since start (each request also opens with a PRAGMA and the ledger
+    /// write).
     pub statements: u64,
 }
 

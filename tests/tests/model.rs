@@ -1,14 +1,18 @@
 //! Model-based property test of the worker (proptest).
 //!
-//! Random upserts, partial updates and deletes over a few keys of two tables; worker steps
-//! whose requests meet scripted outcomes — ok, 5xx, 429, a timeout before or after the target
-//! applied the request, 403, a crash before or after applying — and a poison value the target
-//! refuses. The application database is the model.
+//! Random upserts, partial updates and deletes over a few keys of three tables — a parent `a`,
+//! a child `b` whose rows cascade away with their parent, and a child `c` whose key to the
+//! parent is set NULL — and worker steps whose requests meet scripted outcomes: ok, 5xx, 429,
+//! a timeout before or after the target applied the request (so it is sent again after a
+//! commit), 403, a crash before or after applying, and a takeover of the queue by a second
+//! worker while the first one's request is unresolved. A poison value the target refuses
+//! makes dead letters. The application database is the model.
 //!
 //! After every step: the records newly marked synced are no more than the rows the target
-//! acknowledged. At rest: for every key without a dead letter the target equals the local
-//! row; every dead letter has a reason; whatever is still pending waits behind a dead letter
-//! of its own row.
+//! acknowledged, and no record was ever applied twice (the target counts applications per
+//! record). At rest: every record marked synced was applied exactly once; for every key not
+//! held back the target equals the local row; every dead letter has a reason; whatever is
+//! still pending waits behind a dead letter of its own row or of its parent row.
 //!
 //! `PROPTEST_CASES=1000 cargo test -p d1-sync-tests --test model` for a longer run.
 
@@ -18,9 +22,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use d1_sync::rusqlite::Connection;
-use d1_sync::target::{Batch, BoxFuture, Param, Statement};
+use d1_sync::target::{Applied, Batch, BoxFuture, Param, Statement};
 use d1_sync::{
-    Backoff, D1Sync, Outbox, SqliteTarget, Step, SyncRow, SyncWorker, Target, TargetError,
+    Backoff, D1Sync, Outbox, SqliteMode, SqliteTarget, Step, SyncRow, SyncWorker, Target,
+    TargetError,
 };
 use proptest::prelude::*;
 
@@ -38,16 +43,27 @@ struct A {
 struct B {
     #[d1(primary_key)]
     id: i64,
+    a_k: Option<String>,
     x: Option<f64>,
     y: Option<String>,
 }
 
-const LOCAL_SCHEMA: &str =
-    "CREATE TABLE a (k TEXT PRIMARY KEY, v TEXT, n INTEGER NOT NULL DEFAULT 0);
-                            CREATE TABLE b (id INTEGER PRIMARY KEY, x REAL, y TEXT);";
+#[derive(D1Sync, Debug, Clone)]
+#[d1(table = "c")]
+struct C {
+    #[d1(primary_key)]
+    id: i64,
+    a_k: Option<String>,
+    z: Option<String>,
+}
+
+const CHILDREN: &str =
+    "CREATE TABLE b (id INTEGER PRIMARY KEY, a_k TEXT REFERENCES a (k) ON DELETE CASCADE, x REAL, y TEXT);
+     CREATE TABLE c (id INTEGER PRIMARY KEY, a_k TEXT REFERENCES a (k) ON DELETE SET NULL, z TEXT);";
+const LOCAL_PARENT: &str =
+    "CREATE TABLE a (k TEXT PRIMARY KEY, v TEXT, n INTEGER NOT NULL DEFAULT 0);";
 /// The target refuses the value `poison` (a stand-in for any record D1 will never take).
-const TARGET_SCHEMA: &str = "CREATE TABLE a (k TEXT PRIMARY KEY, v TEXT CHECK (v IS NULL OR v <> 'poison'), n INTEGER NOT NULL DEFAULT 0);
-                             CREATE TABLE b (id INTEGER PRIMARY KEY, x REAL, y TEXT);";
+const TARGET_PARENT: &str = "CREATE TABLE a (k TEXT PRIMARY KEY, v TEXT CHECK (v IS NULL OR v <> 'poison'), n INTEGER NOT NULL DEFAULT 0);";
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Outcome {
@@ -61,11 +77,45 @@ enum Outcome {
     CrashAfter,
 }
 
-/// A SQLite target whose requests meet a script of outcomes; counts acknowledged rows.
+/// A SQLite target (in D1's wire form) whose requests meet a script of outcomes; counts
+/// acknowledged rows, and how often each record was applied.
 struct Scripted {
     inner: SqliteTarget,
     script: Mutex<VecDeque<Outcome>>,
     acked_rows: AtomicU64,
+    applied: Mutex<BTreeMap<i64, u32>>,
+}
+
+impl Scripted {
+    /// Applies the batch for real, counting each record's application.
+    async fn apply(&self, batch: Batch<'_>) -> Result<Applied, TargetError> {
+        let applied = self.inner.execute(batch).await?;
+        if applied == Applied::Now {
+            assert_eq!(rows_in(batch.statements), batch.changes.len() as u64);
+            let mut counts = self.applied.lock().unwrap();
+            for c in batch.changes {
+                *counts.entry(c.id).or_default() += 1;
+            }
+        }
+        Ok(applied)
+    }
+
+    /// A new record took the queue id `id`: the queue reuses the ids of records that left it
+    /// (synced), so the record that had it before is retired from the count, and must have
+    /// been applied exactly once.
+    fn retire(&self, id: i64) -> Option<u32> {
+        self.applied.lock().unwrap().remove(&id)
+    }
+
+    /// Records applied more than once.
+    fn applied_twice(&self) -> Vec<(i64, u32)> {
+        let counts = self.applied.lock().unwrap();
+        counts
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(id, n)| (*id, *n))
+            .collect()
+    }
 }
 
 fn rows_in(statements: &[Statement]) -> u64 {
@@ -80,9 +130,8 @@ fn rows_in(statements: &[Statement]) -> u64 {
 }
 
 impl Target for Scripted {
-    fn execute<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<(), TargetError>> {
+    fn execute<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<Applied, TargetError>> {
         // D1's wire form, run on SQLite: the json_each statements, bound reals and all.
-        let statements = batch.statements;
         let outcome = self
             .script
             .lock()
@@ -92,11 +141,10 @@ impl Target for Scripted {
         Box::pin(async move {
             match outcome {
                 Outcome::Ok => {
-                    self.inner.execute_statements(statements).await?;
-                    assert_eq!(rows_in(statements), batch.changes.len() as u64);
+                    let applied = self.apply(batch).await?;
                     self.acked_rows
                         .fetch_add(batch.changes.len() as u64, Ordering::SeqCst);
-                    Ok(())
+                    Ok(applied)
                 }
                 Outcome::ServerError => Err(TargetError::Transient("HTTP 503".into())),
                 Outcome::RateLimited => Err(TargetError::RateLimited {
@@ -105,7 +153,7 @@ impl Target for Scripted {
                 }),
                 Outcome::TimeoutBefore => Err(TargetError::Transient("timeout".into())),
                 Outcome::TimeoutAfter => {
-                    self.inner.execute_statements(statements).await?;
+                    self.apply(batch).await?;
                     Err(TargetError::Transient(
                         "timeout after the target applied it".into(),
                     ))
@@ -116,7 +164,7 @@ impl Target for Scripted {
                 }),
                 Outcome::CrashBefore => std::future::pending().await,
                 Outcome::CrashAfter => {
-                    self.inner.execute_statements(statements).await?;
+                    self.apply(batch).await?;
                     std::future::pending().await
                 }
             }
@@ -144,16 +192,28 @@ enum Op {
     },
     UpsertB {
         id: i64,
+        a: Option<u8>,
         x: Option<f64>,
         y: Option<String>,
     },
     DeleteB {
         id: i64,
     },
+    UpsertC {
+        id: i64,
+        a: Option<u8>,
+        z: Option<String>,
+    },
+    DeleteC {
+        id: i64,
+    },
     Step(Vec<Outcome>),
     Crash {
         after: bool,
     },
+    /// The worker's request times out after the target applied it; a second worker takes
+    /// the queue over, then the first one steps once more before it goes.
+    Takeover,
 }
 
 fn value() -> impl Strategy<Value = Option<String>> {
@@ -190,10 +250,13 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0u8..3, value(), any::<i64>()).prop_map(|(key, v, n)| Op::UpsertA { key, v, n }),
         2 => (0u8..3, value()).prop_map(|(key, v)| Op::UpdateA { key, v }),
         2 => (0u8..3).prop_map(|key| Op::DeleteA { key }),
-        3 => (0i64..3, real(), "[a-z]{0,3}".prop_map(Some)).prop_map(|(id, x, y)| Op::UpsertB { id, x, y }),
+        3 => (0i64..3, prop::option::of(0u8..3), real(), "[a-z]{0,3}".prop_map(Some)).prop_map(|(id, a, x, y)| Op::UpsertB { id, a, x, y }),
         1 => (0i64..3).prop_map(|id| Op::DeleteB { id }),
+        2 => (0i64..3, prop::option::of(0u8..3), "[a-z]{0,3}".prop_map(Some)).prop_map(|(id, a, z)| Op::UpsertC { id, a, z }),
+        1 => (0i64..3).prop_map(|id| Op::DeleteC { id }),
         4 => prop::collection::vec(outcome(), 1..4).prop_map(Op::Step),
         1 => any::<bool>().prop_map(|after| Op::Crash { after }),
+        1 => Just(Op::Takeover),
     ]
 }
 
@@ -210,6 +273,7 @@ fn worker(app: &std::path::Path, target: &Arc<Scripted>) -> SyncWorker {
     SyncWorker::builder(app, target.clone())
         .register::<A>()
         .register::<B>()
+        .register::<C>()
         .max_attempts(3)
         .lease(Duration::from_millis(1))
         .purge_keep(1_000_000)
@@ -227,15 +291,22 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         let app_path = dir.path().join("app.db");
         let app = d1_sync::open(&app_path).unwrap();
-        app.execute_batch(LOCAL_SCHEMA).unwrap();
-        let inner = SqliteTarget::open(dir.path().join("target.db")).unwrap();
+        app.execute_batch(LOCAL_PARENT).unwrap();
+        app.execute_batch(CHILDREN).unwrap();
+        let inner = SqliteTarget::open(dir.path().join("target.db"))
+            .unwrap()
+            .with_mode(SqliteMode::Statements);
         inner
-            .with_connection(|c| c.execute_batch(TARGET_SCHEMA))
+            .with_connection(|c| {
+                c.execute_batch(TARGET_PARENT)?;
+                c.execute_batch(CHILDREN)
+            })
             .unwrap();
         let target = Arc::new(Scripted {
             inner,
             script: Mutex::new(VecDeque::new()),
             acked_rows: AtomicU64::new(0),
+            applied: Mutex::new(BTreeMap::new()),
         });
         let worker = worker(&app_path, &target);
         World {
@@ -252,7 +323,41 @@ impl World {
         self.outbox.counts(&self.app).unwrap().synced
     }
 
+    /// `Some("k<a>")` if that parent row exists locally (a child may only name one that does).
+    fn parent(&self, a: Option<u8>) -> Option<String> {
+        let k = format!("k{}", a?);
+        let n: i64 = self
+            .app
+            .query_row("SELECT count(*) FROM a WHERE k = ?1", [&k], |r| r.get(0))
+            .unwrap();
+        (n > 0).then_some(k)
+    }
+
+    /// After a write: the record it queued may reuse the id of a synced one.
+    fn wrote(&self) -> Result<(), TestCaseError> {
+        let id = self.app.last_insert_rowid();
+        if let Some(n) = self.target.retire(id) {
+            prop_assert_eq!(
+                n,
+                1,
+                "the record that had id {} before was applied {} times",
+                id,
+                n
+            );
+        }
+        Ok(())
+    }
+
     fn apply(&mut self, op: &Op, rt: &tokio::runtime::Runtime) -> Result<(), TestCaseError> {
+        self.run(op, rt)?;
+        if matches!(op, Op::Step(_) | Op::Crash { .. } | Op::Takeover) {
+            Ok(())
+        } else {
+            self.wrote()
+        }
+    }
+
+    fn run(&mut self, op: &Op, rt: &tokio::runtime::Runtime) -> Result<(), TestCaseError> {
         match op {
             Op::UpsertA { key, v, n } => {
                 let row = A {
@@ -293,33 +398,67 @@ impl World {
                     .unwrap();
                 tx.commit().unwrap();
             }
-            Op::UpsertB { id, x, y } => {
+            Op::UpsertB { id, a, x, y } => {
+                let row = B {
+                    id: *id,
+                    a_k: self.parent(*a),
+                    x: *x,
+                    y: y.clone(),
+                };
                 let tx = self.app.transaction().unwrap();
-                self.outbox
-                    .save(
-                        &tx,
-                        &B {
-                            id: *id,
-                            x: *x,
-                            y: y.clone(),
-                        },
-                    )
-                    .unwrap();
+                self.outbox.save(&tx, &row).unwrap();
                 tx.commit().unwrap();
             }
             Op::DeleteB { id } => {
+                let row = B {
+                    id: *id,
+                    a_k: None,
+                    x: None,
+                    y: None,
+                };
                 let tx = self.app.transaction().unwrap();
-                self.outbox
-                    .remove(
-                        &tx,
-                        &B {
-                            id: *id,
-                            x: None,
-                            y: None,
-                        },
-                    )
-                    .unwrap();
+                self.outbox.remove(&tx, &row).unwrap();
                 tx.commit().unwrap();
+            }
+            Op::UpsertC { id, a, z } => {
+                let row = C {
+                    id: *id,
+                    a_k: self.parent(*a),
+                    z: z.clone(),
+                };
+                let tx = self.app.transaction().unwrap();
+                self.outbox.save(&tx, &row).unwrap();
+                tx.commit().unwrap();
+            }
+            Op::DeleteC { id } => {
+                let row = C {
+                    id: *id,
+                    a_k: None,
+                    z: None,
+                };
+                let tx = self.app.transaction().unwrap();
+                self.outbox.remove(&tx, &row).unwrap();
+                tx.commit().unwrap();
+            }
+            Op::Takeover => {
+                self.target
+                    .script
+                    .lock()
+                    .unwrap()
+                    .push_back(Outcome::TimeoutAfter);
+                let first = self.worker.clone();
+                self.checked_step(rt)?;
+                self.target.script.lock().unwrap().clear();
+                // The first worker's lease (1 ms) runs out; a second one takes the queue.
+                std::thread::sleep(Duration::from_millis(2));
+                self.worker = worker(&self.app_path, &self.target);
+                self.checked_step(rt)?;
+                self.checked_step(rt)?;
+                // The first worker comes back once: it must not send its old plan again.
+                std::thread::sleep(Duration::from_millis(2));
+                let second = std::mem::replace(&mut self.worker, first);
+                self.checked_step(rt)?;
+                self.worker = second;
             }
             Op::Step(outcomes) => {
                 self.target
@@ -371,6 +510,11 @@ impl World {
             newly_synced <= newly_acked,
             "{newly_synced} records marked synced but the target acknowledged {newly_acked} rows ({step:?})"
         );
+        let twice = self.target.applied_twice();
+        prop_assert!(
+            twice.is_empty(),
+            "records applied more than once (id, times): {twice:?}"
+        );
         Ok(step)
     }
 
@@ -393,6 +537,28 @@ impl World {
     }
 
     fn check_at_rest(&self) -> Result<(), TestCaseError> {
+        // Every record marked synced was applied exactly once (now, or by a delivery whose
+        // answer was lost). An id back in the queue belongs to a newer record (the queue reuses
+        // the ids of records that left it); the older one was checked when it was retired.
+        let synced: Vec<i64> = self
+            .app
+            .prepare("SELECT DISTINCT id FROM d1_sync_queue_synced WHERE id NOT IN (SELECT id FROM d1_sync_queue)")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        {
+            let counts = self.target.applied.lock().unwrap();
+            for id in &synced {
+                prop_assert_eq!(
+                    counts.get(id).copied().unwrap_or(0),
+                    1,
+                    "record {} is synced",
+                    id
+                );
+            }
+        }
         let dead: Vec<(String, String, String)> = self
             .app
             .prepare("SELECT table_name, row_key, coalesce(last_error, '') FROM d1_sync_queue WHERE status = 'failed'")
@@ -404,59 +570,84 @@ impl World {
         for (t, k, reason) in &dead {
             prop_assert!(!reason.is_empty(), "dead letter {t} {k} has no reason");
         }
-        let waiting: i64 = self
+        // What is still pending waits behind a record of its own row that waits, or behind a
+        // dead letter of the parent row it names.
+        let unexplained: Vec<(i64, String, String)> = self
             .app
-            .query_row(
-                "SELECT count(*) FROM d1_sync_queue r WHERE r.status <> 'synced' AND r.status <> 'failed'
+            .prepare(
+                "SELECT r.id, r.table_name, r.payload FROM d1_sync_queue r WHERE r.status = 'pending'
                  AND NOT EXISTS (SELECT 1 FROM d1_sync_queue e WHERE e.table_name = r.table_name
-                                 AND e.row_key = r.row_key AND e.id < r.id AND e.status = 'failed')",
-                [],
-                |r| r.get(0),
+                                 AND e.row_key = r.row_key AND e.id < r.id
+                                 AND (e.status = 'failed' OR e.next_attempt_at > 0))
+                 AND NOT (r.table_name IN ('b', 'c') AND EXISTS (
+                     SELECT 1 FROM d1_sync_queue p WHERE p.status = 'failed' AND p.table_name = 'a'
+                       AND p.row_key = json_array(json_extract(r.payload, '$.a_k'))))",
             )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
             .unwrap();
-        prop_assert_eq!(waiting, 0, "records wait with no dead letter ahead of them");
+        prop_assert!(
+            unexplained.is_empty(),
+            "records wait with nothing ahead of them to wait for: {unexplained:?}"
+        );
 
-        for def in [A::table_def(), B::table_def()] {
-            let key_of = |row: &str| -> String {
-                let v: Vec<serde_json::Value> = serde_json::from_str(row).unwrap();
-                v[1].to_string()
+        // Rows with records still in the queue, and the children of such parents (a cascade
+        // or SET NULL locally that D1 has not seen yet), are left out of the comparison.
+        let stuck: std::collections::BTreeSet<(String, String)> = self
+            .app
+            .prepare("SELECT DISTINCT table_name, row_key FROM d1_sync_queue")
+            .unwrap()
+            .query_map([], |r| {
+                let key: String = r.get(1)?;
+                let v: Vec<serde_json::Value> = serde_json::from_str(&key).unwrap();
+                // As the dump renders a key: text.
+                let shown = match &v[0] {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                Ok((r.get::<_, String>(0)?, shown))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let parent_stuck = |row: &[serde_json::Value]| -> bool {
+            row.get(3)
+                .and_then(|v| v.as_str())
+                .is_some_and(|k| stuck.contains(&("a".to_string(), k.to_string())))
+        };
+        for def in [A::table_def(), B::table_def(), C::table_def()] {
+            let rows = |dump: Vec<String>| -> BTreeMap<String, (String, bool)> {
+                dump.into_iter()
+                    .map(|r| {
+                        let v: Vec<serde_json::Value> = serde_json::from_str(&r).unwrap();
+                        let key = v[1].as_str().unwrap_or_default().to_string();
+                        let child_of_stuck = def.name != "a" && parent_stuck(&v);
+                        (key, (r, child_of_stuck))
+                    })
+                    .collect()
             };
-            let local: BTreeMap<String, String> = d1_sync::verify::dump_local(&self.app, &def)
-                .unwrap()
-                .into_iter()
-                .map(|r| (key_of(&r), r))
-                .collect();
-            let remote: BTreeMap<String, String> = self
-                .target
-                .inner
-                .with_connection(|c| d1_sync::verify::dump_local(c, &def))
-                .unwrap()
-                .into_iter()
-                .map(|r| (key_of(&r), r))
-                .collect();
-            let dead_keys: Vec<String> = dead
-                .iter()
-                .filter(|(t, _, _)| *t == def.name)
-                .map(|(_, k, _)| {
-                    let v: Vec<serde_json::Value> = serde_json::from_str(k).unwrap();
-                    // The dump renders every value as text.
-                    match &v[0] {
-                        serde_json::Value::String(s) => {
-                            serde_json::Value::String(s.clone()).to_string()
-                        }
-                        other => serde_json::Value::String(other.to_string()).to_string(),
-                    }
-                })
-                .collect();
+            let local = rows(d1_sync::verify::dump_local(&self.app, &def).unwrap());
+            let remote = rows(
+                self.target
+                    .inner
+                    .with_connection(|c| d1_sync::verify::dump_local(c, &def))
+                    .unwrap(),
+            );
             let keys: std::collections::BTreeSet<&String> =
                 local.keys().chain(remote.keys()).collect();
             for k in keys {
-                if dead_keys.contains(k) {
+                let (l, r) = (local.get(k), remote.get(k));
+                if stuck.contains(&(def.name.clone(), k.clone()))
+                    || l.is_some_and(|x| x.1)
+                    || r.is_some_and(|x| x.1)
+                {
                     continue;
                 }
                 prop_assert_eq!(
-                    local.get(k),
-                    remote.get(k),
+                    l.map(|x| &x.0),
+                    r.map(|x| &x.0),
                     "table {} key {} differs",
                     def.name,
                     k

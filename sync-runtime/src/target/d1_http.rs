@@ -6,8 +6,12 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::classify::{classify_response, parse_retry_after};
-use super::{Batch, BoxFuture, PackLimits, Param, RequestBudget, Statement, Target, TargetError};
+use super::{
+    Applied, Batch, BoxFuture, PackLimits, Param, RequestBudget, Statement, Target, TargetError,
+};
+use crate::backoff::Backoff;
 use crate::error::Error;
+use crate::ledger;
 
 /// Where and how to reach a D1 database.
 #[derive(Clone)]
@@ -119,6 +123,8 @@ pub struct D1Http {
     config: D1Config,
     limits: PackLimits,
     budget: Option<tokio::sync::Mutex<RequestBudget>>,
+    /// Whether this client has made sure the ledger exists in the database.
+    ledger_ready: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for D1Http {
@@ -160,6 +166,7 @@ impl D1Http {
             client,
             config,
             limits: PackLimits::default(),
+            ledger_ready: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -188,6 +195,54 @@ impl D1Http {
             .and_then(|r| r.as_array())
             .cloned()
             .unwrap_or_default())
+    }
+
+    /// [`D1Http::query`] for set-up statements (creating tables, migrations): transient
+    /// failures and rate limits are retried with backoff (0.2 s doubling to 5 s, at least
+    /// `Retry-After`) for up to `retry_for`; any other error is returned at once. Only for
+    /// statements that are harmless to run twice (a lost answer may hide a commit), such as
+    /// `CREATE TABLE IF NOT EXISTS`.
+    pub async fn query_retrying(
+        &self,
+        statements: &[Statement],
+        retry_for: Duration,
+    ) -> Result<Vec<serde_json::Value>, TargetError> {
+        let backoff = Backoff {
+            base: Duration::from_millis(200),
+            cap: Duration::from_secs(5),
+            floor: Duration::from_millis(50),
+        };
+        let deadline = tokio::time::Instant::now() + retry_for;
+        let mut attempt = 0u32;
+        loop {
+            let err = match self.query(statements).await {
+                Ok(r) => return Ok(r),
+                Err(e) => e,
+            };
+            let retry_after = match &err {
+                TargetError::Transient(_) => None,
+                TargetError::RateLimited { retry_after, .. } => *retry_after,
+                _ => return Err(err),
+            };
+            attempt = attempt.saturating_add(1);
+            let delay = backoff.delay(attempt, &mut rand::rng(), retry_after);
+            if tokio::time::Instant::now() + delay > deadline {
+                return Err(err);
+            }
+            tracing::warn!(error = %err, delay_ms = delay.as_millis() as u64, "D1 set-up request failed; retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Creates the ledger (see [`crate::ledger`]) unless this client already did.
+    async fn ensure_ledger(&self) -> Result<(), TargetError> {
+        use std::sync::atomic::Ordering;
+        if self.ledger_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.query(&ledger::create_statements()).await?;
+        self.ledger_ready.store(true, Ordering::Release);
+        Ok(())
     }
 
     async fn post(
@@ -285,10 +340,19 @@ fn describe_reqwest(e: &reqwest::Error) -> String {
 }
 
 impl Target for D1Http {
-    fn execute<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<(), TargetError>> {
+    fn execute<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<Applied, TargetError>> {
         Box::pin(async move {
+            self.ensure_ledger().await?;
             let (status, retry_after, body) = self.post(batch.statements).await?;
-            classify_response(status, retry_after, &body, batch.statements.len())
+            match classify_response(status, retry_after, &body, batch.statements.len()) {
+                Err(TargetError::Rejected(m)) if ledger::is_missing(&m) => {
+                    // Dropped by hand, or the database was reset: made again before the retry.
+                    self.ledger_ready
+                        .store(false, std::sync::atomic::Ordering::Release);
+                    Err(TargetError::Transient(m))
+                }
+                answer => ledger::outcome(answer),
+            }
         })
     }
 

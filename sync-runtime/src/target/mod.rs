@@ -16,6 +16,7 @@ pub use d1_http::{D1Config, D1Http};
 pub use sqlite::{SqliteMode, SqliteTarget};
 
 pub use crate::change::Change;
+pub use crate::ledger::{Applied, RequestId};
 pub use crate::pack::{PackLimits, Param, Statement};
 
 /// A boxed future, so targets can be used as trait objects.
@@ -25,16 +26,23 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// it does not want them), and the checked changes they carry, in order.
 #[derive(Debug, Clone, Copy)]
 pub struct Batch<'a> {
-    /// The statements, the first being `PRAGMA defer_foreign_keys = on`.
+    /// The request's id. A target that builds its own statements (it said no to
+    /// [`Target::wants_statements`]) must write it to the ledger in the same transaction, and
+    /// answer [`Applied::Before`] when the ledger refuses it (see [`crate::ledger`]).
+    pub request: &'a RequestId,
+    /// The statements: `PRAGMA defer_foreign_keys = on`, the ledger write of
+    /// [`Batch::request`], then the changes.
     pub statements: &'a [Statement],
     /// The changes, in queue order.
     pub changes: &'a [Change],
 }
 
-/// A database that applies a request atomically, all or none.
+/// A database that applies a request atomically, all or none, and exactly once.
 pub trait Target: Send + Sync + 'static {
-    /// Applies the batch as one transaction. `Ok` only when all of it was applied.
-    fn execute<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<(), TargetError>>;
+    /// Applies the batch as one transaction. `Ok` only when all of it was applied, by this
+    /// delivery ([`Applied::Now`]) or by an earlier one of the same request
+    /// ([`Applied::Before`], the ledger refused this one).
+    fn execute<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<Applied, TargetError>>;
 
     /// How large a request may be.
     fn limits(&self) -> PackLimits {
@@ -54,7 +62,10 @@ pub trait Target: Send + Sync + 'static {
 macro_rules! forward_target {
     ($ty:ty) => {
         impl<T: Target + ?Sized> Target for $ty {
-            fn execute<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<(), TargetError>> {
+            fn execute<'a>(
+                &'a self,
+                batch: Batch<'a>,
+            ) -> BoxFuture<'a, Result<Applied, TargetError>> {
                 (**self).execute(batch)
             }
             fn limits(&self) -> PackLimits {

@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex};
 use d1_sync_schema::sql::{delete_sql, update_sql, upsert_sql};
 use rusqlite::{params_from_iter, Connection, ErrorCode};
 
-use super::{Batch, BoxFuture, PackLimits, Statement, Target, TargetError};
+use super::{Applied, Batch, BoxFuture, PackLimits, RequestId, Statement, Target, TargetError};
 use crate::change::{Change, Op};
 use crate::error::Error;
+use crate::ledger;
 use crate::pack::DEFER_FOREIGN_KEYS;
 
 /// How a [`SqliteTarget`] applies a batch.
@@ -103,9 +104,10 @@ fn lock(conn: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
     }
 }
 
-async fn blocking<F>(f: F) -> Result<(), TargetError>
+async fn blocking<F, R>(f: F) -> Result<R, TargetError>
 where
-    F: FnOnce() -> Result<(), TargetError> + Send + 'static,
+    F: FnOnce() -> Result<R, TargetError> + Send + 'static,
+    R: Send + 'static,
 {
     tokio::task::spawn_blocking(f)
         .await
@@ -155,9 +157,33 @@ fn same_shape(a: &Change, b: &Change) -> bool {
     Arc::ptr_eq(&a.table, &b.table) && a.op == b.op && a.columns == b.columns
 }
 
-fn apply_rows(conn: &mut Connection, changes: &[Change]) -> Result<(), TargetError> {
+/// Creates the ledger in the target file, if missing (cheap when it is there).
+fn ensure_ledger(conn: &Connection) -> Result<(), TargetError> {
+    for s in ledger::create_statements() {
+        conn.prepare_cached(&s.sql)
+            .and_then(|mut st| st.execute([]))
+            .map_err(classify)?;
+    }
+    Ok(())
+}
+
+fn apply_rows(
+    conn: &mut Connection,
+    request: &RequestId,
+    changes: &[Change],
+) -> Result<Applied, TargetError> {
+    ensure_ledger(conn)?;
     let tx = conn.transaction().map_err(classify)?;
     tx.execute_batch(DEFER_FOREIGN_KEYS).map_err(classify)?;
+    let record = request.statement();
+    let recorded = tx
+        .prepare_cached(&record.sql)
+        .and_then(|mut st| st.execute(params_from_iter(record.params.iter())))
+        .map_err(classify);
+    if let Err(e) = recorded {
+        // Dropping the transaction rolls it back: a replay applies nothing.
+        return ledger::outcome(Err(e));
+    }
     let mut sql = String::new();
     let mut prev: Option<&Change> = None;
     for c in changes {
@@ -169,17 +195,20 @@ fn apply_rows(conn: &mut Connection, changes: &[Change]) -> Result<(), TargetErr
         stmt.execute(params_from_iter(c.values.iter()))
             .map_err(classify)?;
     }
-    tx.commit().map_err(classify)
+    tx.commit().map_err(classify)?;
+    Ok(Applied::Now)
 }
 
 impl Target for SqliteTarget {
-    fn execute<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<(), TargetError>> {
+    fn execute<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<Applied, TargetError>> {
         let conn = self.conn.clone();
         match self.mode {
             SqliteMode::Statements => {
                 let statements = batch.statements.to_vec();
                 Box::pin(blocking(move || {
-                    apply_statements(&mut lock(&conn), &statements)
+                    let mut conn = lock(&conn);
+                    ensure_ledger(&conn)?;
+                    ledger::outcome(apply_statements(&mut conn, &statements))
                 }))
             }
             SqliteMode::Rows => {
@@ -188,14 +217,19 @@ impl Target for SqliteTarget {
                 let multi = tokio::runtime::Handle::try_current().is_ok_and(|h| {
                     h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
                 });
+                let request = batch.request;
                 if multi {
                     let changes = batch.changes;
                     Box::pin(async move {
-                        tokio::task::block_in_place(|| apply_rows(&mut lock(&conn), changes))
+                        tokio::task::block_in_place(|| {
+                            apply_rows(&mut lock(&conn), request, changes)
+                        })
                     })
                 } else {
-                    let changes = batch.changes.to_vec();
-                    Box::pin(blocking(move || apply_rows(&mut lock(&conn), &changes)))
+                    let (changes, request) = (batch.changes.to_vec(), request.clone());
+                    Box::pin(blocking(move || {
+                        apply_rows(&mut lock(&conn), &request, &changes)
+                    }))
                 }
             }
         }

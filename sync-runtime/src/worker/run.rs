@@ -1,0 +1,118 @@
+//! The background loop: ticks until cancelled, waking on `notify` or the poll interval, and
+//! backing off or pausing after failures.
+//!
+//! The worker's backoff grows only while nothing is acknowledged: a failure right after an
+//! acknowledged request starts again from the first step of the backoff, so a steady fault
+//! rate never climbs to the cap while requests keep getting through.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::ship::{self, TickEnd};
+use super::{db, lock, Inner};
+use crate::stats::WorkerState;
+use crate::target::TargetError;
+
+pub(super) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
+    info!(target_db = %inner.target.describe(), owner = %inner.owner, "d1-sync worker started");
+    let mut st = inner.ship.lock().await;
+    // Transient failures since the last acknowledgement.
+    let mut failures: u32 = 0;
+    let mut wake: Option<tokio::time::Instant> = None;
+    let mut hold = false;
+    loop {
+        if let Some(at) = wake {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                _ = inner.notify.notified(), if !hold => {}
+                _ = tokio::time::sleep_until(at) => {}
+            }
+        }
+        if cancel.is_cancelled() {
+            break;
+        }
+        let mut number = 0;
+        inner.ticks.send_modify(|t| {
+            t.begun += 1;
+            number = t.begun;
+        });
+        let end = ship::tick(&inner, &mut st, true).await;
+        let now = tokio::time::Instant::now();
+        match end {
+            TickEnd::Idle => {
+                hold = false;
+                lock(&inner.live).state = WorkerState::Running;
+                inner.ticks.send_modify(|t| t.last_idle = number);
+                wake = Some(now + inner.config.poll_interval);
+            }
+            TickEnd::Progress { acked } => {
+                if acked {
+                    failures = 0;
+                }
+                hold = false;
+                lock(&inner.live).state = WorkerState::Running;
+                wake = None;
+            }
+            TickEnd::Standby(holder) => {
+                hold = false;
+                lock(&inner.live).state = WorkerState::Standby { holder };
+                wake = Some(now + inner.config.poll_interval);
+            }
+            TickEnd::Failed(e) => {
+                failures = failures.saturating_add(1);
+                let (delay, paused) = match &e {
+                    TargetError::Auth { .. } | TargetError::Config { .. } => {
+                        (inner.config.pause, true)
+                    }
+                    TargetError::RateLimited { retry_after, .. } => (
+                        inner
+                            .config
+                            .backoff
+                            .delay(failures, &mut rand::rng(), *retry_after),
+                        false,
+                    ),
+                    _ => (
+                        inner.config.backoff.delay(failures, &mut rand::rng(), None),
+                        false,
+                    ),
+                };
+                let until = SystemTime::now() + delay;
+                let reason = e.to_string();
+                {
+                    let mut live = lock(&inner.live);
+                    live.last_error = Some(reason.clone());
+                    live.state = if paused {
+                        WorkerState::Paused {
+                            until,
+                            reason: reason.clone(),
+                        }
+                    } else {
+                        WorkerState::BackingOff {
+                            until,
+                            reason: reason.clone(),
+                        }
+                    };
+                }
+                if paused {
+                    error!(error = %reason, pause_ms = delay.as_millis() as u64, "d1-sync paused: the target refused the request; nothing is dead-lettered");
+                } else {
+                    warn!(error = %reason, delay_ms = delay.as_millis() as u64, failures, "d1-sync backing off");
+                }
+                hold = true;
+                wake = Some(now + delay);
+            }
+        }
+    }
+    st.settle().await;
+    let owner = inner.owner.clone();
+    if let Err(e) = db(&inner, move |o, c| o.release_lease(c, &owner)).await {
+        warn!(error = %e, "could not release the queue's lease; it runs out by itself");
+    }
+    lock(&inner.live).state = WorkerState::Stopped;
+    inner.ticks.send_modify(|t| t.stopped = true);
+    info!("d1-sync worker stopped");
+}

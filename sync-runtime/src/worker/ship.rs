@@ -1,0 +1,622 @@
+//! One shipping path: a tick sends one request and settles its outcome.
+//!
+//! A claimed batch is packed once into requests (segments of the batch, in order) that form the
+//! *plan*. Before a request is sent it is journaled in the local file with its [`RequestId`];
+//! from then on it is sent again *unchanged* until its outcome is certain:
+//!
+//! - applied (now, or before: the ledger in D1 refused a replay) → its records move to the
+//!   synced log and the journal entry goes, in one local transaction;
+//! - refused with an SQL error (D1 rolled the whole batch back) → the journal entry goes and
+//!   the request is split in halves at the front of the plan, until the records at fault are
+//!   found; only those are charged;
+//! - anything else (transport, 5xx, 429, auth) may or may not have been applied → it stays
+//!   journaled and at the front of the plan, and goes again after the worker's backoff.
+//!
+//! The plan outlives the tick, so a split under a steady fault rate goes on where it was
+//! instead of starting over; records already found at fault are charged and stay found. A
+//! worker that takes the queue over (or restarts) first sends again what the journal holds.
+//!
+//! In the background loop the last request of a batch overlaps the queue's bookkeeping: while
+//! it is at the target, the previous acknowledgement is written and the next batch is read,
+//! checked, packed and its first request journaled.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::{debug, warn};
+
+use super::prepare::{self, Sorted, Waiting};
+use super::{db, lock, Inner};
+use crate::change::{self, Change};
+use crate::error::Result;
+use crate::ledger::{Applied, RequestId};
+use crate::outbox::{now_ms, Claim, Claimant, Outbox};
+use crate::pack::{pack_one, pack_with, Request};
+use crate::target::{Batch, TargetError};
+
+/// One request of the plan.
+pub(super) struct Segment {
+    changes: Vec<Change>,
+    /// Packed on first use.
+    request: Option<Request>,
+    /// Set once journaled: from then on it is sent again unchanged until resolved.
+    id: Option<RequestId>,
+}
+
+/// The batch the plan came from: a read-ahead continues after it.
+struct BatchInfo {
+    cursor: i64,
+    rows: HashSet<u64>,
+}
+
+/// What a worker keeps between ticks.
+#[derive(Default)]
+pub(super) struct ShipState {
+    plan: VecDeque<Segment>,
+    /// Rows held back while this plan is sent (charged, or waiting on a charged parent).
+    blocked: HashMap<u64, Waiting>,
+    batch: Option<BatchInfo>,
+    /// The next batch, read while the last request of this one was at the target.
+    prefetched: Option<Next>,
+    /// Writing the last acknowledgement: `true` once written.
+    marking: Option<JoinHandle<bool>>,
+    /// When the lease was last renewed.
+    renewed: Option<tokio::time::Instant>,
+}
+
+impl ShipState {
+    /// Waits until the last acknowledgement is written.
+    pub(super) async fn settle(&mut self) {
+        if let Some(m) = self.marking.take() {
+            let _ = m.await;
+        }
+    }
+
+    /// Whether a batch is half-sent (its plan goes on at the next tick).
+    pub(super) fn busy(&self) -> bool {
+        !self.plan.is_empty()
+    }
+
+    /// Forgets what was planned (the lease was lost, or the loop ends): the journal keeps
+    /// whatever may be in flight.
+    fn forget(&mut self) {
+        self.plan.clear();
+        self.blocked.clear();
+        self.batch = None;
+        self.prefetched = None;
+    }
+}
+
+/// How a tick ended.
+pub(super) enum TickEnd {
+    /// Nothing eligible to send.
+    Idle,
+    /// Something moved: records acknowledged (`acked`), or charged, held or dead-lettered.
+    Progress { acked: bool },
+    /// Another worker holds the queue's lease.
+    Standby(String),
+    /// The request failed in a way that backs the whole worker off or pauses it; it stays
+    /// journaled and goes again, unchanged.
+    Failed(TargetError),
+}
+
+/// A batch read, sorted and packed, its first request journaled.
+struct Next {
+    sorted: Sorted,
+    segments: Vec<Segment>,
+}
+
+fn local(e: crate::Error) -> TickEnd {
+    TickEnd::Failed(TargetError::Transient(format!("local queue: {e}")))
+}
+
+/// One tick: send the next request of the plan (making a plan first if there is none).
+pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool) -> TickEnd {
+    if st.plan.is_empty() {
+        match plan(inner, st).await {
+            Ok(Some(end)) => return end,
+            Ok(None) => {}
+            Err(e) => return local(e),
+        }
+    } else if let Some(end) = renew(inner, st).await {
+        return end;
+    }
+    let Some(mut seg) = st.plan.pop_front() else {
+        return TickEnd::Idle;
+    };
+    if seg.id.is_none() && !st.blocked.is_empty() {
+        match hold_blocked(inner, st, &mut seg).await {
+            Ok(true) => {}
+            Ok(false) => return TickEnd::Progress { acked: false },
+            Err(e) => return local(e),
+        }
+    }
+    let (limits, with_sql) = (inner.target.limits(), inner.target.wants_statements());
+    let mut request = match seg.request.take() {
+        Some(r) => r,
+        None if seg.id.is_some() => pack_one(&seg.changes, &limits, with_sql),
+        None => {
+            let mut parts = segments(std::mem::take(&mut seg.changes), &limits, with_sql);
+            for p in parts.drain(1..).rev() {
+                st.plan.push_front(p);
+            }
+            seg = parts.remove(0);
+            seg.request
+                .take()
+                .unwrap_or_else(|| pack_one(&seg.changes, &limits, with_sql))
+        }
+    };
+    let id = match seg.id.clone() {
+        Some(id) => id,
+        None => {
+            let ids = request.ids.clone();
+            match db(inner, move |o, c| o.journal(c, &ids)).await {
+                Ok(id) => id,
+                Err(e) => return local(e),
+            }
+        }
+    };
+    request.stamp(&id);
+    seg.id = Some(id.clone());
+
+    // The last request of a batch: read the next batch meanwhile.
+    let read_ahead = match (&st.batch, pipelined && st.plan.is_empty()) {
+        (Some(b), true) => {
+            let (cursor, rows) = (b.cursor, b.rows.clone());
+            Some(spawn_read_ahead(inner, st.marking.take(), cursor, rows))
+        }
+        _ => None,
+    };
+    {
+        let mut live = lock(&inner.live);
+        live.requests += 1;
+        live.statements += request.statements.len() as u64;
+    }
+    let batch = Batch {
+        request: &id,
+        statements: &request.statements,
+        changes: &seg.changes,
+    };
+    let result = inner.target.execute(batch).await;
+    let next = match read_ahead {
+        Some(h) => h.await.ok().flatten(),
+        None => None,
+    };
+    match result {
+        Ok(applied) => {
+            if applied == Applied::Before {
+                lock(&inner.live).requests_replayed += 1;
+                debug!(request = %id, "D1 had applied this request before (its answer was lost): marking it synced");
+            }
+            let ids = request.ids;
+            let seq = id.seq;
+            let spent = (seg.changes, request.statements);
+            let previous = st.marking.take();
+            let inner2 = inner.clone();
+            let marking = tokio::spawn(async move {
+                let earlier = match previous {
+                    Some(p) => p.await.unwrap_or(false),
+                    None => true,
+                };
+                let marked = db(&inner2, move |o, c| o.mark_synced(c, &ids, Some(seq))).await;
+                // The finished batch is freed on the blocking pool, off the path to the next
+                // request.
+                tokio::task::spawn_blocking(move || drop(spent));
+                match marked {
+                    Ok(n) => {
+                        let mut live = lock(&inner2.live);
+                        live.records_synced += n as u64;
+                        live.last_success = Some(SystemTime::now());
+                        earlier
+                    }
+                    Err(e) => {
+                        // D1 has the rows; the request stays journaled, goes again, and the
+                        // ledger answers "applied before".
+                        warn!(error = %e, "could not mark records synced; their request goes again and D1's ledger recognises it");
+                        false
+                    }
+                }
+            });
+            if pipelined {
+                st.marking = Some(marking);
+            } else {
+                let _ = marking.await;
+            }
+            if st.plan.is_empty() {
+                st.blocked.clear();
+                st.batch = None;
+                st.prefetched = next;
+            }
+            TickEnd::Progress { acked: true }
+        }
+        Err(TargetError::Rejected(message)) => {
+            lock(&inner.live).requests_failed += 1;
+            drop_read_ahead(inner, next).await;
+            // D1 rolled the whole request back: it is certainly not applied.
+            if let Err(e) = db(inner, move |o, c| o.unjournal(c, id.seq)).await {
+                return local(e);
+            }
+            if seg.changes.len() == 1 {
+                if let Err(e) = charge(inner, st, &seg.changes[0], message).await {
+                    return local(e);
+                }
+            } else {
+                debug!(records = seg.changes.len(), error = %message, "request refused; splitting it to find the records at fault");
+                let mut left = seg.changes;
+                let right = left.split_off(left.len() / 2);
+                for half in [right, left] {
+                    st.plan.push_front(Segment {
+                        changes: half,
+                        request: None,
+                        id: None,
+                    });
+                }
+            }
+            TickEnd::Progress { acked: false }
+        }
+        Err(e) => {
+            lock(&inner.live).requests_failed += 1;
+            drop_read_ahead(inner, next).await;
+            seg.request = Some(request);
+            st.plan.push_front(seg);
+            TickEnd::Failed(e)
+        }
+    }
+}
+
+/// Makes a plan: the batch read ahead, else the journal's requests (sent again first), else
+/// a fresh claim. `Some` ends the tick.
+async fn plan(inner: &Arc<Inner>, st: &mut ShipState) -> Result<Option<TickEnd>> {
+    if let Some(next) = st.prefetched.take() {
+        return adopt(inner, st, next).await;
+    }
+    // Records of the last request stay pending until their mark is written.
+    st.settle().await;
+    let registry = inner.registry.clone();
+    let resumed = db(inner, move |o, c| {
+        let mut out = Vec::new();
+        for (id, ids) in o.journaled(c)? {
+            let raw = o.records(c, &ids)?;
+            let mut cache = change::ColumnsCache::default();
+            let changes: Vec<Change> = raw
+                .iter()
+                .filter_map(|r| change::check_with(r, &registry, &mut cache).ok())
+                .collect();
+            if changes.is_empty() {
+                o.unjournal(c, id.seq)?;
+            } else {
+                out.push((id, changes));
+            }
+        }
+        Ok(out)
+    })
+    .await?;
+    if !resumed.is_empty() {
+        debug!(
+            requests = resumed.len(),
+            "sending again the requests journaled as in flight"
+        );
+        st.forget();
+        st.renewed = None;
+        if let Some(end) = renew(inner, st).await {
+            return Ok(Some(end));
+        }
+        st.plan
+            .extend(resumed.into_iter().map(|(id, changes)| Segment {
+                changes,
+                request: None,
+                id: Some(id),
+            }));
+        return Ok(None);
+    }
+    let (owner, lease, limit) = (
+        inner.owner.clone(),
+        inner.config.lease,
+        inner.config.batch_size,
+    );
+    let (registry, deps) = (inner.registry.clone(), inner.deps.clone());
+    let (limits, with_sql) = (inner.target.limits(), inner.target.wants_statements());
+    let recheck = recheck_at(inner);
+    let claimed = db(inner, move |o, c| {
+        match o.claim(c, &owner, now_ms(), lease, limit)? {
+            Claim::HeldBy(h) => Ok(Err(h)),
+            Claim::Records(raw) if raw.is_empty() => Ok(Ok(None)),
+            Claim::Records(raw) => {
+                read_next(o, c, raw, &registry, &deps, limits, with_sql, recheck).map(Ok)
+            }
+        }
+    })
+    .await?;
+    st.renewed = Some(tokio::time::Instant::now());
+    match claimed {
+        Err(holder) => Ok(Some(TickEnd::Standby(holder))),
+        Ok(None) => Ok(Some(TickEnd::Idle)),
+        Ok(Some(next)) => adopt(inner, st, next).await,
+    }
+}
+
+/// Takes a read batch as the plan, after writing its dead letters and held records.
+async fn adopt(inner: &Arc<Inner>, st: &mut ShipState, next: Next) -> Result<Option<TickEnd>> {
+    let Next { sorted, segments } = next;
+    debug!(
+        records = sorted.rows.len(),
+        requests = segments.len(),
+        "claimed"
+    );
+    let wrote = !sorted.invalid.is_empty() || !sorted.held.is_empty();
+    if wrote {
+        for (id, table, reason) in &sorted.invalid {
+            warn!(id, table = %table, reason = %reason, "dead-lettering a record that can never be sent");
+        }
+        let invalid: Vec<(i64, String)> = sorted
+            .invalid
+            .iter()
+            .map(|(id, _, r)| (*id, r.clone()))
+            .collect();
+        let held = sorted.held.clone();
+        db(inner, move |o, c| {
+            o.fail(c, &invalid)?;
+            o.hold(c, &held)
+        })
+        .await?;
+        let mut live = lock(&inner.live);
+        live.records_failed += sorted.invalid.len() as u64;
+        live.records_held += sorted.held.len() as u64;
+        if let Some((_, _, r)) = sorted.invalid.last() {
+            live.last_error = Some(r.clone());
+        }
+    }
+    st.blocked.clear();
+    st.batch = Some(BatchInfo {
+        cursor: sorted.cursor,
+        rows: sorted.rows,
+    });
+    st.plan.extend(segments);
+    if st.plan.is_empty() {
+        st.batch = None;
+        // Records only held back (their parents wait) are not progress: the worker waits for
+        // its next poll rather than claiming again at once.
+        return Ok(Some(if sorted.invalid.is_empty() {
+            TickEnd::Idle
+        } else {
+            TickEnd::Progress { acked: false }
+        }));
+    }
+    Ok(None)
+}
+
+/// Reads, sorts and packs a batch, and journals its first request (one call on the queue
+/// connection). `None` when nothing is left to send or hold.
+#[allow(clippy::too_many_arguments)]
+fn read_next(
+    o: &Outbox,
+    c: &mut rusqlite::Connection,
+    raw: Vec<change::RawRecord>,
+    registry: &crate::Registry,
+    deps: &prepare::Deps,
+    limits: crate::pack::PackLimits,
+    with_sql: bool,
+    recheck: i64,
+) -> Result<Option<Next>> {
+    let waiting: HashMap<u64, Waiting> = if deps.is_empty() {
+        HashMap::new()
+    } else {
+        o.waiting_rows(c, now_ms())?
+            .into_iter()
+            .map(|(row, (first_id, due))| (row, Waiting { first_id, due }))
+            .collect()
+    };
+    let mut sorted = prepare::sort(raw, registry, deps, &waiting, recheck);
+    let changes = std::mem::take(&mut sorted.changes);
+    let mut segments = segments(changes, &limits, with_sql);
+    if let Some(first) = segments.first_mut() {
+        if let Some(r) = &first.request {
+            first.id = Some(o.journal(c, &r.ids)?);
+        }
+    }
+    Ok(Some(Next { sorted, segments }))
+}
+
+/// Packs `changes` once into requests, one segment each, in order.
+fn segments(
+    changes: Vec<Change>,
+    limits: &crate::pack::PackLimits,
+    with_sql: bool,
+) -> Vec<Segment> {
+    let requests = pack_with(&changes, limits, with_sql);
+    let mut it = changes.into_iter();
+    requests
+        .into_iter()
+        .map(|r| Segment {
+            changes: it.by_ref().take(r.range.len()).collect(),
+            request: Some(r),
+            id: None,
+        })
+        .collect()
+}
+
+/// Renews the lease before a request of a plan made earlier; a lease that lapsed and was
+/// taken anew means another worker may have sent this plan's records: the plan is dropped
+/// and the journal is read again.
+async fn renew(inner: &Arc<Inner>, st: &mut ShipState) -> Option<TickEnd> {
+    if st
+        .renewed
+        .is_some_and(|t| t.elapsed() < inner.config.lease / 4)
+    {
+        return None;
+    }
+    let (owner, lease) = (inner.owner.clone(), inner.config.lease);
+    let until = now_ms().saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+    match db(inner, move |o, c| o.acquire(c, &owner, now_ms(), until)).await {
+        Ok(Ok(true)) => {
+            st.renewed = Some(tokio::time::Instant::now());
+            None
+        }
+        Ok(Ok(false)) if st.plan.is_empty() => {
+            st.renewed = Some(tokio::time::Instant::now());
+            None
+        }
+        Ok(Ok(false)) => {
+            // Another worker held the queue meanwhile and may have sent this plan's records:
+            // plan again from the journal and the queue as they are now.
+            debug!("another worker held the queue meanwhile; planning again");
+            st.renewed = Some(tokio::time::Instant::now());
+            st.forget();
+            Some(TickEnd::Progress { acked: false })
+        }
+        Ok(Err(holder)) => {
+            st.forget();
+            Some(TickEnd::Standby(holder))
+        }
+        Err(e) => Some(local(e)),
+    }
+}
+
+/// Leaves out of a segment (not yet sent) the changes of rows held back during this plan, and
+/// holds back, uncharged, the changes whose parent row is held. `false` when nothing is left.
+async fn hold_blocked(inner: &Arc<Inner>, st: &mut ShipState, seg: &mut Segment) -> Result<bool> {
+    let empty = HashMap::new();
+    let mut held = Vec::new();
+    let mut keep = Vec::with_capacity(seg.changes.len());
+    for c in std::mem::take(&mut seg.changes) {
+        let row = change::row_digest(&c.table.name, &c.row_key);
+        if st.blocked.contains_key(&row) {
+            continue;
+        }
+        if let Some((w, table, key)) = prepare::held_by(&c, &inner.deps, &empty, &st.blocked) {
+            let due = w.due;
+            held.push((
+                c.id,
+                format!("waits for its parent row {table} {key}, which is held back"),
+                due,
+            ));
+            st.blocked.insert(
+                row,
+                Waiting {
+                    first_id: c.id,
+                    due,
+                },
+            );
+            continue;
+        }
+        keep.push(c);
+    }
+    if !held.is_empty() {
+        let n = held.len() as u64;
+        db(inner, move |o, c| o.hold(c, &held)).await?;
+        lock(&inner.live).records_held += n;
+    }
+    seg.request = None;
+    seg.changes = keep;
+    Ok(!seg.changes.is_empty())
+}
+
+/// Charges a record the target refused on its own: an attempt and a backoff, or the dead
+/// letter at the maximum. Its row, and the rows that depend on it, wait for the rest of
+/// this plan.
+async fn charge(inner: &Arc<Inner>, st: &mut ShipState, c: &Change, message: String) -> Result<()> {
+    let attempts = c.attempts.saturating_add(1);
+    let delay = inner.config.backoff.delay(attempts, &mut rand::rng(), None);
+    let next_at = now_ms().saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+    let dead = attempts >= inner.config.max_attempts;
+    if dead {
+        warn!(id = c.id, table = %c.table.name, attempts, error = %message, "dead-lettering a record the target keeps refusing");
+    } else {
+        debug!(id = c.id, table = %c.table.name, attempts, error = %message, "record refused; retrying later");
+    }
+    st.blocked.insert(
+        change::row_digest(&c.table.name, &c.row_key),
+        Waiting {
+            first_id: c.id,
+            due: if dead { recheck_at(inner) } else { next_at },
+        },
+    );
+    let failures = vec![(c.id, message.clone(), next_at)];
+    let max = inner.config.max_attempts;
+    db(inner, move |o, conn| o.charge(conn, &failures, max)).await?;
+    let mut live = lock(&inner.live);
+    live.last_error = Some(message);
+    if dead {
+        live.records_failed += 1;
+    }
+    Ok(())
+}
+
+/// When a record held behind a dead letter is looked at again.
+fn recheck_at(inner: &Inner) -> i64 {
+    now_ms().saturating_add(i64::try_from(inner.config.backoff.cap.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Reads the next batch while the last request of this one is at the target: the previous
+/// acknowledgement is awaited, the synced log trimmed, and what a fresh claim after this batch
+/// would take is read, sorted, packed and its first request journaled.
+fn spawn_read_ahead(
+    inner: &Arc<Inner>,
+    previous: Option<JoinHandle<bool>>,
+    cursor: i64,
+    in_flight: HashSet<u64>,
+) -> AbortOnDropHandle<Option<Next>> {
+    let inner = inner.clone();
+    // Aborted if the tick is dropped (the worker's task stopped mid-tick), so a read-ahead
+    // never outlives the loop that would use it. Its own task: a target that works in place
+    // (`block_in_place`) holds this task's thread.
+    AbortOnDropHandle::new(tokio::spawn(async move {
+        let inner = &inner;
+        // Records whose acknowledgement could not be written are still pending below the
+        // cursor, their request journaled: the journal goes first, not a read-ahead.
+        if let Some(m) = previous {
+            if !m.await.unwrap_or(false) {
+                return None;
+            }
+        }
+        let keep = inner.config.purge_keep;
+        if let Err(e) = db(inner, move |o, c| o.purge(c, keep)).await {
+            warn!(error = %e, "could not purge synced records");
+        }
+        let (owner, lease, limit) = (
+            inner.owner.clone(),
+            inner.config.lease,
+            inner.config.batch_size,
+        );
+        let (registry, deps) = (inner.registry.clone(), inner.deps.clone());
+        let (limits, with_sql) = (inner.target.limits(), inner.target.wants_statements());
+        let recheck = recheck_at(inner);
+        db(inner, move |o, c| {
+            let who = Claimant {
+                owner: &owner,
+                now: now_ms(),
+                lease,
+                limit,
+            };
+            let (next, cut) = o.claim_after(c, &who, cursor, &in_flight)?;
+            // A read-ahead cut short (at a row still in flight) is dropped when less than half
+            // full: the claim after this batch takes a full one, and requests stay large.
+            match next {
+                Claim::Records(raw) if !(raw.is_empty() || cut && raw.len() < limit / 2) => {
+                    read_next(o, c, raw, &registry, &deps, limits, with_sql, recheck)
+                }
+                _ => Ok(None),
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }))
+}
+
+/// Drops a batch read ahead that will not be sent: its first request was journaled but never
+/// sent, so it is forgotten (if that fails, it is sent later, which is harmless).
+async fn drop_read_ahead(inner: &Arc<Inner>, next: Option<Next>) {
+    let seq = next
+        .and_then(|n| n.segments.into_iter().next())
+        .and_then(|s| s.id)
+        .map(|id| id.seq);
+    if let Some(seq) = seq {
+        if let Err(e) = db(inner, move |o, c| o.unjournal(c, seq)).await {
+            warn!(error = %e, "could not forget a request read ahead; it is sent later");
+        }
+    }
+}
