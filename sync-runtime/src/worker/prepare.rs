@@ -155,22 +155,17 @@ pub(crate) fn sort(
     for r in &raw {
         let row = change::row_digest(&r.table, &r.row_key);
         out.rows.insert(row);
-        let checked = change::check_with(r, registry, &mut columns);
-        if blocked.contains_key(&row) {
-            // Waits in the queue behind the earlier record of its row, as it is.
-            continue;
-        }
-        match checked {
+        match change::check_with(r, registry, &mut columns) {
+            // A record that can never ship is dead-lettered at once, wherever it stands.
             Err(reason) => {
-                blocked.insert(
-                    row,
-                    Waiting {
-                        first_id: r.id,
-                        due: i64::MAX,
-                    },
-                );
+                blocked.entry(row).or_insert(Waiting {
+                    first_id: r.id,
+                    due: i64::MAX,
+                });
                 out.invalid.push((r.id, r.table.clone(), reason));
             }
+            // Waits in the queue behind the earlier record of its row, as it is.
+            Ok(_) if blocked.contains_key(&row) => {}
             Ok(c) => match held_by(&c, deps, waiting, &blocked) {
                 None => out.changes.push(c),
                 Some((w, table, key)) => {
@@ -309,8 +304,8 @@ mod tests {
         assert!(s.held[0].1.contains("p [\"p1\"]"), "{}", s.held[0].1);
         assert_eq!(
             s.invalid.len(),
-            1,
-            "only the first bad record of a row is dead-lettered"
+            2,
+            "every record that can never ship is dead-lettered"
         );
         assert_eq!((s.cursor, s.rows.len()), (6, 3));
     }
