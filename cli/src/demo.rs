@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::error::CliError;
 use crate::target::d1_from_env;
-use crate::workload;
+use d1_sync_example::workload;
 
 const MARKER: &str = ".d1sync-demo";
 
@@ -169,7 +169,8 @@ pub async fn run(a: &DemoArgs) -> Result<ExitCode, CliError> {
         Some(d1) => {
             let statements: Vec<Statement> =
                 ddl.iter().map(|s| Statement::new(s.as_str())).collect();
-            d1.query(&statements)
+            // Set-up retries transient failures and rate limits (the DDL is safe to repeat).
+            d1.query_retrying(&statements, Duration::from_secs(120))
                 .await
                 .map_err(|e| CliError::Failed(format!("creating the demo tables on D1: {e}")))?;
             Remote::D1(d1)

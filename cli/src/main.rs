@@ -7,7 +7,6 @@ mod generate;
 mod outbox_cmds;
 mod push;
 mod target;
-mod workload;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

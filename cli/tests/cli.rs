@@ -122,6 +122,51 @@ fn demo_against_local_d1() {
     assert!(out.contains("verified   all 7 tables equal"), "{out}");
 }
 
+/// What a new user met with the first version: a local D1 answering a fifth of its requests
+/// with 429, 500, an HTML 503 or "committed, then 500", from the very first request (the one
+/// creating the tables) to the last. The demo finishes, and every table is equal.
+#[test]
+fn demo_against_local_d1_under_a_steady_fifth_of_faults() {
+    let peer = D1Peer::shared();
+    let db = peer.database();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        peer.set_faults(&db, &["503"]).await;
+        peer.set_random_faults(&db, 0.2, &["429", "500", "503", "after", "after"])
+            .await;
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(d1sync()
+        .args([
+            "demo",
+            "--target",
+            "d1",
+            "--changes",
+            "3000",
+            "--batch-size",
+            "100",
+            "--d1-base-url",
+            &peer.base_url,
+            "--dir",
+        ])
+        .arg(dir.path().join("d"))
+        .env("CLOUDFLARE_ACCOUNT_ID", "test-account")
+        .env("CLOUDFLARE_API_TOKEN", "test-token")
+        .env("D1_DATABASE_ID", &db.id));
+    let stats = rt.block_on(peer.stats(&db));
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("failed     0 records"), "{out}");
+    assert!(out.contains("verified   all 7 tables equal"), "{out}");
+    assert!(
+        stats.faults.get("503").copied().unwrap_or(0) >= 1 && stats.faults.len() >= 3,
+        "faults were served throughout: {:?}",
+        stats.faults
+    );
+}
+
 #[test]
 fn demo_against_d1_without_credentials_names_the_missing_variables() {
     let dir = tempfile::tempdir().unwrap();

@@ -3,6 +3,7 @@
 //! The structs are checked against the migrations at compile time (`#[d1(schema = ...)]`).
 
 pub mod rows;
+pub mod workload;
 
 /// The migrations, in the order D1 applies them: `(file name, SQL)`.
 pub const MIGRATIONS: &[(&str, &str)] = &[

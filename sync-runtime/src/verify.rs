@@ -43,7 +43,13 @@ pub fn dump_local(conn: &Connection, table: &TableDef) -> rusqlite::Result<Vec<S
 
 /// Dumps `table` from D1.
 pub async fn dump_d1(d1: &D1Http, table: &TableDef) -> Result<Vec<String>, TargetError> {
-    let result = d1.query(&[Statement::new(dump_sql(table))]).await?;
+    // A read: harmless to repeat, so transient failures and rate limits are retried.
+    let result = d1
+        .query_retrying(
+            &[Statement::new(dump_sql(table))],
+            std::time::Duration::from_secs(120),
+        )
+        .await?;
     let rows = result
         .first()
         .and_then(|r| r.get("results"))

@@ -184,7 +184,12 @@ impl D1Peer {
             base_url,
             child,
             next_db: AtomicUsize::new(0),
-            http: reqwest::Client::new(),
+            // No idle connections kept: the peer (node) closes them after 5 s, and a test may
+            // ask again later from another runtime.
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("an HTTP client"),
         }
     }
 

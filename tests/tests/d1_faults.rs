@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use d1_sync::{D1Http, SyncRow, SyncWorker, WorkerState};
-use d1_sync_example::rows::Message;
+use d1_sync_example::rows::{ConversationLink, LocalConversation, Message};
 use d1_sync_tests::d1peer::D1Peer;
 use d1_sync_tests::fixture::{Fixture, Person};
 use d1_sync_tests::targets::TestTarget;
@@ -337,4 +337,201 @@ async fn the_client_keeps_under_its_request_budget() {
         "the fourth waited for the window"
     );
     assert_eq!(D1Peer::shared().stats(&db).await.requests, 4);
+}
+
+fn conversation(id: &str) -> LocalConversation {
+    LocalConversation {
+        local_conversation_id: id.into(),
+        platform: "web".into(),
+        automation_status: "active".into(),
+        last_non_paused_automation_status: None,
+        pause_reason: None,
+        last_error: None,
+        execution_state: "idle".into(),
+        consecutive_failure_count: 0,
+        repeated_message_count: 0,
+        repeated_renewal_count: 0,
+        last_message_fingerprint: None,
+        last_renewal_fingerprint: None,
+        title: Some("a conversation".into()),
+        summary: None,
+        last_message_id: None,
+        last_message_at: None,
+        cooldown_until: None,
+        paused_at: None,
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+fn link(id: &str, conversation: &str) -> ConversationLink {
+    ConversationLink {
+        link_id: id.into(),
+        local_conversation_id: conversation.into(),
+        platform: "web".into(),
+        remote_conversation_id: None,
+        client_id: None,
+        page_url: Some("https://example.com/c/1".into()),
+        page_title: None,
+        route_path: None,
+        route_pattern: None,
+        route_params: None,
+        target_kind: None,
+        target_id: None,
+        target_payload: None,
+        is_active: true,
+        observed_at: None,
+        created_at: 2,
+        updated_at: 2,
+    }
+}
+
+/// The regression of the first version: one request holds [upsert child C of parent P, delete
+/// P]. D1 commits it (the delete cascades C away) and the answer is lost. Sent again without a
+/// ledger, the upsert of C dangles, P's delete no longer cascades, and the commit fails on the
+/// foreign key: the worker split the request and charged valid records. With the ledger, the
+/// replay is recognised as applied and nothing is charged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_to_a_child_upsert_and_parent_delete_is_recognised_not_applied_twice() {
+    let mut f = Fixture::new(|_| TestTarget::d1()).await;
+    let db = f.target.test_db().unwrap().clone();
+    f.write(|o, tx| o.save(tx, &conversation("p")).map(drop).unwrap());
+    let worker = f.worker().build().unwrap();
+    worker.start().unwrap();
+    worker.flush().await.unwrap();
+    // Parent P is in D1. Now, in one transaction: a child of P, then P's delete (which
+    // cascades the child away locally, as it will on D1).
+    f.write(|o, tx| {
+        o.save(tx, &link("c", "p")).unwrap();
+        o.remove(tx, &conversation("p")).unwrap();
+    });
+    D1Peer::shared().set_faults(&db, &["after"]).await;
+    worker.flush().await.unwrap();
+    let s = worker.stats().await.unwrap();
+    worker.shutdown().await.unwrap();
+    assert_eq!(
+        D1Peer::shared().stats(&db).await.faults.get("after"),
+        Some(&1),
+        "D1 committed the request and its answer was lost"
+    );
+    assert_eq!(s.requests_replayed, 1, "the replay was recognised");
+    assert_eq!(f.max_attempts_charged(), 0, "no attempt charged");
+    let c = f.counts();
+    assert_eq!((c.pending, c.failed), (0, 0));
+    assert_eq!(s.records_synced, 3);
+    f.assert_in_step(&LocalConversation::table_def()).await;
+    f.assert_in_step(&ConversationLink::table_def()).await;
+
+    // Without the ledger the same request is not harmless: the very statements, minus the
+    // ledger's write, run twice on a fresh D1 database, fail the second time.
+    let fresh = Fixture::new(|_| TestTarget::d1()).await;
+    let d1 = match &fresh.target {
+        TestTarget::D1(d, _) => d.clone(),
+        TestTarget::Sqlite(_) => unreachable!(),
+    };
+    fresh
+        .target
+        .exec(&["INSERT INTO local_conversations (local_conversation_id, platform, created_at, updated_at) VALUES ('p', 'web', 1, 1)"])
+        .await
+        .unwrap();
+    let changes: Vec<d1_sync::change::Change> = [
+        (
+            "conversation_links",
+            r#"["c"]"#,
+            "upsert",
+            d1_sync::codec::stored_object(
+                ConversationLink::COLUMNS
+                    .iter()
+                    .copied()
+                    .zip(link("c", "p").values().iter()),
+            ),
+        ),
+        (
+            "local_conversations",
+            r#"["p"]"#,
+            "delete",
+            r#"{"local_conversation_id":"p"}"#.to_string(),
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (table, key, op, payload))| {
+        let raw = d1_sync::change::RawRecord {
+            id: i as i64 + 1,
+            table: table.into(),
+            row_key: key.into(),
+            op: op.into(),
+            payload: payload.into_bytes(),
+            attempts: 0,
+        };
+        d1_sync::change::check(&raw, &d1_sync_tests::fixture::registry()).unwrap()
+    })
+    .collect();
+    let request = d1_sync::pack::pack(&changes, &d1_sync::target::PackLimits::default()).remove(0);
+    let without_ledger: Vec<_> = request
+        .statements
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != d1_sync::pack::LEDGER_STATEMENT)
+        .map(|(_, s)| s.clone())
+        .collect();
+    d1.query(&without_ledger).await.unwrap();
+    let again = d1.query(&without_ledger).await.unwrap_err();
+    assert!(
+        again.to_string().contains("FOREIGN KEY constraint failed"),
+        "{again}"
+    );
+}
+
+/// A child whose parent D1 refuses waits behind the parent, uncharged, even once the parent
+/// is dead-lettered; when the parent is fixed and retried, both ship.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_of_a_refused_parent_waits_uncharged_and_ships_after_the_retry() {
+    let mut f = Fixture::new(|_| TestTarget::d1()).await;
+    // D1 (only) refuses this conversation's title, as it would any record it never takes.
+    f.target
+        .exec(&["CREATE TRIGGER refuse BEFORE INSERT ON local_conversations WHEN NEW.title = 'refused' BEGIN SELECT RAISE(ABORT, 'title refused'); END"])
+        .await
+        .unwrap();
+    let mut refused = conversation("p");
+    refused.title = Some("refused".into());
+    f.write(|o, tx| {
+        o.save(tx, &refused).unwrap();
+        o.save(tx, &link("c", "p")).unwrap();
+        o.save(tx, &message(1)).unwrap();
+    });
+    let worker = f.worker().max_attempts(2).build().unwrap();
+    worker.start().unwrap();
+    wait_until(
+        "the parent is dead-lettered",
+        Duration::from_secs(20),
+        || async { f.outbox.counts(&f.app).unwrap().failed == 1 },
+    )
+    .await;
+    worker.flush().await.unwrap();
+    let (attempts, why): (i64, String) = f
+        .app
+        .query_row(
+            "SELECT attempts, last_error FROM d1_sync_queue WHERE table_name = 'conversation_links'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(attempts, 0, "the child is never charged");
+    assert!(
+        why.contains("waits for its parent row local_conversations"),
+        "{why}"
+    );
+    assert!(worker.stats().await.unwrap().records_held >= 1);
+    f.assert_in_step(&Message::table_def()).await;
+    // Fix the cause on D1, retry the dead letter: both ship.
+    f.target.exec(&["DROP TRIGGER refuse"]).await.unwrap();
+    f.outbox.retry(&f.app, d1_sync::Selection::All).unwrap();
+    wait_until("both ship", Duration::from_secs(20), || async {
+        let c = f.outbox.counts(&f.app).unwrap();
+        c.pending == 0 && c.failed == 0
+    })
+    .await;
+    worker.shutdown().await.unwrap();
+    f.assert_all_in_step().await;
 }

@@ -1,5 +1,8 @@
-//! Reliability under faults and crashes, against Cloudflare's local D1 engine. Each test prints
-//! a `reliability:` line with its figures (run with `--nocapture` to see them).
+//! Reliability under faults and crashes, against Cloudflare's local D1 engine, with the
+//! seven-table workload of the example app (foreign keys, cascades, SET NULL, partial updates,
+//! deletes) and faults at a steady 20% for the *whole* run, lost-after-commit answers included:
+//! faults never stop to let a drain finish. Each test prints a `reliability:` line with its
+//! figures (run with `--nocapture` to see them).
 //!
 //! - `D1SYNC_CRASH_LOOPS=200` for the long crash loop (20 by default);
 //! - `D1SYNC_FAULT_CHANGES=20000` for a longer fault-proxy run (3000 by default).
@@ -10,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use d1_sync::{D1Http, SyncWorker};
-use d1_sync_example::rows::{Message, Session};
+use d1_sync_example::workload::Workload;
+use d1_sync_tests::d1peer::D1Peer;
 use d1_sync_tests::fixture::{fast_backoff, registry, Fixture};
 use d1_sync_tests::proxy::{Fault, Proxy, ProxyConfig};
 use d1_sync_tests::targets::TestTarget;
@@ -23,11 +27,8 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn message(i: u64, text: &str) -> Message {
-    d1_sync_tests::fixture::message(&format!("m{i:06}"), text, i as i64)
-}
-
-/// Writes `n` changes over a few hundred keys: inserts, updates, deletes, re-inserts.
+/// Writes `n` changes of the seven-table workload (20 per transaction, a pause after each),
+/// until `stop`.
 fn produce(
     path: &std::path::Path,
     n: u64,
@@ -38,39 +39,11 @@ fn produce(
 ) {
     let mut conn = d1_sync::open(path).unwrap();
     let outbox = d1_sync::Outbox::new();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut i = 0;
-    while i < n && !stop.load(Ordering::SeqCst) {
-        let tx = conn.transaction().unwrap();
-        for _ in 0..20.min(n - i) {
-            let key = rng.random_range(0..400u64);
-            match rng.random_range(0..10) {
-                0 | 1 => {
-                    outbox.remove(&tx, &message(key, "")).unwrap();
-                }
-                2 => {
-                    let s = Session {
-                        id: format!("s{}", key % 50),
-                        platform: "web".into(),
-                        conversation_id: None,
-                        started_at: 1,
-                        last_activity_at: i as i64,
-                        message_count: i as i64,
-                        execution_count: 0,
-                        summary: Some(format!("n{i}")),
-                        static_path: None,
-                        created_at: 1,
-                    };
-                    outbox.save(&tx, &s).unwrap();
-                }
-                _ => {
-                    outbox.save(&tx, &message(key, &format!("v{i}"))).unwrap();
-                }
-            }
-            i += 1;
-        }
-        tx.commit().unwrap();
-        written.store(i, Ordering::SeqCst);
+    let mut workload = Workload::new(seed);
+    while workload.written().total() < n && !stop.load(Ordering::SeqCst) {
+        let step = 20.min(n - workload.written().total());
+        workload.write_tx(&mut conn, &outbox, step).unwrap();
+        written.store(workload.written().total(), Ordering::SeqCst);
         std::thread::sleep(pause);
     }
 }
@@ -93,7 +66,7 @@ fn start_producer(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_percent_faults_through_a_proxy_converge() {
+async fn twenty_percent_faults_through_a_proxy_for_the_whole_run_converge() {
     let f = Fixture::new(|_| TestTarget::d1()).await;
     let db = f.target.test_db().unwrap().clone();
     let proxy = Proxy::start(
@@ -108,6 +81,7 @@ async fn twenty_percent_faults_through_a_proxy_converge() {
                 Fault::Http500,
                 Fault::Http503,
                 Fault::Http429,
+                Fault::LostAfterCommit,
                 Fault::LostAfterCommit,
             ],
             seed: 7,
@@ -131,19 +105,17 @@ async fn twenty_percent_faults_through_a_proxy_converge() {
     let started = Instant::now();
     let (producer, written, _stop) =
         start_producer(&f.app_path, changes, 11, Duration::from_millis(40));
-    // Keep the worker busy alongside the producer.
     while !producer.is_finished() {
         worker.notify();
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     producer.join().unwrap();
-    // The faults stop with the writes; what is left drains (the worker may be in a backoff).
-    proxy.set_fault_rate(0.0);
+    // The faults go on: what is left drains through them.
     let backlog = f.counts().pending;
     let calm = Instant::now();
-    tokio::time::timeout(Duration::from_secs(120), worker.flush())
+    tokio::time::timeout(Duration::from_secs(300), worker.flush())
         .await
-        .expect("drain")
+        .expect("the drain finishes under a steady 20% fault rate")
         .unwrap();
     let drain_after = calm.elapsed();
     let total = started.elapsed();
@@ -161,9 +133,18 @@ async fn twenty_percent_faults_through_a_proxy_converge() {
     assert_eq!(
         f.max_attempts_charged(),
         0,
-        "transport faults charge no record"
+        "transport faults and lost answers charge no record"
     );
     f.assert_all_in_step().await;
+    assert!(
+        p.faults.get("lost-after-commit").copied().unwrap_or(0) > 0,
+        "answers were lost after commit: {:?}",
+        p.faults
+    );
+    assert!(
+        s.requests_replayed > 0,
+        "D1's ledger recognised requests it had applied"
+    );
     // No hot loop: every failure is followed by a backoff of at least its floor (5 ms here),
     // and at most a fault's worth of extra requests goes out per successful one.
     let floor_ms = fast_backoff().floor.as_millis() as u64;
@@ -178,10 +159,11 @@ async fn twenty_percent_faults_through_a_proxy_converge() {
         p.forwarded_ok
     );
     println!(
-        "reliability: fault proxy: {} changes, {} requests ({} answered by D1), faults {:?}, lost 0, divergent 0, dead-lettered 0, total {:.1} s, drain of the {} records left after faults stop {} ms",
+        "reliability: fault proxy, seven tables: {} changes, {} requests ({} answered by D1, {} applied before and recognised by the ledger), faults {:?} at a steady 20%, lost 0, divergent 0, dead-lettered 0, charged 0, total {:.1} s, drain of the {} records left when the writes stopped {} ms (faults still on)",
         written.load(Ordering::SeqCst),
         p.requests,
         p.forwarded_ok,
+        s.requests_replayed,
         p.faults,
         total.as_secs_f64(),
         backlog,
@@ -191,9 +173,14 @@ async fn twenty_percent_faults_through_a_proxy_converge() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_loop_with_a_producer_loses_nothing() {
+async fn crash_loop_under_steady_faults_loses_nothing_and_applies_nothing_twice() {
     let f = Fixture::new(|_| TestTarget::d1()).await;
     let db = f.target.test_db().unwrap().clone();
+    let peer = D1Peer::shared();
+    // A fifth of the requests, for the whole run: 429, 500, an HTML 503, and "committed, then
+    // 500" (the answer lost).
+    peer.set_random_faults(&db, 0.2, &["429", "500", "503", "after", "after"])
+        .await;
     let loops = env_or("D1SYNC_CRASH_LOOPS", 20);
     let child = env!("CARGO_BIN_EXE_sync_child");
     let spawn = |extra: &[&str]| {
@@ -219,13 +206,20 @@ async fn crash_loop_with_a_producer_loses_nothing() {
     let settle = Instant::now();
     assert!(spawn(&["--until-empty"]).wait().unwrap().success());
     let drain = settle.elapsed();
+    let stats = peer.stats(&db).await;
     let c = f.counts();
     assert_eq!((c.pending, c.failed), (0, 0));
+    assert_eq!(f.max_attempts_charged(), 0, "no record was charged");
     f.assert_all_in_step().await;
+    let faults: u64 = stats.faults.values().sum();
+    assert!(faults > 0, "faults were served: {:?}", stats.faults);
     println!(
-        "reliability: crash loop: {} SIGKILLs of the worker while a producer wrote {} changes; lost 0, divergent 0, dead-lettered 0; final drain {} ms; total {:.1} s",
+        "reliability: crash loop, seven tables: {} SIGKILLs of the worker while a producer wrote {} changes; {} requests, {} faults {:?} at a steady 20%; lost 0, divergent 0, dead-lettered 0, charged 0; final drain {} ms (faults still on); total {:.1} s",
         loops,
         written.load(Ordering::SeqCst),
+        stats.requests,
+        faults,
+        stats.faults,
         drain.as_millis(),
         started.elapsed().as_secs_f64()
     );

@@ -483,3 +483,6 @@ pub enum Step {
     /// charged, and the request goes again, unchanged, at the next step.
     Failed(TargetError),
 }
+
+#[cfg(test)]
+mod tests;

@@ -63,8 +63,6 @@ pub(super) struct ShipState {
     prefetched: Option<Next>,
     /// Writing the last acknowledgement: `true` once written.
     marking: Option<JoinHandle<bool>>,
-    /// When the lease was last renewed.
-    renewed: Option<tokio::time::Instant>,
 }
 
 impl ShipState {
@@ -300,7 +298,6 @@ async fn plan(inner: &Arc<Inner>, st: &mut ShipState) -> Result<Option<TickEnd>>
             "sending again the requests journaled as in flight"
         );
         st.forget();
-        st.renewed = None;
         if let Some(end) = renew(inner, st).await {
             return Ok(Some(end));
         }
@@ -330,7 +327,6 @@ async fn plan(inner: &Arc<Inner>, st: &mut ShipState) -> Result<Option<TickEnd>>
         }
     })
     .await?;
-    st.renewed = Some(tokio::time::Instant::now());
     match claimed {
         Err(holder) => Ok(Some(TickEnd::Standby(holder))),
         Ok(None) => Ok(Some(TickEnd::Idle)),
@@ -438,32 +434,19 @@ fn segments(
         .collect()
 }
 
-/// Renews the lease before a request of a plan made earlier; a lease that lapsed and was
-/// taken anew means another worker may have sent this plan's records: the plan is dropped
-/// and the journal is read again.
+/// Renews the lease before a request of a plan made earlier (one small write, beside a
+/// request's round trip). A lease another worker held meanwhile means this plan's records may
+/// have been sent: the plan is dropped and the journal is read again.
 async fn renew(inner: &Arc<Inner>, st: &mut ShipState) -> Option<TickEnd> {
-    if st
-        .renewed
-        .is_some_and(|t| t.elapsed() < inner.config.lease / 4)
-    {
-        return None;
-    }
     let (owner, lease) = (inner.owner.clone(), inner.config.lease);
     let until = now_ms().saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
     match db(inner, move |o, c| o.acquire(c, &owner, now_ms(), until)).await {
-        Ok(Ok(true)) => {
-            st.renewed = Some(tokio::time::Instant::now());
-            None
-        }
-        Ok(Ok(false)) if st.plan.is_empty() => {
-            st.renewed = Some(tokio::time::Instant::now());
-            None
-        }
+        Ok(Ok(true)) => None,
+        Ok(Ok(false)) if st.plan.is_empty() => None,
         Ok(Ok(false)) => {
             // Another worker held the queue meanwhile and may have sent this plan's records:
             // plan again from the journal and the queue as they are now.
             debug!("another worker held the queue meanwhile; planning again");
-            st.renewed = Some(tokio::time::Instant::now());
             st.forget();
             Some(TickEnd::Progress { acked: false })
         }

@@ -1,24 +1,40 @@
-//! The demo's workload: a realistic mix of inserts, updates (full and partial) and deletes over
-//! the seed's seven tables, parents before children, written through the typed outbox API.
-//! Deterministic for a given seed.
+//! A realistic workload over the seed's seven tables: inserts, full and partial updates, and
+//! deletes that cascade (`ON DELETE CASCADE`) or set NULL (`ON DELETE SET NULL`), parents
+//! before children, written through the typed outbox API. Deterministic for a given seed.
+//! `d1sync demo`, the reliability tests and the benchmarks all write it.
+//!
+//! ```
+//! use d1_sync_example::workload::Workload;
+//! # fn main() -> Result<(), d1_sync::Error> {
+//! let mut conn = d1_sync::open(":memory:")?;
+//! d1_sync_example::apply_migrations(&conn)?;
+//! let mut w = Workload::new(7);
+//! let written = w.write_tx(&mut conn, &d1_sync::Outbox::new(), 100)?; // one transaction
+//! assert_eq!(written.total(), 100);
+//! # Ok(()) }
+//! ```
 
 use std::collections::BTreeMap;
 
+use crate::rows::*;
 use d1_sync::rusqlite::Connection;
 use d1_sync::Outbox;
-use d1_sync_example::rows::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 /// How many changes of each kind were written.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Written {
+    /// New rows.
     pub inserts: u64,
+    /// Full and partial updates.
     pub updates: u64,
+    /// Deletes (some cascade).
     pub deletes: u64,
 }
 
 impl Written {
+    /// All changes.
     pub fn total(&self) -> u64 {
         self.inserts + self.updates + self.deletes
     }
@@ -94,8 +110,60 @@ fn pick<'a, V>(rng: &mut StdRng, map: &'a BTreeMap<String, V>) -> Option<&'a Str
     map.keys().nth(i)
 }
 
-/// Writes `changes` changes to `conn` through `outbox`, in transactions of `per_tx`; calls
-/// `progress` with the count written so far after each transaction.
+/// A workload in progress: it remembers the rows it wrote, to update and delete them later.
+/// Write it to one database only.
+pub struct Workload {
+    st: State,
+    written: Written,
+}
+
+impl Workload {
+    /// A workload from `seed`; the same seed writes the same changes.
+    pub fn new(seed: u64) -> Workload {
+        Workload {
+            st: State {
+                rng: StdRng::seed_from_u64(seed),
+                clock: 1_767_225_600_000,
+                seq: 0,
+                conversations: BTreeMap::new(),
+                links: BTreeMap::new(),
+                jobs: BTreeMap::new(),
+                messages: BTreeMap::new(),
+                executions: BTreeMap::new(),
+                sessions: BTreeMap::new(),
+                policies: Default::default(),
+            },
+            written: Written::default(),
+        }
+    }
+
+    /// Writes `n` changes in one transaction of `conn`. Returns what this call wrote.
+    pub fn write_tx(
+        &mut self,
+        conn: &mut Connection,
+        outbox: &Outbox,
+        n: u64,
+    ) -> Result<Written, d1_sync::Error> {
+        let mut w = Written::default();
+        let tx = conn.transaction()?;
+        while w.total() < n {
+            one_change(&mut self.st, outbox, &tx, &mut w)?;
+        }
+        tx.commit()?;
+        self.written.inserts += w.inserts;
+        self.written.updates += w.updates;
+        self.written.deletes += w.deletes;
+        Ok(w)
+    }
+
+    /// Everything written so far.
+    pub fn written(&self) -> Written {
+        self.written
+    }
+}
+
+/// Writes `changes` changes from `seed` to `conn` through `outbox`, in transactions of
+/// `per_tx`; calls `progress` with the count written so far after each transaction.
 pub fn write(
     conn: &mut Connection,
     outbox: &Outbox,
@@ -104,29 +172,13 @@ pub fn write(
     per_tx: u64,
     mut progress: impl FnMut(u64),
 ) -> Result<Written, d1_sync::Error> {
-    let mut st = State {
-        rng: StdRng::seed_from_u64(seed),
-        clock: 1_767_225_600_000,
-        seq: 0,
-        conversations: BTreeMap::new(),
-        links: BTreeMap::new(),
-        jobs: BTreeMap::new(),
-        messages: BTreeMap::new(),
-        executions: BTreeMap::new(),
-        sessions: BTreeMap::new(),
-        policies: Default::default(),
-    };
-    let mut w = Written::default();
-    while w.total() < changes {
-        let tx = conn.transaction()?;
-        let end = (w.total() + per_tx).min(changes);
-        while w.total() < end {
-            one_change(&mut st, outbox, &tx, &mut w)?;
-        }
-        tx.commit()?;
-        progress(w.total());
+    let mut w = Workload::new(seed);
+    while w.written().total() < changes {
+        let n = per_tx.max(1).min(changes - w.written().total());
+        w.write_tx(conn, outbox, n)?;
+        progress(w.written().total());
     }
-    Ok(w)
+    Ok(w.written())
 }
 
 fn one_change(
