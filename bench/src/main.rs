@@ -556,6 +556,72 @@ impl<T: Target> Target for Timed<T> {
     }
 }
 
+/// 4b. The seven-table demo workload over local D1, with a fifth of the requests failing for
+/// the whole drain (429, 500, an HTML 503, and "committed, then 500"), against the same drain
+/// without faults, in the same run. The worker's defaults; D1 is checked against the local
+/// file after each drain.
+async fn bench_faults(peer: &D1Peer, quick: bool) -> Vec<Row> {
+    let n = if quick { 5_000 } else { 40_000 };
+    let mut results: [Vec<(f64, u64, u64, u64)>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..ROUNDS {
+        for (i, rate_of_faults) in [0.0, 0.2].into_iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            let (path, mut conn) = app_db(dir.path(), "faults.db");
+            d1_sync_example::workload::write(
+                &mut conn,
+                &Outbox::new(),
+                n,
+                round as u64 + 1,
+                1_000,
+                |_| {},
+            )
+            .unwrap();
+            let db = d1_table(peer).await;
+            if rate_of_faults > 0.0 {
+                peer.set_random_faults(&db, rate_of_faults, &["429", "500", "503", "after"])
+                    .await;
+            }
+            let client = Arc::new(db.client());
+            let (took, stats) = drain(&path, client.clone(), batch_size()).await;
+            // The drain's faults (the read-back below meets faults too, and retries them).
+            let peer_stats = peer.stats(&db).await;
+            let registry = d1_sync_example::registry();
+            for name in registry.names() {
+                let def = registry.get(name).unwrap();
+                let local = d1_sync::verify::dump_local(&conn, def).unwrap();
+                let remote = d1_sync::verify::dump_d1(&client, def).await.unwrap();
+                assert_eq!(local, remote, "table {name} differs after the drain");
+            }
+            assert_eq!(stats.queue.failed, 0);
+            results[i].push((
+                rate(stats.records_synced, took),
+                stats.requests,
+                stats.requests_replayed,
+                peer_stats.faults.values().sum(),
+            ));
+        }
+    }
+    let pick = |v: &[(f64, u64, u64, u64)]| {
+        let mut v = v.to_vec();
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        v[v.len() / 2]
+    };
+    let (calm, faulty) = (pick(&results[0]), pick(&results[1]));
+    vec![Row {
+        name: "seven-table demo workload over local D1, 20% faults for the whole drain",
+        measured: format!(
+            "{} ({n} changes, {} requests, {} faults, {} replays recognised by the ledger; median of {ROUNDS})",
+            fmt_rate(faulty.0),
+            faulty.1,
+            faulty.3,
+            faulty.2
+        ),
+        baseline: format!("{} without faults ({} requests)", fmt_rate(calm.0), calm.1),
+        ratio: format!("{:.2}x the rows/s", faulty.0 / calm.0),
+        target: "drains, D1 equals the local file, 0 dead letters",
+    }]
+}
+
 fn percentile(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
     v[((v.len() as f64 - 1.0) * p).round() as usize]
@@ -873,7 +939,9 @@ async fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let want = |name: &str| picked.is_empty() || picked.contains(&name);
-    let needs_peer = ["d1", "production", "latency"].iter().any(|b| want(b));
+    let needs_peer = ["d1", "faults", "production", "latency"]
+        .iter()
+        .any(|b| want(b));
     let peer = needs_peer.then(D1Peer::start);
     let mut rows = Vec::new();
     let machine = std::fs::read_to_string("/proc/cpuinfo")
@@ -905,6 +973,9 @@ async fn main() {
     if let Some(peer) = &peer {
         run("d1", &mut || {
             tokio::task::block_in_place(|| handle.block_on(bench_d1(peer, quick)))
+        });
+        run("faults", &mut || {
+            tokio::task::block_in_place(|| handle.block_on(bench_faults(peer, quick)))
         });
         run("production", &mut || {
             tokio::task::block_in_place(|| handle.block_on(bench_production(peer, quick)))

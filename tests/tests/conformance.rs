@@ -38,6 +38,7 @@ both_targets!(
     per_row_order_across_batches,
     values_round_trip_exactly,
     partial_updates_touch_only_their_columns,
+    a_request_applied_before_is_refused_as_a_whole_by_the_ledger,
 );
 
 async fn upsert_update_keeps_created_at_and_delete_removes_the_row(mut f: Fixture) {
@@ -245,4 +246,66 @@ async fn partial_updates_touch_only_their_columns(mut f: Fixture) {
     let err = f.write(|o, tx| o.update(tx, &changed, &["created_at"]).unwrap_err());
     assert!(err.to_string().contains("insert-only"), "{err}");
     worker.shutdown().await.unwrap();
+}
+
+/// The ledger, on both targets: a request sent again after it was applied is refused as a
+/// whole and answered `Applied::Before`; the same sequence number with another nonce (a queue
+/// restored from a backup) is a new request; a ledger dropped by hand is made again.
+async fn a_request_applied_before_is_refused_as_a_whole_by_the_ledger(f: Fixture) {
+    use d1_sync::ledger::{Applied, RequestId};
+    use d1_sync::target::{Batch, Target, TargetError};
+
+    let target = f.target.shared();
+    let send = |id: RequestId, text: &'static str| {
+        let target = target.clone();
+        async move {
+            let raw = d1_sync::change::RawRecord {
+                id: 1,
+                table: "messages".into(),
+                row_key: r#"["m1"]"#.into(),
+                op: "upsert".into(),
+                payload: d1_sync::codec::stored_object(
+                    Message::COLUMNS
+                        .iter()
+                        .copied()
+                        .zip(message("m1", text, 1).values().iter()),
+                )
+                .into_bytes(),
+                attempts: 0,
+            };
+            let changes =
+                vec![d1_sync::change::check(&raw, &d1_sync_tests::fixture::registry()).unwrap()];
+            let mut request =
+                d1_sync::pack::pack_one(&changes, &target.limits(), target.wants_statements());
+            request.stamp(&id);
+            target
+                .execute(Batch {
+                    request: &id,
+                    statements: &request.statements,
+                    changes: &changes,
+                })
+                .await
+        }
+    };
+    let first = RequestId::new("00000000000000aa", 1);
+    assert_eq!(send(first.clone(), "one").await, Ok(Applied::Now));
+    // Sent again with other content: refused as a whole, nothing of it applied.
+    assert_eq!(send(first.clone(), "two").await, Ok(Applied::Before));
+    let rows = f.target.dump(&Message::table_def()).await;
+    assert!(rows[0].contains("\"one\""), "{rows:?}");
+    // Same stream and seq, another nonce: a new request.
+    assert_eq!(
+        send(RequestId::new("00000000000000aa", 1), "three").await,
+        Ok(Applied::Now)
+    );
+    // A ledger dropped by hand: the request is not charged (a transient error), and the
+    // next try makes the ledger again.
+    f.target.exec(&["DROP TABLE d1_sync_ledger"]).await.unwrap();
+    let again = RequestId::new("00000000000000aa", 2);
+    assert!(matches!(
+        send(again.clone(), "four").await,
+        Err(TargetError::Transient(_))
+    ));
+    assert_eq!(send(again.clone(), "four").await, Ok(Applied::Now));
+    assert_eq!(send(again, "five").await, Ok(Applied::Before));
 }

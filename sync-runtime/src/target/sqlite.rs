@@ -2,6 +2,7 @@
 //! (`d1sync demo`) and a mirror without Cloudflare.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use d1_sync_schema::sql::{delete_sql, update_sql, upsert_sql};
@@ -30,6 +31,8 @@ pub enum SqliteMode {
 /// (as a D1 batch does).
 pub struct SqliteTarget {
     conn: Arc<Mutex<Connection>>,
+    /// Whether the ledger is known to exist in the file.
+    ledger_ready: Arc<AtomicBool>,
     path: PathBuf,
     limits: PackLimits,
     mode: SqliteMode,
@@ -63,6 +66,7 @@ impl SqliteTarget {
         conn.set_prepared_statement_cache_capacity(256);
         Ok(SqliteTarget {
             conn: Arc::new(Mutex::new(conn)),
+            ledger_ready: Arc::new(AtomicBool::new(false)),
             path,
             limits: PackLimits::default(),
             mode: SqliteMode::Rows,
@@ -157,22 +161,37 @@ fn same_shape(a: &Change, b: &Change) -> bool {
     Arc::ptr_eq(&a.table, &b.table) && a.op == b.op && a.columns == b.columns
 }
 
-/// Creates the ledger in the target file, if missing (cheap when it is there).
-fn ensure_ledger(conn: &Connection) -> Result<(), TargetError> {
-    for s in ledger::create_statements() {
-        conn.prepare_cached(&s.sql)
-            .and_then(|mut st| st.execute([]))
-            .map_err(classify)?;
+/// Creates the ledger in the target file unless this target already did.
+fn ensure_ledger(conn: &Connection, ready: &AtomicBool) -> Result<(), TargetError> {
+    if ready.load(Ordering::Acquire) {
+        return Ok(());
     }
+    for s in ledger::create_statements() {
+        conn.execute_batch(&s.sql).map_err(classify)?;
+    }
+    ready.store(true, Ordering::Release);
     Ok(())
+}
+
+/// A missing ledger (dropped by hand) is made again before the retry; the request is not
+/// charged.
+fn ledger_missing(answer: Result<Applied, TargetError>, ready: &AtomicBool) -> Result<Applied, TargetError> {
+    match answer {
+        Err(TargetError::Rejected(m)) if ledger::is_missing(&m) => {
+            ready.store(false, Ordering::Release);
+            Err(TargetError::Transient(m))
+        }
+        other => other,
+    }
 }
 
 fn apply_rows(
     conn: &mut Connection,
+    ready: &AtomicBool,
     request: &RequestId,
     changes: &[Change],
 ) -> Result<Applied, TargetError> {
-    ensure_ledger(conn)?;
+    ensure_ledger(conn, ready)?;
     let tx = conn.transaction().map_err(classify)?;
     tx.execute_batch(DEFER_FOREIGN_KEYS).map_err(classify)?;
     let record = request.statement();
@@ -201,14 +220,15 @@ fn apply_rows(
 
 impl Target for SqliteTarget {
     fn execute<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<Applied, TargetError>> {
-        let conn = self.conn.clone();
+        let (conn, ready) = (self.conn.clone(), self.ledger_ready.clone());
         match self.mode {
             SqliteMode::Statements => {
                 let statements = batch.statements.to_vec();
                 Box::pin(blocking(move || {
                     let mut conn = lock(&conn);
-                    ensure_ledger(&conn)?;
-                    ledger::outcome(apply_statements(&mut conn, &statements))
+                    ensure_ledger(&conn, &ready)?;
+                    let answer = ledger::outcome(apply_statements(&mut conn, &statements));
+                    ledger_missing(answer, &ready)
                 }))
             }
             SqliteMode::Rows => {
@@ -222,13 +242,15 @@ impl Target for SqliteTarget {
                     let changes = batch.changes;
                     Box::pin(async move {
                         tokio::task::block_in_place(|| {
-                            apply_rows(&mut lock(&conn), request, changes)
+                            let answer = apply_rows(&mut lock(&conn), &ready, request, changes);
+                            ledger_missing(answer, &ready)
                         })
                     })
                 } else {
                     let (changes, request) = (batch.changes.to_vec(), request.clone());
                     Box::pin(blocking(move || {
-                        apply_rows(&mut lock(&conn), &request, &changes)
+                        let answer = apply_rows(&mut lock(&conn), &ready, &request, &changes);
+                        ledger_missing(answer, &ready)
                     }))
                 }
             }
