@@ -8,9 +8,11 @@
 //! One worker at a time sends a queue: it holds the queue's **lease** (a row of
 //! `d1_sync_leases`), renewed before every request. A second process waits while the lease
 //! is held, so nothing is ever sent twice at once or out of order; a crashed worker's lease
-//! runs out and another takes the queue over, re-sending what was not acknowledged (every
-//! statement is idempotent). Records themselves are only ever written when their state
-//! changes: inserted, acknowledged, charged, dead-lettered, purged.
+//! runs out and another takes the queue over. Requests that may be in flight are journaled
+//! in `<queue>_requests` before they are sent, and whoever sends the queue next sends them
+//! again unchanged, so D1's ledger recognises the ones it applied (see [`crate::ledger`]).
+//! Records themselves are only ever written when their state changes: inserted,
+//! acknowledged, charged, held, dead-lettered, purged.
 //!
 //! An acknowledged record leaves the queue table: it is deleted there and a slim entry (ids,
 //! table, key, operation, times; no payload) goes to the synced log `<queue>_synced`, which
@@ -851,14 +853,24 @@ impl Outbox {
     /// Journals a request before it is sent: its records' ids get a new sequence number and
     /// a random nonce. From here until [`Outbox::mark_synced`] or [`Outbox::unjournal`] the
     /// request counts as in flight, and whoever sends this queue next sends it again first.
+    ///
+    /// The entry is written durably (`synchronous = FULL` for this one commit, which also makes
+    /// every earlier commit of the file durable), so not even a power cut loses a request that
+    /// may reach D1; marks may stay `NORMAL`: a lost mark leaves its request journaled, and
+    /// the ledger answers for it when it goes again.
     pub(crate) fn journal(&self, conn: &Connection, ids: &[i64]) -> Result<RequestId> {
         let stream = self.stream(conn)?;
         let mut id = RequestId::new(stream, 0);
-        conn.prepare_cached(&format!(
-            "INSERT INTO {} (nonce, ids, created_at) VALUES (?1, ?2, ?3)",
-            self.journal
-        ))?
-        .execute(params![id.nonce, ids_json(ids), now_ms()])?;
+        let level: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+        conn.execute_batch("PRAGMA synchronous = FULL")?;
+        let inserted = conn
+            .prepare_cached(&format!(
+                "INSERT INTO {} (nonce, ids, created_at) VALUES (?1, ?2, ?3)",
+                self.journal
+            ))
+            .and_then(|mut s| s.execute(params![id.nonce, ids_json(ids), now_ms()]));
+        conn.execute_batch(&format!("PRAGMA synchronous = {level}"))?;
+        inserted?;
         id.seq = conn.last_insert_rowid();
         Ok(id)
     }

@@ -179,11 +179,11 @@ impl WorkerBuilder {
 }
 
 fn open_queue_connection(path: &Path) -> Result<Connection> {
-    // The worker's own writes (marks, charges, the journal) need not be FULL: a mark lost to a
-    // power cut leaves its request journaled, and D1's ledger recognises it when it goes again.
-    // A journal entry lost with it belongs to a request whose records are still pending and
-    // whose answer was never read, so they go again under a new id: the one case in which a
-    // power cut (not a crash) can apply a request twice.
+    // The worker's own writes (marks, charges) need not be FULL: a mark lost to a power cut
+    // leaves its request journaled, and D1's ledger recognises it when it goes again. The
+    // journal entry itself is written FULL (see `Outbox::journal`), which also makes the marks
+    // before it durable, so at most the last two requests' marks can be lost, well inside the
+    // ledger's slots.
     let conn = crate::outbox::open_with(path, "NORMAL")?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
