@@ -175,7 +175,10 @@ fn ensure_ledger(conn: &Connection, ready: &AtomicBool) -> Result<(), TargetErro
 
 /// A missing ledger (dropped by hand) is made again before the retry; the request is not
 /// charged.
-fn ledger_missing(answer: Result<Applied, TargetError>, ready: &AtomicBool) -> Result<Applied, TargetError> {
+fn ledger_missing(
+    answer: Result<Applied, TargetError>,
+    ready: &AtomicBool,
+) -> Result<Applied, TargetError> {
     match answer {
         Err(TargetError::Rejected(m)) if ledger::is_missing(&m) => {
             ready.store(false, Ordering::Release);

@@ -137,11 +137,17 @@ pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool
         Some(r) => r,
         None if seg.id.is_some() => pack_one(&seg.changes, &limits, with_sql),
         None => {
-            let mut parts = segments(std::mem::take(&mut seg.changes), &limits, with_sql);
-            for p in parts.drain(1..).rev() {
+            // A half of a split, or a segment some changes were held out of: packed again, and
+            // if it no longer fits one request, the rest goes back to the front of the plan.
+            let mut parts =
+                segments(std::mem::take(&mut seg.changes), &limits, with_sql).into_iter();
+            let Some(first) = parts.next() else {
+                return TickEnd::Progress { acked: false };
+            };
+            for p in parts.rev() {
                 st.plan.push_front(p);
             }
-            seg = parts.remove(0);
+            seg = first;
             seg.request
                 .take()
                 .unwrap_or_else(|| pack_one(&seg.changes, &limits, with_sql))
