@@ -11,9 +11,10 @@ use crate::error::CliError;
 
 #[derive(Args)]
 pub struct GenerateArgs {
-    /// A `.sql` file or a folder of migrations applied in name order.
-    #[arg(long, default_value = "migrations")]
-    schema: PathBuf,
+    /// A `.sql` file or a folder of migrations, applied in wrangler's order (default: the
+    /// wrangler configuration's migrations_dir, else `migrations`).
+    #[arg(long)]
+    schema: Option<PathBuf>,
     /// The Rust file to write.
     #[arg(long)]
     out: PathBuf,
@@ -39,9 +40,13 @@ pub struct GenerateArgs {
     /// No insert-only columns.
     #[arg(long, conflicts_with = "insert_only")]
     no_insert_only: bool,
+    #[command(flatten)]
+    config: crate::config::ConfigArgs,
 }
 
 pub fn run(a: &GenerateArgs) -> Result<ExitCode, CliError> {
+    let project = crate::config::load(&a.config)?;
+    let schema = crate::target::schema_dir(a.schema.as_deref(), project.as_ref());
     let mut type_overrides = BTreeMap::new();
     for t in &a.types {
         let (k, v) = t.split_once('=').ok_or_else(|| {
@@ -53,7 +58,7 @@ pub fn run(a: &GenerateArgs) -> Result<ExitCode, CliError> {
         schema_attr: a
             .schema_attr
             .clone()
-            .unwrap_or_else(|| a.schema.to_string_lossy().into_owned()),
+            .unwrap_or_else(|| schema.to_string_lossy().into_owned()),
         tables: a.tables.clone(),
         derives: a.derives.clone(),
         type_overrides,
@@ -63,7 +68,7 @@ pub fn run(a: &GenerateArgs) -> Result<ExitCode, CliError> {
             a.insert_only.clone()
         },
     };
-    let code = codegen::generate(&a.schema, &opts).map_err(|e| match e {
+    let code = codegen::generate(&schema, &opts).map_err(|e| match e {
         codegen::CodegenError::Schema(s) => CliError::Failed(s.to_string()),
         other => CliError::Usage(other.to_string()),
     })?;

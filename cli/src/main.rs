@@ -1,9 +1,11 @@
 //! `d1sync`: generate row structs from D1 migrations, inspect and operate an outbox, push it
 //! to D1, and run the demo.
 
+mod config;
 mod demo;
 mod error;
 mod generate;
+mod migrate;
 mod outbox_cmds;
 mod push;
 mod target;
@@ -52,6 +54,12 @@ enum Command {
         after_help = "Example:\n  CLOUDFLARE_ACCOUNT_ID=... CLOUDFLARE_API_TOKEN=... D1_DATABASE_ID=... d1sync run --db app.db --target d1"
     )]
     Run(push::PushArgs),
+    /// Apply the migrations folder to D1 (or the app's file with --local), recorded as
+    /// wrangler records them; `migrate list` shows both sides.
+    #[command(
+        after_help = "Examples:\n  d1sync migrate --dry-run\n  d1sync migrate                       # D1, from wrangler.toml / wrangler.jsonc and the environment\n  d1sync migrate --local --db app.db\n  d1sync migrate list --db app.db"
+    )]
+    Migrate(migrate::MigrateArgs),
     /// Build a demo app database from the example migrations, write a realistic workload and
     /// drain it to a local SQLite file (or D1), then verify every table.
     #[command(
@@ -83,6 +91,7 @@ fn main() -> ExitCode {
         Command::Push(a) => runtime().and_then(|rt| rt.block_on(push::push(&a))),
         Command::Run(a) => runtime().and_then(|rt| rt.block_on(push::run(&a))),
         Command::Demo(a) => runtime().and_then(|rt| rt.block_on(demo::run(&a))),
+        Command::Migrate(a) => runtime().and_then(|rt| rt.block_on(migrate::run(&a))),
     };
     match result {
         Ok(code) => code,

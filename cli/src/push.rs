@@ -10,18 +10,20 @@ use clap::Args;
 use d1_sync::{Registry, SyncWorker, Target, WorkerState};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::config::ConfigArgs;
 use crate::error::CliError;
 use crate::outbox_cmds::human;
-use crate::target::{open_app_db, open_target, TargetSpec};
+use crate::target::{open_app_db, open_target, schema_dir, TargetSpec};
 
 #[derive(Args)]
 pub struct PushArgs {
     /// The application's SQLite file.
     #[arg(long)]
     db: PathBuf,
-    /// Schema files (a `.sql` file or a folder of migrations): the tables the worker may write.
-    #[arg(long, default_value = "migrations")]
-    schema: PathBuf,
+    /// Schema files (a `.sql` file or a folder of migrations): the tables the worker may write
+    /// (default: the wrangler configuration's migrations_dir, else `migrations`).
+    #[arg(long)]
+    schema: Option<PathBuf>,
     /// `d1` (with CLOUDFLARE_ACCOUNT_ID, CLOUDFLARE_API_TOKEN, D1_DATABASE_ID) or `sqlite:PATH`.
     #[arg(long, default_value = "d1")]
     target: TargetSpec,
@@ -37,17 +39,18 @@ pub struct PushArgs {
     /// `push`: give up when the target stays unreachable this long (seconds).
     #[arg(long, default_value_t = 30)]
     give_up_after: u64,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
-fn registry(a: &PushArgs) -> Result<Registry, CliError> {
-    let schema =
-        d1_sync::schema::load_schema(&a.schema).map_err(|e| CliError::Usage(e.to_string()))?;
+fn registry(a: &PushArgs, dir: &std::path::Path) -> Result<Registry, CliError> {
+    let schema = d1_sync::schema::load_schema(dir).map_err(|e| CliError::Usage(e.to_string()))?;
     let insert_only: Vec<&str> = a.insert_only.iter().map(String::as_str).collect();
     let r = Registry::from_schema(&schema, &insert_only);
     if r.is_empty() {
         return Err(CliError::Usage(format!(
             "the schema at `{}` has no table with a primary key to sync",
-            a.schema.display()
+            dir.display()
         )));
     }
     Ok(r)
@@ -56,10 +59,15 @@ fn registry(a: &PushArgs) -> Result<Registry, CliError> {
 fn worker(a: &PushArgs) -> Result<(SyncWorker, Arc<dyn Target>), CliError> {
     // Refuses a missing file, a non-SQLite file or a too new queue before anything is created.
     drop(open_app_db(&a.db, &a.queue_table)?);
-    let registry = registry(a)?;
-    let target = open_target(&a.target, a.d1_base_url.as_deref())?;
-    let w = SyncWorker::builder(&a.db, target.clone())
-        .registry(registry)
+    let project = crate::config::load(&a.config)?;
+    let dir = schema_dir(a.schema.as_deref(), project.as_ref());
+    let registry = registry(a, &dir)?;
+    let target = open_target(&a.target, a.d1_base_url.as_deref(), project.as_ref())?;
+    let mut w = SyncWorker::builder(&a.db, target.clone()).registry(registry);
+    if let Some(p) = &project {
+        w = w.migrations_table(&p.migrations_table);
+    }
+    let w = w
         .outbox(d1_sync::Outbox::with_table(&a.queue_table))
         .poll_interval(Duration::from_millis(200))
         .build()?;

@@ -69,17 +69,71 @@ impl std::str::FromStr for TargetSpec {
 /// A D1 client from `CLOUDFLARE_ACCOUNT_ID`, `CLOUDFLARE_API_TOKEN`, `D1_DATABASE_ID`, with
 /// `base_url` (or `D1_BASE_URL`) overriding the API address.
 pub fn d1_from_env(base_url: Option<&str>) -> Result<Arc<D1Http>, CliError> {
-    let mut config = D1Config::from_env().map_err(|e| CliError::Usage(e.to_string()))?;
-    if let Some(b) = base_url {
-        config.base_url = b.to_string();
+    d1_client(base_url, None)
+}
+
+/// A D1 client: the account and the token from the environment (`CLOUDFLARE_ACCOUNT_ID`,
+/// `CLOUDFLARE_API_TOKEN`), the database from `D1_DATABASE_ID` or else the project's wrangler
+/// configuration, and `base_url` (or `D1_BASE_URL`) overriding the API address.
+pub fn d1_client(
+    base_url: Option<&str>,
+    project: Option<&crate::config::Database>,
+) -> Result<Arc<D1Http>, CliError> {
+    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    let database = get("D1_DATABASE_ID").or_else(|| project.and_then(|p| p.database_id.clone()));
+    let mut missing = Vec::new();
+    for (value, name) in [
+        (get("CLOUDFLARE_ACCOUNT_ID"), "CLOUDFLARE_ACCOUNT_ID"),
+        (get("CLOUDFLARE_API_TOKEN"), "CLOUDFLARE_API_TOKEN"),
+    ] {
+        if value.is_none() {
+            missing.push(name.to_string());
+        }
+    }
+    if database.is_none() {
+        missing.push(match project {
+            Some(p) => format!(
+                "D1_DATABASE_ID (or database_id for binding `{}` in `{}`)",
+                p.binding,
+                p.file.display()
+            ),
+            None => "D1_DATABASE_ID".to_string(),
+        });
+    }
+    if !missing.is_empty() {
+        return Err(CliError::Usage(format!(
+            "D1 target: set {} (and D1_BASE_URL for a local D1)",
+            missing.join(", ")
+        )));
+    }
+    let mut config = D1Config::new(
+        get("CLOUDFLARE_ACCOUNT_ID").unwrap_or_default(),
+        database.unwrap_or_default(),
+        get("CLOUDFLARE_API_TOKEN").unwrap_or_default(),
+    );
+    if let Some(b) = base_url.map(str::to_string).or_else(|| get("D1_BASE_URL")) {
+        config.base_url = b;
     }
     D1Http::new(config).map(Arc::new).map_err(CliError::from)
 }
 
+/// The migrations folder: the one given, else the project's `migrations_dir`, else
+/// `migrations`.
+pub fn schema_dir(given: Option<&Path>, project: Option<&crate::config::Database>) -> PathBuf {
+    given
+        .map(Path::to_path_buf)
+        .or_else(|| project.map(|p| p.migrations_dir.clone()))
+        .unwrap_or_else(|| PathBuf::from(d1_sync::schema::migrations::DEFAULT_DIR))
+}
+
 /// Builds the target a spec names.
-pub fn open_target(spec: &TargetSpec, base_url: Option<&str>) -> Result<Arc<dyn Target>, CliError> {
+pub fn open_target(
+    spec: &TargetSpec,
+    base_url: Option<&str>,
+    project: Option<&crate::config::Database>,
+) -> Result<Arc<dyn Target>, CliError> {
     match spec {
-        TargetSpec::D1 => Ok(d1_from_env(base_url)?),
+        TargetSpec::D1 => Ok(d1_client(base_url, project)?),
         TargetSpec::Sqlite(p) => Ok(Arc::new(SqliteTarget::open(p)?)),
     }
 }

@@ -28,6 +28,7 @@
 pub mod ledger;
 pub mod limits;
 pub mod load;
+pub mod migrations;
 pub mod model;
 pub mod names;
 pub mod sql;

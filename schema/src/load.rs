@@ -57,7 +57,8 @@ pub enum SchemaError {
 }
 
 /// The `.sql` files `path` names: the file itself, or a folder's `*.sql` files (not
-/// recursive) sorted by name, as D1 applies migrations.
+/// recursive) in the order wrangler applies D1 migrations: by the number their name starts
+/// with (`0002_x.sql` before `10_y.sql`), then by name.
 pub fn schema_files(path: &Path) -> Result<Vec<PathBuf>, SchemaError> {
     let io = |source| SchemaError::Io {
         path: path.to_path_buf(),
@@ -79,8 +80,12 @@ pub fn schema_files(path: &Path) -> Result<Vec<PathBuf>, SchemaError> {
             path: path.to_path_buf(),
         });
     }
-    files.sort();
+    files.sort_by(|a, b| crate::migrations::order(file_name(a), file_name(b)));
     Ok(files)
+}
+
+fn file_name(p: &Path) -> &str {
+    p.file_name().and_then(|n| n.to_str()).unwrap_or_default()
 }
 
 /// Loads the schema that the files at `path` (a `.sql` file or a folder of them) leave.
@@ -159,6 +164,17 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 /// Runs every statement of one file; on failure reports where in the file it was.
 fn apply_file(conn: &Connection, file: &Path, text: &str) -> Result<(), SchemaError> {
+    apply_statements(conn, file, text, &mut |_| {})
+}
+
+/// Runs the statements of `text` (the file `file`) one by one, handing each statement's text
+/// to `each` once it ran; an error names the file, line and column.
+pub(crate) fn apply_statements(
+    conn: &Connection,
+    file: &Path,
+    text: &str,
+    each: &mut dyn FnMut(&str),
+) -> Result<(), SchemaError> {
     let mut batch = Batch::new(conn, text);
     // Where the statement being run starts, to place errors that carry no offset.
     let mut cursor = 0usize;
@@ -201,6 +217,7 @@ fn apply_file(conn: &Connection, file: &Path, text: &str) -> Result<(), SchemaEr
         if let Err(e) = result {
             return Err(fail(start, sqlite_message(&e)));
         }
+        each(stmt_text.trim());
         cursor = start + stmt_text.trim().len();
     }
 }

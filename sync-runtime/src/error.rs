@@ -61,6 +61,30 @@ pub enum Error {
     /// The worker is not running (never started, or shut down).
     #[error("the sync worker is not running")]
     NotRunning,
+    /// The migration files could not be read, or SQLite refuses one of them.
+    #[error("migrations: {0}")]
+    Migrations(#[from] d1_sync_schema::SchemaError),
+    /// A migration failed where it was applied; nothing of it was recorded.
+    #[error("migration `{name}` failed on {target}: {message}; nothing of it was applied")]
+    MigrationFailed {
+        /// The file name.
+        name: String,
+        /// Where: the app's file or D1.
+        target: String,
+        /// The database's message.
+        message: String,
+    },
+    /// A database records migrations that the folder does not have.
+    #[error("{target} records migration(s) {} that the migrations folder lacks: restore the file(s), or the folder is not this database's", names.join(", "))]
+    MigrationsMissing {
+        /// Where: the app's file or D1.
+        target: String,
+        /// The names recorded there and missing here.
+        names: Vec<String>,
+    },
+    /// D1 could not be reached or refused a request (set-up, migrations).
+    #[error("D1: {0}")]
+    Target(#[from] crate::target::TargetError),
 }
 
 /// `Result` with [`Error`].

@@ -366,6 +366,33 @@ impl Target for D1Http {
             self.config.database_id, self.config.base_url
         )
     }
+
+    fn applied_migrations<'a>(
+        &'a self,
+        table: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<String>>, TargetError>> {
+        Box::pin(async move {
+            let sql = d1_sync_schema::migrations::applied_sql(table);
+            match self.query(&[Statement::new(sql)]).await {
+                Ok(result) => Ok(Some(
+                    result
+                        .first()
+                        .and_then(|r| r.get("results"))
+                        .and_then(|r| r.as_array())
+                        .map(|rows| {
+                            rows.iter()
+                                .filter_map(|row| row.get("name")?.as_str().map(String::from))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                )),
+                Err(TargetError::Rejected(m)) if m.contains("no such table") => {
+                    Ok(Some(Vec::new()))
+                }
+                Err(e) => Err(e),
+            }
+        })
+    }
 }
 
 #[cfg(test)]

@@ -57,6 +57,18 @@ pub trait Target: Send + Sync + 'static {
 
     /// A short description for logs and reports (never a secret).
     fn describe(&self) -> String;
+
+    /// The names of the migrations the database records as applied in `table` (wrangler's
+    /// `d1_migrations`), in the order applied: empty when it has no such table, `None` when the
+    /// target cannot tell. The worker asks when a record is refused for a missing table or
+    /// column, to wait for a migration instead of charging the record.
+    fn applied_migrations<'a>(
+        &'a self,
+        table: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<String>>, TargetError>> {
+        let _ = table;
+        Box::pin(async { Ok(None) })
+    }
 }
 
 macro_rules! forward_target {
@@ -76,6 +88,12 @@ macro_rules! forward_target {
             }
             fn describe(&self) -> String {
                 (**self).describe()
+            }
+            fn applied_migrations<'a>(
+                &'a self,
+                table: &'a str,
+            ) -> BoxFuture<'a, Result<Option<Vec<String>>, TargetError>> {
+                (**self).applied_migrations(table)
             }
         }
     };
@@ -119,4 +137,17 @@ pub enum TargetError {
     /// back; some record in it is at fault, and the worker splits the request to find it.
     #[error("rejected: {0}")]
     Rejected(String),
+    /// The request was refused for a missing table or column, and the database lacks
+    /// migrations the application's file has applied: the worker pauses, charges nothing, and
+    /// goes on by itself once they are applied.
+    #[error("D1 lacks migration {}; run `d1sync migrate`", .0.join(", "))]
+    MissingMigrations(Vec<String>),
+}
+
+/// Whether a refusal says a table or column is missing: the database may be behind the
+/// application's migrations.
+pub fn is_schema_error(message: &str) -> bool {
+    ["no such table", "no such column", "has no column named"]
+        .iter()
+        .any(|m| message.contains(m))
 }

@@ -279,4 +279,16 @@ impl Target for SqliteTarget {
     fn describe(&self) -> String {
         format!("SQLite file {}", self.path.display())
     }
+
+    fn applied_migrations<'a>(
+        &'a self,
+        table: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<String>>, TargetError>> {
+        let (conn, table) = (self.conn.clone(), table.to_string());
+        Box::pin(blocking(move || {
+            crate::migrate::recorded_local(&lock(&conn), &table)
+                .map(|r| Some(r.names))
+                .map_err(|e| TargetError::Transient(e.to_string()))
+        }))
+    }
 }

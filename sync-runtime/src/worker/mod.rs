@@ -55,8 +55,13 @@ pub struct WorkerConfig {
     pub lease: Duration,
     /// How long `shutdown` waits for the request in flight (default 10 s).
     pub shutdown_timeout: Duration,
-    /// How long to pause after refused credentials or configuration (default 60 s).
+    /// How long to pause after refused credentials or configuration, or while D1 lacks a
+    /// migration the application's file has (default 60 s).
     pub pause: Duration,
+    /// The migrations table of the application's file and of D1 (default `d1_migrations`, as
+    /// wrangler names it). When D1 refuses a record for a missing table or column and lacks a
+    /// migration the app's file records there, the worker pauses instead of charging it.
+    pub migrations_table: String,
 }
 
 impl Default for WorkerConfig {
@@ -70,6 +75,7 @@ impl Default for WorkerConfig {
             lease: Duration::from_secs(45),
             shutdown_timeout: Duration::from_secs(10),
             pause: Duration::from_secs(60),
+            migrations_table: d1_sync_schema::migrations::DEFAULT_TABLE.to_string(),
         }
     }
 }
@@ -138,6 +144,12 @@ impl WorkerBuilder {
         shutdown_timeout: Duration);
     setter!(/// See [`WorkerConfig::pause`].
         pause: Duration);
+
+    /// See [`WorkerConfig::migrations_table`].
+    pub fn migrations_table(mut self, table: impl Into<String>) -> Self {
+        self.config.migrations_table = table.into();
+        self
+    }
 
     /// Opens the database, installs the outbox and returns the (not yet started) worker.
     pub fn build(self) -> Result<SyncWorker> {

@@ -65,9 +65,9 @@ pub(super) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
             TickEnd::Failed(e) => {
                 failures = failures.saturating_add(1);
                 let (delay, paused) = match &e {
-                    TargetError::Auth { .. } | TargetError::Config { .. } => {
-                        (inner.config.pause, true)
-                    }
+                    TargetError::Auth { .. }
+                    | TargetError::Config { .. }
+                    | TargetError::MissingMigrations(_) => (inner.config.pause, true),
                     TargetError::RateLimited { retry_after, .. } => (
                         inner
                             .config

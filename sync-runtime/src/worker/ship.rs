@@ -239,6 +239,23 @@ pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool
         Err(TargetError::Rejected(message)) => {
             lock(&inner.live).requests_failed += 1;
             drop_read_ahead(inner, next).await;
+            if crate::target::is_schema_error(&message) {
+                match missing_migrations(inner).await {
+                    Ok(missing) if !missing.is_empty() => {
+                        // Not the records' fault: D1 is behind the app's migrations. The
+                        // request waits, unchanged and uncharged, until they are applied.
+                        seg.request = Some(request);
+                        st.plan.push_front(seg);
+                        return TickEnd::Failed(TargetError::MissingMigrations(missing));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        seg.request = Some(request);
+                        st.plan.push_front(seg);
+                        return TickEnd::Failed(e);
+                    }
+                }
+            }
             // D1 rolled the whole request back: it is certainly not applied.
             if let Err(e) = db(inner, move |o, c| o.unjournal(c, id.seq)).await {
                 return local(e);
@@ -532,6 +549,28 @@ async fn charge(inner: &Arc<Inner>, st: &mut ShipState, c: &Change, message: Str
         live.records_failed += 1;
     }
     Ok(())
+}
+
+/// The migrations the application's file records and the target lacks (none when the target
+/// cannot tell, or the app's file records none).
+async fn missing_migrations(inner: &Arc<Inner>) -> Result<Vec<String>, TargetError> {
+    let table = inner.config.migrations_table.clone();
+    let local = db(inner, move |_, c| {
+        crate::migrate::recorded_local(c, &table).map(|r| r.names)
+    })
+    .await
+    .map_err(|e| TargetError::Transient(format!("local queue: {e}")))?;
+    if local.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some(remote) = inner
+        .target
+        .applied_migrations(&inner.config.migrations_table)
+        .await?
+    else {
+        return Ok(Vec::new());
+    };
+    Ok(local.into_iter().filter(|n| !remote.contains(n)).collect())
 }
 
 /// When a record held behind a dead letter is looked at again.
