@@ -41,6 +41,7 @@ fn every_command_has_help_with_an_example() {
         vec!["push"],
         vec!["run"],
         vec!["demo"],
+        vec!["migrate"],
     ] {
         let (code, out, _) = run(d1sync().args(&cmd).arg("--help"));
         assert_eq!(code, 0, "{cmd:?}");
@@ -133,11 +134,18 @@ fn demo_against_local_d1_under_a_steady_fifth_of_faults() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
-        peer.set_faults(&db, &["503"]).await;
-        peer.set_random_faults(&db, 0.2, &["429", "500", "503", "after", "after"])
-            .await;
-    });
+    // A fixed plan for the first requests (the set-up among them), so every kind is served
+    // whatever the dice say; then a fifth at random for the rest of the run.
+    let plan = [
+        "503", "ok", "ok", "after", "ok", "500", "ok", "ok", "after", "ok", "429", "ok", "503",
+        "ok", "after",
+    ];
+    rt.block_on(peer.set_plan_then_random_faults(
+        &db,
+        &plan,
+        0.2,
+        &["429", "500", "503", "after", "after"],
+    ));
     let dir = tempfile::tempdir().unwrap();
     let (code, out, err) = run(d1sync()
         .args([
@@ -160,9 +168,10 @@ fn demo_against_local_d1_under_a_steady_fifth_of_faults() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("failed     0 records"), "{out}");
     assert!(out.contains("verified   all 7 tables equal"), "{out}");
+    let served = |k: &str| stats.faults.get(k).copied().unwrap_or(0);
     assert!(
-        stats.faults.get("503").copied().unwrap_or(0) >= 1 && stats.faults.len() >= 3,
-        "faults were served throughout: {:?}",
+        served("503") >= 2 && served("after") >= 3 && served("500") >= 1 && served("429") >= 1,
+        "the planned faults were served: {:?}",
         stats.faults
     );
 }
@@ -452,4 +461,227 @@ fn clear_errors_for_bad_databases_and_arguments() {
     let (code, _, err) = run(d1sync().args(["push", "--db", "x.db", "--target", "postgres"]));
     assert_eq!(code, 2);
     assert!(err.contains("use `d1` or `sqlite:PATH`"), "{err}");
+}
+
+/// A project folder: the example migrations (with `extra` files) and a wrangler
+/// configuration file `config_name` holding `config`.
+fn project(config_name: &str, config: &str, extra: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let migrations = dir.path().join("db/migrations");
+    std::fs::create_dir_all(&migrations).unwrap();
+    for f in std::fs::read_dir(d1_sync_example::migrations_dir()).unwrap() {
+        let p = f.unwrap().path();
+        std::fs::copy(&p, migrations.join(p.file_name().unwrap())).unwrap();
+    }
+    for (name, sql) in extra {
+        std::fs::write(migrations.join(name), sql).unwrap();
+    }
+    std::fs::write(dir.path().join(config_name), config).unwrap();
+    dir
+}
+
+/// `d1sync` in `dir`, with the credentials of the local D1 and nothing else.
+fn in_project(dir: &Path) -> Command {
+    let mut c = d1sync();
+    c.current_dir(dir)
+        .env("CLOUDFLARE_ACCOUNT_ID", "test-account")
+        .env("CLOUDFLARE_API_TOKEN", "test-token")
+        .env("D1_BASE_URL", &D1Peer::shared().base_url);
+    c
+}
+
+fn d1_names(db: &d1_sync_tests::d1peer::TestDb) -> Vec<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(d1_sync::migrate::recorded_d1(&db.client(), "d1_migrations"))
+        .unwrap()
+        .names
+}
+
+/// wrangler.jsonc, a wrangler-written `d1_migrations` on D1, migrate twice, then list.
+#[test]
+fn migrate_continues_where_wrangler_left_off_and_a_second_run_does_nothing() {
+    let db = D1Peer::shared().database();
+    let dir = project(
+        "wrangler.jsonc",
+        &format!(
+            r#"{{
+              // the project
+              "name": "app",
+              "d1_databases": [
+                {{ "binding": "DB", "database_name": "app", "database_id": "{}", "migrations_dir": "db/migrations", }},
+              ],
+            }}"#,
+            db.id
+        ),
+        &[],
+    );
+    // What `wrangler d1 migrations apply` leaves after the first file: its table, the file's
+    // effects, and its row.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let first =
+        std::fs::read_to_string(dir.path().join("db/migrations/0001_messages.sql")).unwrap();
+    let wrangler = format!(
+        "CREATE TABLE IF NOT EXISTS d1_migrations(\n  id INTEGER PRIMARY KEY AUTOINCREMENT,\n  name TEXT UNIQUE,\n  applied_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP NOT NULL\n);\n{first}\nINSERT INTO d1_migrations (name) values ('0001_messages.sql');"
+    );
+    rt.block_on(
+        db.client()
+            .query(&[d1_sync::target::Statement::new(wrangler)]),
+    )
+    .unwrap();
+
+    let (code, out, err) = run(in_project(dir.path()).args(["migrate", "--dry-run"]));
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("D1: would apply 0002_sessions.sql"), "{out}");
+    assert!(!out.contains("0001_messages.sql"), "{out}");
+    assert_eq!(
+        d1_names(&db),
+        ["0001_messages.sql"],
+        "a dry run applies nothing"
+    );
+
+    let (code, out, err) = run(in_project(dir.path()).arg("migrate"));
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(out.matches("D1: applied").count(), 4, "{out}");
+    assert_eq!(
+        d1_names(&db),
+        [
+            "0001_messages.sql",
+            "0002_sessions.sql",
+            "0003_conversations.sql",
+            "0004_policy_state.sql",
+            "0005_message_organization.sql"
+        ]
+    );
+    let (code, out, _) = run(in_project(dir.path()).arg("migrate"));
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), "D1: no migrations to apply (5 applied)");
+
+    // The app's file, from the same folder.
+    let app = dir.path().join("app.db");
+    drop(d1_sync::open(&app).unwrap());
+    let (code, out, err) = run(in_project(dir.path())
+        .args(["migrate", "--local", "--db"])
+        .arg(&app));
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(out.matches("applied").count(), 5, "{out}");
+    let (code, out, err) = run(in_project(dir.path())
+        .args(["migrate", "list", "--db"])
+        .arg(&app));
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.contains("applied   applied"))
+            .count(),
+        5,
+        "{out}"
+    );
+}
+
+/// wrangler.toml with an environment; a migration D1 refuses; files that changed or vanished.
+#[test]
+fn migrate_reads_toml_environments_and_refuses_what_it_cannot_apply() {
+    let (main, staging) = (D1Peer::shared().database(), D1Peer::shared().database());
+    let config = format!(
+        r#"
+        name = "app"
+        [[d1_databases]]
+        binding = "DB"
+        database_id = "{}"
+        migrations_dir = "db/migrations"
+
+        [env.staging]
+        [[env.staging.d1_databases]]
+        binding = "DB"
+        database_id = "{}"
+        migrations_dir = "db/migrations"
+        "#,
+        main.id, staging.id
+    );
+    let dir = project(
+        "wrangler.toml",
+        &config,
+        &[(
+            "0006_seed.sql",
+            "CREATE TABLE seeds (id INTEGER PRIMARY KEY); INSERT INTO seeds VALUES (1);",
+        )],
+    );
+    let (code, out, err) = run(in_project(dir.path()).args(["migrate", "--env", "staging"]));
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(d1_names(&staging).len(), 6);
+    assert!(
+        d1_names(&main).is_empty(),
+        "the environment does not touch the top level"
+    );
+
+    // D1 already has a table the next migration creates: it fails, and nothing of it stays.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(main.client().query(&[d1_sync::target::Statement::new(
+        "CREATE TABLE seeds (x TEXT)",
+    )]))
+    .unwrap();
+    let (code, out, err) = run(in_project(dir.path()).arg("migrate"));
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("migration `0006_seed.sql` failed on D1") && err.contains("already exists"),
+        "{err}"
+    );
+    assert_eq!(
+        d1_names(&main).len(),
+        5,
+        "the failing migration is not recorded"
+    );
+
+    // A changed file is a warning; a recorded file missing from the folder is an error.
+    std::fs::write(
+        dir.path().join("db/migrations/0002_sessions.sql"),
+        "-- edited after it was applied\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(in_project(dir.path()).args(["migrate", "--env", "staging"]));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: `0002_sessions.sql` changed after it was applied"),
+        "{err}"
+    );
+    std::fs::remove_file(dir.path().join("db/migrations/0006_seed.sql")).unwrap();
+    let (code, _, err) = run(in_project(dir.path()).args(["migrate", "--env", "staging"]));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("D1 records migration(s) 0006_seed.sql that the migrations folder lacks"),
+        "{err}"
+    );
+
+    // Bad configuration: one clear line each, exit 2.
+    for (args, says) in [
+        (
+            vec!["migrate", "--binding", "NOPE"],
+            "no D1 database with binding or name `NOPE` (it has: DB)",
+        ),
+        (
+            vec!["migrate", "--env", "prod"],
+            "has no environment `prod`",
+        ),
+    ] {
+        let (code, _, err) = run(in_project(dir.path()).args(&args));
+        assert_eq!((code, err.lines().count()), (2, 1), "{err}");
+        assert!(err.contains(says), "{err}");
+    }
+    std::fs::write(
+        dir.path().join("wrangler.toml"),
+        "[[d1_databases]\nbinding =",
+    )
+    .unwrap();
+    let (code, _, err) = run(in_project(dir.path()).arg("migrate"));
+    assert_eq!((code, err.lines().count()), (2, 1), "{err}");
+    assert!(err.contains("`wrangler.toml` is not valid TOML"), "{err}");
 }

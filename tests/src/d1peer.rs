@@ -221,6 +221,22 @@ impl D1Peer {
             .await;
     }
 
+    /// Serves `plan` first, then answers a share `rate` of `db`'s requests with a fault of
+    /// `kinds`, at random.
+    pub async fn set_plan_then_random_faults(
+        &self,
+        db: &TestDb,
+        plan: &[&str],
+        rate: f64,
+        kinds: &[&str],
+    ) {
+        self.post_faults(
+            db,
+            serde_json::json!({ "plan": plan, "random": { "rate": rate, "kinds": kinds } }),
+        )
+        .await;
+    }
+
     /// Answers a share `rate` of `db`'s requests with a fault of `kinds`, at random.
     pub async fn set_random_faults(&self, db: &TestDb, rate: f64, kinds: &[&str]) {
         self.post_faults(
