@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
-use d1_sync::rusqlite::Connection;
-use d1_sync::target::Statement;
 use d1_sync::{Outbox, SqliteTarget, SyncWorker, Target};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -95,24 +93,10 @@ fn prepare_dir(dir: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The example schema's DDL, replayable on a database that may already have it.
-fn demo_ddl() -> Result<Vec<String>, CliError> {
-    let conn = Connection::open_in_memory().map_err(|e| CliError::Failed(e.to_string()))?;
-    d1_sync_example::apply_migrations(&conn).map_err(|e| CliError::Failed(e.to_string()))?;
-    let mut stmt = conn
-        .prepare("SELECT sql FROM sqlite_schema WHERE sql IS NOT NULL ORDER BY rowid")
-        .map_err(|e| CliError::Failed(e.to_string()))?;
-    let ddl = stmt
-        .query_map([], |r| r.get::<_, String>(0))
-        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| CliError::Failed(e.to_string()))?;
-    Ok(ddl
-        .into_iter()
-        .map(|s| {
-            s.replacen("CREATE TABLE ", "CREATE TABLE IF NOT EXISTS ", 1)
-                .replacen("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1)
-        })
-        .collect())
+/// The example migrations, embedded in the binary.
+fn demo_migrations() -> Result<Vec<d1_sync::schema::migrations::Migration>, CliError> {
+    d1_sync::schema::migrations::from_texts(d1_sync_example::MIGRATIONS)
+        .map_err(|e| CliError::Failed(format!("the demo's migrations: {e}")))
 }
 
 enum Remote {
@@ -154,25 +138,22 @@ pub async fn run(a: &DemoArgs) -> Result<ExitCode, CliError> {
     };
     prepare_dir(&a.dir)?;
     let app_path = a.dir.join("app.db");
+    // One set of migrations for the app's file and the target, recorded as wrangler does.
+    let migrations = demo_migrations()?;
+    let table = d1_sync::schema::migrations::DEFAULT_TABLE;
     let mut app = d1_sync::open(&app_path)?;
-    d1_sync_example::apply_migrations(&app)
-        .map_err(|e| CliError::Failed(format!("creating the demo tables: {e}")))?;
-
-    let ddl = demo_ddl()?;
+    d1_sync::migrate::migrate_local(&app, &migrations, table, false)?;
     let remote = match remote {
         None => {
             let t = SqliteTarget::open(a.dir.join("target.db"))?;
-            t.with_connection(|c| ddl.iter().try_for_each(|s| c.execute_batch(s)))
-                .map_err(|e| CliError::Failed(format!("creating the target tables: {e}")))?;
+            t.with_connection(|c| d1_sync::migrate::migrate_local(c, &migrations, table, false))?;
             Remote::Sqlite(Arc::new(t))
         }
         Some(d1) => {
-            let statements: Vec<Statement> =
-                ddl.iter().map(|s| Statement::new(s.as_str())).collect();
-            // Set-up retries transient failures and rate limits (the DDL is safe to repeat).
-            d1.query_retrying(&statements, Duration::from_secs(120))
+            // Set-up requests retry transient failures and rate limits.
+            d1_sync::migrate::migrate_d1(&d1, &migrations, table, false)
                 .await
-                .map_err(|e| CliError::Failed(format!("creating the demo tables on D1: {e}")))?;
+                .map_err(|e| CliError::Failed(format!("migrating the demo's D1: {e}")))?;
             Remote::D1(d1)
         }
     };

@@ -87,6 +87,25 @@ pub fn load(dir: &Path) -> Result<Vec<Migration>, SchemaError> {
     Ok(out)
 }
 
+/// [`load`] for migrations held in memory (`(file name, SQL)`, e.g. `include_str!`ed), in
+/// the order given.
+pub fn from_texts(files: &[(&str, &str)]) -> Result<Vec<Migration>, SchemaError> {
+    let conn = Connection::open_in_memory()?;
+    let mut out = Vec::with_capacity(files.len());
+    for (name, text) in files {
+        let path = PathBuf::from(name);
+        let mut statements = Vec::new();
+        apply_statements(&conn, &path, text, &mut |s| statements.push(s.to_string()))?;
+        out.push(Migration {
+            name: (*name).to_string(),
+            path,
+            statements,
+            checksum: checksum(text.as_bytes()),
+        });
+    }
+    Ok(out)
+}
+
 /// FNV-1a over `bytes`, as 16 hex digits: stable across builds and platforms.
 pub fn checksum(bytes: &[u8]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
