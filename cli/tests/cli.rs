@@ -685,3 +685,55 @@ fn migrate_reads_toml_environments_and_refuses_what_it_cannot_apply() {
     assert_eq!((code, err.lines().count()), (2, 1), "{err}");
     assert!(err.contains("`wrangler.toml` is not valid TOML"), "{err}");
 }
+
+/// `push` and `generate` take the database and the migrations folder from the project's
+/// configuration: only the account and the token come from the environment.
+#[test]
+fn push_and_generate_read_the_project_configuration() {
+    let db = D1Peer::shared().database();
+    let dir = project(
+        "wrangler.toml",
+        &format!(
+            "[[d1_databases]]\nbinding = \"DB\"\ndatabase_id = \"{}\"\nmigrations_dir = \"db/migrations\"\n",
+            db.id
+        ),
+        &[],
+    );
+    let (code, out, err) = run(in_project(dir.path()).args(["generate", "--out", "rows.rs"]));
+    assert_eq!(code, 0, "{out}\n{err}");
+    let rows = std::fs::read_to_string(dir.path().join("rows.rs")).unwrap();
+    assert!(rows.contains(r#"schema = "db/migrations""#), "{rows}");
+
+    let (code, out, err) = run(in_project(dir.path()).arg("migrate"));
+    assert_eq!(code, 0, "{out}\n{err}");
+    let app = dir.path().join("app.db");
+    {
+        let mut conn = d1_sync::open(&app).unwrap();
+        d1_sync::migrate(&conn, dir.path().join("db/migrations")).unwrap();
+        d1_sync_example::workload::write(&mut conn, &d1_sync::Outbox::new(), 300, 3, 100, |_| {})
+            .unwrap();
+    }
+    let (code, out, err) = run(in_project(dir.path())
+        .args(["push", "--target", "d1", "--db"])
+        .arg(&app));
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, _) = run(d1sync()
+        .current_dir(dir.path())
+        .args(["status", "--json", "--db"])
+        .arg(&app));
+    assert_eq!(code, 0);
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["pending"], 0, "{out}");
+    assert_eq!(status["synced"], 300, "{out}");
+    // Without the token, the error names what is missing and where the database came from.
+    let (code, _, err) = run(d1sync()
+        .current_dir(dir.path())
+        .args(["push", "--target", "d1", "--db"])
+        .arg(&app));
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("CLOUDFLARE_ACCOUNT_ID, CLOUDFLARE_API_TOKEN")
+            && !err.contains("D1_DATABASE_ID"),
+        "{err}"
+    );
+}
