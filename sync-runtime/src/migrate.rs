@@ -27,7 +27,7 @@ use tracing::{info, warn};
 
 use crate::error::{Error, Result};
 use crate::pack::{Param, Statement};
-use crate::target::{D1Http, TargetError};
+use crate::target::{result_column, D1Http, TargetError};
 
 /// What a migration run found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -99,13 +99,8 @@ pub fn migrate_local(
     dry_run: bool,
 ) -> Result<MigrationReport> {
     let recorded = recorded_local(conn, table)?;
-    let plan = checked_plan(files, &recorded, "the app's file")?;
-    let mut report = MigrationReport {
-        applied: Vec::new(),
-        plan,
-    };
+    let mut report = report(checked_plan(files, &recorded, "the app's file")?, dry_run);
     if dry_run {
-        report.applied = report.plan.pending.clone();
         return Ok(report);
     }
     conn.execute_batch(&m::create_table_sql(table))?;
@@ -141,6 +136,18 @@ pub fn migrate_local(
     Ok(report)
 }
 
+/// A report to fill in; a dry run's is already complete: what would be applied.
+fn report(plan: Plan, dry_run: bool) -> MigrationReport {
+    MigrationReport {
+        applied: if dry_run {
+            plan.pending.clone()
+        } else {
+            Vec::new()
+        },
+        plan,
+    }
+}
+
 /// The plan, refusing a database that records files the folder lacks, and warning about
 /// changed files (wrangler does not notice those either).
 fn checked_plan(files: &[Migration], recorded: &Recorded, target: &str) -> Result<Plan> {
@@ -164,7 +171,7 @@ pub async fn recorded_d1(d1: &D1Http, table: &str) -> Result<Recorded> {
         .query_retrying(&[Statement::new(m::applied_sql(table))], RETRY_FOR)
         .await
     {
-        Ok(r) => column_of(&r, "name"),
+        Ok(r) => result_column(&r, "name"),
         Err(TargetError::Rejected(e)) if e.contains("no such table") => Vec::new(),
         Err(e) => return Err(e.into()),
     };
@@ -172,9 +179,9 @@ pub async fn recorded_d1(d1: &D1Http, table: &str) -> Result<Recorded> {
         .query_retrying(&[Statement::new(m::checksums_sql())], RETRY_FOR)
         .await
     {
-        Ok(r) => column_of(&r, "name")
+        Ok(r) => result_column(&r, "name")
             .into_iter()
-            .zip(column_of(&r, "checksum"))
+            .zip(result_column(&r, "checksum"))
             .collect(),
         Err(TargetError::Rejected(e)) if e.contains("no such table") => Vec::new(),
         Err(e) => return Err(e.into()),
@@ -183,19 +190,6 @@ pub async fn recorded_d1(d1: &D1Http, table: &str) -> Result<Recorded> {
         names,
         checksums: sums,
     })
-}
-
-fn column_of(result: &[serde_json::Value], column: &str) -> Vec<String> {
-    result
-        .first()
-        .and_then(|r| r.get("results"))
-        .and_then(|r| r.as_array())
-        .map(|rows| {
-            rows.iter()
-                .filter_map(|row| row.get(column).and_then(|v| v.as_str()).map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Applies the pending migrations to D1, each in one batch with its `d1_migrations` row (and
@@ -208,13 +202,8 @@ pub async fn migrate_d1(
     dry_run: bool,
 ) -> Result<MigrationReport> {
     let recorded = recorded_d1(d1, table).await?;
-    let plan = checked_plan(files, &recorded, "D1")?;
-    let mut report = MigrationReport {
-        applied: Vec::new(),
-        plan,
-    };
+    let mut report = report(checked_plan(files, &recorded, "D1")?, dry_run);
     if dry_run {
-        report.applied = report.plan.pending.clone();
         return Ok(report);
     }
     d1.query_retrying(

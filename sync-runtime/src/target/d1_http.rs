@@ -321,6 +321,21 @@ fn encode_body(body: &Body<'_>, statements: &[Statement]) -> Result<Vec<u8>, Tar
     Ok(buf)
 }
 
+/// The text values of `column` in the rows of the first statement of a [`D1Http::query`]
+/// answer (rows without a text value there are left out).
+pub fn result_column(result: &[serde_json::Value], column: &str) -> Vec<String> {
+    result
+        .first()
+        .and_then(|r| r.get("results"))
+        .and_then(|r| r.as_array())
+        .map(|rows| {
+            rows.iter()
+                .filter_map(|row| row.get(column)?.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn describe_reqwest(e: &reqwest::Error) -> String {
     // reqwest's Display includes the URL, which holds ids but no secret.
     let kind = if e.is_timeout() {
@@ -374,18 +389,7 @@ impl Target for D1Http {
         Box::pin(async move {
             let sql = d1_sync_schema::migrations::applied_sql(table);
             match self.query(&[Statement::new(sql)]).await {
-                Ok(result) => Ok(Some(
-                    result
-                        .first()
-                        .and_then(|r| r.get("results"))
-                        .and_then(|r| r.as_array())
-                        .map(|rows| {
-                            rows.iter()
-                                .filter_map(|row| row.get("name")?.as_str().map(String::from))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                )),
+                Ok(result) => Ok(Some(result_column(&result, "name"))),
                 Err(TargetError::Rejected(m)) if m.contains("no such table") => {
                     Ok(Some(Vec::new()))
                 }

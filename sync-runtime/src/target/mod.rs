@@ -12,7 +12,7 @@ use std::time::Duration;
 
 pub use budget::RequestBudget;
 pub use classify::classify_response;
-pub use d1_http::{D1Config, D1Http};
+pub use d1_http::{result_column, D1Config, D1Http};
 pub use sqlite::{SqliteMode, SqliteTarget};
 
 pub use crate::change::Change;

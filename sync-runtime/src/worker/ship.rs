@@ -332,21 +332,12 @@ async fn plan(inner: &Arc<Inner>, st: &mut ShipState) -> Result<Option<TickEnd>>
             }));
         return Ok(None);
     }
-    let (owner, lease, limit) = (
-        inner.owner.clone(),
-        inner.config.lease,
-        inner.config.batch_size,
-    );
-    let (registry, deps) = (inner.registry.clone(), inner.deps.clone());
-    let (limits, with_sql) = (inner.target.limits(), inner.target.wants_statements());
-    let recheck = recheck_at(inner);
+    let r = Reading::of(inner);
     let claimed = db(inner, move |o, c| {
-        match o.claim(c, &owner, now_ms(), lease, limit)? {
+        match o.claim(c, &r.owner, now_ms(), r.lease, r.limit)? {
             Claim::HeldBy(h) => Ok(Err(h)),
             Claim::Records(raw) if raw.is_empty() => Ok(Ok(None)),
-            Claim::Records(raw) => {
-                read_next(o, c, raw, &registry, &deps, limits, with_sql, recheck).map(Ok)
-            }
+            Claim::Records(raw) => read_next(o, c, raw, &r).map(Ok),
         }
     })
     .await?;
@@ -407,20 +398,43 @@ async fn adopt(inner: &Arc<Inner>, st: &mut ShipState, next: Next) -> Result<Opt
     Ok(None)
 }
 
+/// What reading a batch needs, taken from the worker to move onto the queue connection's
+/// thread.
+struct Reading {
+    owner: String,
+    lease: std::time::Duration,
+    limit: usize,
+    registry: crate::Registry,
+    deps: Arc<prepare::Deps>,
+    limits: crate::pack::PackLimits,
+    with_sql: bool,
+    recheck: i64,
+}
+
+impl Reading {
+    fn of(inner: &Inner) -> Reading {
+        Reading {
+            owner: inner.owner.clone(),
+            lease: inner.config.lease,
+            limit: inner.config.batch_size,
+            registry: inner.registry.clone(),
+            deps: inner.deps.clone(),
+            limits: inner.target.limits(),
+            with_sql: inner.target.wants_statements(),
+            recheck: recheck_at(inner),
+        }
+    }
+}
+
 /// Reads, sorts and packs a batch, and journals its first request (one call on the queue
 /// connection). `None` when nothing is left to send or hold.
-#[allow(clippy::too_many_arguments)]
 fn read_next(
     o: &Outbox,
     c: &mut rusqlite::Connection,
     raw: Vec<change::RawRecord>,
-    registry: &crate::Registry,
-    deps: &prepare::Deps,
-    limits: crate::pack::PackLimits,
-    with_sql: bool,
-    recheck: i64,
+    r: &Reading,
 ) -> Result<Option<Next>> {
-    let waiting: HashMap<u64, Waiting> = if deps.is_empty() {
+    let waiting: HashMap<u64, Waiting> = if r.deps.is_empty() {
         HashMap::new()
     } else {
         o.waiting_rows(c, now_ms())?
@@ -428,9 +442,9 @@ fn read_next(
             .map(|(row, (first_id, due))| (row, Waiting { first_id, due }))
             .collect()
     };
-    let mut sorted = prepare::sort(raw, registry, deps, &waiting, recheck);
+    let mut sorted = prepare::sort(raw, &r.registry, &r.deps, &waiting, r.recheck);
     let changes = std::mem::take(&mut sorted.changes);
-    let mut segments = segments(changes, &limits, with_sql);
+    let mut segments = segments(changes, &r.limits, r.with_sql);
     if let Some(first) = segments.first_mut() {
         if let Some(r) = &first.request {
             first.id = Some(o.journal(c, &r.ids)?);
@@ -604,27 +618,20 @@ fn spawn_read_ahead(
         if let Err(e) = db(inner, move |o, c| o.purge(c, keep)).await {
             warn!(error = %e, "could not purge synced records");
         }
-        let (owner, lease, limit) = (
-            inner.owner.clone(),
-            inner.config.lease,
-            inner.config.batch_size,
-        );
-        let (registry, deps) = (inner.registry.clone(), inner.deps.clone());
-        let (limits, with_sql) = (inner.target.limits(), inner.target.wants_statements());
-        let recheck = recheck_at(inner);
+        let r = Reading::of(inner);
         db(inner, move |o, c| {
             let who = Claimant {
-                owner: &owner,
+                owner: &r.owner,
                 now: now_ms(),
-                lease,
-                limit,
+                lease: r.lease,
+                limit: r.limit,
             };
             let (next, cut) = o.claim_after(c, &who, cursor, &in_flight)?;
             // A read-ahead cut short (at a row still in flight) is dropped when less than half
             // full: the claim after this batch takes a full one, and requests stay large.
             match next {
-                Claim::Records(raw) if !(raw.is_empty() || cut && raw.len() < limit / 2) => {
-                    read_next(o, c, raw, &registry, &deps, limits, with_sql, recheck)
+                Claim::Records(raw) if !(raw.is_empty() || cut && raw.len() < r.limit / 2) => {
+                    read_next(o, c, raw, &r)
                 }
                 _ => Ok(None),
             }
