@@ -96,6 +96,7 @@ pub struct Change {
 #[derive(Default)]
 pub struct ColumnsCache {
     shared: HashMap<(usize, Op, u128), Arc<[String]>>,
+    wide: HashMap<(usize, Op, Vec<usize>), Arc<[String]>>,
     by_col: Vec<Option<Result<Value, String>>>,
 }
 
@@ -231,20 +232,30 @@ fn check_values(
             "the row holds {row_bytes} bytes; D1 stores at most {MAX_VALUE_BYTES} bytes in one row"
         ));
     }
-    // Positions are below 100 (D1's column limit, checked by the derive and the registry).
-    let mask = positions
-        .iter()
-        .fold(0u128, |m, &i| m | (1u128 << (i % 128)));
-    let columns = cache
-        .shared
-        .entry((Arc::as_ptr(table) as usize, op, mask))
-        .or_insert_with(|| {
-            positions
-                .iter()
-                .map(|&i| table.columns[i].clone())
-                .collect()
-        })
-        .clone();
+    let make = || -> Arc<[String]> {
+        positions
+            .iter()
+            .map(|&i| table.columns[i].clone())
+            .collect()
+    };
+    let at = Arc::as_ptr(table) as usize;
+    // A change's columns follow from the set of positions it writes: a bit mask when the table
+    // has at most 128 columns (D1 allows 100), the positions themselves for a wider table (a
+    // SQLite mirror may have up to 2,000).
+    let columns = if table.columns.len() <= 128 {
+        let mask = positions.iter().fold(0u128, |m, &i| m | (1u128 << i));
+        cache
+            .shared
+            .entry((at, op, mask))
+            .or_insert_with(make)
+            .clone()
+    } else {
+        cache
+            .wide
+            .entry((at, op, positions.clone()))
+            .or_insert_with(make)
+            .clone()
+    };
     Ok(Change {
         id: record.id,
         row_key: record.row_key.clone(),
@@ -297,6 +308,33 @@ mod tests {
             (d.op, &*d.columns),
             (Op::Delete, ["id".to_string()].as_slice())
         );
+    }
+
+    #[test]
+    fn a_table_wider_than_128_columns_gets_each_changes_own_columns() {
+        let mut r = Registry::new();
+        r.add(TableDef {
+            name: "wide".into(),
+            columns: (0..150).map(|i| format!("c{i}")).collect(),
+            primary_key: vec!["c0".into()],
+            insert_only: vec![],
+        });
+        let mut cache = ColumnsCache::default();
+        // Positions 5 and 133 share a bit modulo 128: they must not share a column list.
+        let a = check_with(
+            &rec("wide", "upsert", r#"{"c0":1,"c5":"x"}"#),
+            &r,
+            &mut cache,
+        )
+        .unwrap();
+        let b = check_with(
+            &rec("wide", "upsert", r#"{"c0":1,"c133":"y"}"#),
+            &r,
+            &mut cache,
+        )
+        .unwrap();
+        assert_eq!(&*a.columns, ["c0", "c5"]);
+        assert_eq!(&*b.columns, ["c0", "c133"]);
     }
 
     #[test]
