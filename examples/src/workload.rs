@@ -287,11 +287,7 @@ fn one_change(
             if let Some(l) = st.links.get_mut(&id) {
                 l.is_active = !l.is_active;
                 l.updated_at = now;
-                tx.execute(
-                    "UPDATE conversation_links SET is_active = ?1, updated_at = ?2 WHERE link_id = ?3",
-                    d1_sync::rusqlite::params![l.is_active, now, id],
-                )?;
-                o.update(tx, &*l, &["is_active", "updated_at"])?;
+                o.patch(tx, &*l, &["is_active", "updated_at"])?;
                 w.updates += 1;
             }
         }

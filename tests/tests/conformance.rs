@@ -217,16 +217,19 @@ async fn partial_updates_touch_only_their_columns(mut f: Fixture) {
     let mut changed = message("m", "ignored locally", 5);
     changed.summary = Some("a summary".into());
     f.write(|o, tx| {
-        tx.execute(
-            "UPDATE messages SET summary = ?1 WHERE id = 'm'",
-            ["a summary"],
-        )
-        .unwrap();
-        o.update(tx, &changed, &["summary"]).unwrap();
-        // An update of a row the target does not have creates nothing.
-        o.update(tx, &message("absent", "x", 1), &["raw_text"])
+        // The patch writes summary locally too, and nothing else.
+        o.patch(tx, &changed, &["summary"]).unwrap();
+        // A patch of a row neither side has creates nothing.
+        o.patch(tx, &message("absent", "x", 1), &["raw_text"])
             .unwrap();
     });
+    let local = d1_sync::verify::dump_local(&f.app, &Message::table_def()).unwrap();
+    assert_eq!(local.len(), 1, "{local:?}");
+    assert!(
+        local[0].contains("\"a summary\"") && local[0].contains("\"original\""),
+        "{}",
+        local[0]
+    );
     worker.flush().await.unwrap();
     let rows = f.target.dump(&Message::table_def()).await;
     assert_eq!(rows.len(), 1, "{rows:?}");
@@ -238,12 +241,12 @@ async fn partial_updates_touch_only_their_columns(mut f: Fixture) {
     let c = f.counts();
     assert_eq!((c.pending, c.failed), (0, 0));
 
-    let err = f.write(|o, tx| o.update(tx, &changed, &["nope"]).unwrap_err());
+    let err = f.write(|o, tx| o.patch(tx, &changed, &["nope"]).unwrap_err());
     assert_eq!(
         err.to_string(),
         "`nope` is not a column of table `messages`"
     );
-    let err = f.write(|o, tx| o.update(tx, &changed, &["created_at"]).unwrap_err());
+    let err = f.write(|o, tx| o.patch(tx, &changed, &["created_at"]).unwrap_err());
     assert!(err.to_string().contains("insert-only"), "{err}");
     worker.shutdown().await.unwrap();
 }

@@ -376,12 +376,7 @@ impl World {
                     n: 0,
                 };
                 let tx = self.app.transaction().unwrap();
-                tx.execute(
-                    "UPDATE a SET v = ?1 WHERE k = ?2",
-                    d1_sync::rusqlite::params![v, row.k],
-                )
-                .unwrap();
-                self.outbox.update(&tx, &row, &["v"]).unwrap();
+                self.outbox.patch(&tx, &row, &["v"]).unwrap();
                 tx.commit().unwrap();
             }
             Op::DeleteA { key } => {
