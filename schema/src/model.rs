@@ -206,19 +206,66 @@ impl Schema {
     /// assert!(schema.check_statement("DELETE FROM t WHERE id = ?1").is_ok());
     /// assert_eq!(schema.check_statement("DELETE FROM t WHERE nope = ?1").unwrap_err(), "no such column: nope");
     /// ```
+    ///
+    /// When the statement is fine but a trigger it fires is not, the message names the
+    /// trigger: SQLite compiles a table's triggers into every statement that writes it.
     pub fn check_statement(&self, sql: &str) -> Result<(), String> {
+        let Err(msg) = self.prepare_without(sql, None)? else {
+            return Ok(());
+        };
+        let triggers: Vec<String> = self.ddl.iter().filter_map(|d| trigger_name(d)).collect();
+        for t in &triggers {
+            if let Ok(Ok(())) = self.prepare_without(sql, Some(t)) {
+                return Err(format!(
+                    "trigger `{t}`, which it fires, fails: {msg}; the statement itself is fine, so fix the trigger in the schema files"
+                ));
+            }
+        }
+        Err(msg)
+    }
+
+    /// Prepares `sql` on the schema rebuilt in memory, leaving out the trigger `without`.
+    /// The outer error is the rebuild's, the inner one the statement's.
+    fn prepare_without(
+        &self,
+        sql: &str,
+        without: Option<&str>,
+    ) -> Result<Result<(), String>, String> {
         let conn = rusqlite::Connection::open_in_memory().map_err(|e| e.to_string())?;
         for ddl in &self.ddl {
+            if without.is_some() && trigger_name(ddl).as_deref() == without {
+                continue;
+            }
             conn.execute_batch(ddl)
                 .map_err(|e| format!("rebuilding the schema: {e}"))?;
         }
         let prepared = conn.prepare(sql).map(drop);
-        prepared.map_err(|e| match e {
+        Ok(prepared.map_err(|e| match e {
             rusqlite::Error::SqlInputError { msg, .. } => msg,
             rusqlite::Error::SqliteFailure(_, Some(msg)) => msg,
             e => e.to_string(),
-        })
+        }))
     }
+}
+
+/// The name of the trigger a `CREATE TRIGGER` statement (as `sqlite_schema` keeps it) makes.
+fn trigger_name(ddl: &str) -> Option<String> {
+    let rest = ddl.trim_start();
+    let head: String = rest.chars().take(14).collect();
+    if !head.eq_ignore_ascii_case("CREATE TRIGGER") {
+        return None;
+    }
+    let mut words = rest[14..].split_whitespace();
+    let mut name = words.next()?;
+    if name.eq_ignore_ascii_case("IF") {
+        words.next(); // NOT
+        words.next(); // EXISTS
+        name = words.next()?;
+    }
+    Some(
+        name.trim_matches(|c| c == '"' || c == '`' || c == '[' || c == ']')
+            .to_string(),
+    )
 }
 
 /// Whether a value of `kind` can be stored in `column` of `table` and read back as it was.

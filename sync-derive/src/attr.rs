@@ -20,16 +20,25 @@ pub struct ContainerAttrs {
 /// `#[d1(...)]` on a field. Flags keep their span for errors.
 #[derive(Default)]
 pub struct FieldAttrs {
-    /// Some attribute of the field could not be understood: checks that depend on the
-    /// field's flags (a missing key, say) would only repeat that error.
-    pub had_error: bool,
+    /// An attribute of the field that could not be understood may have meant `primary_key`
+    /// (a near miss like `primary_kye`, or one that did not parse): the missing-key error
+    /// would only repeat it. Any other mistake leaves the missing key reported in the same
+    /// build.
+    pub maybe_key: bool,
     pub primary_key: Option<Span>,
     pub rename: Option<LitStr>,
     pub insert_only: Option<Span>,
     pub skip: Option<Span>,
 }
 
-fn unknown_key(cx: &mut Ctxt, meta: &ParseNestedMeta, here: &[&str], other: &[&str], place: &str) {
+/// Reports an unknown key; returns the key it probably meant, if any.
+fn unknown_key(
+    cx: &mut Ctxt,
+    meta: &ParseNestedMeta,
+    here: &[&'static str],
+    other: &[&str],
+    place: &str,
+) -> Option<&'static str> {
     let name = meta
         .path
         .get_ident()
@@ -38,18 +47,23 @@ fn unknown_key(cx: &mut Ctxt, meta: &ParseNestedMeta, here: &[&str], other: &[&s
             let path = &meta.path;
             quote::quote!(#path).to_string().replace(' ', "")
         });
+    let mut meant = None;
     let msg = if other.contains(&name.as_str()) {
         let elsewhere = if place == "struct" { "field" } else { "struct" };
         format!("`{name}` goes on the {elsewhere}, not on a {place}")
     } else {
         let mut m = format!("unknown d1 attribute `{name}`");
         match d1_sync_schema::names::did_you_mean(&name, here.iter().copied()) {
-            Some(s) => m.push_str(&format!("; did you mean `{s}`?")),
+            Some(s) => {
+                meant = Some(s);
+                m.push_str(&format!("; did you mean `{s}`?"));
+            }
             None => m.push_str(&format!("; expected one of: {}", here.join(", "))),
         }
         m
     };
     cx.error_spanned_by(&meta.path, msg);
+    meant
 }
 
 /// Parses the `d1` attributes of a struct; errors go to `cx`.
@@ -64,7 +78,7 @@ pub fn container(cx: &mut Ctxt, attrs: &[syn::Attribute]) -> ContainerAttrs {
             } else if meta.path.is_ident("schema") {
                 &mut out.schema
             } else {
-                unknown_key(cx, &meta, CONTAINER_KEYS, FIELD_KEYS, "struct");
+                let _ = unknown_key(cx, &meta, CONTAINER_KEYS, FIELD_KEYS, "struct");
                 // Skip a value, if any, so parsing goes on to the next key.
                 if meta.input.peek(syn::Token![=]) {
                     let _: syn::Expr = meta.value()?.parse()?;
@@ -130,15 +144,16 @@ pub fn field(cx: &mut Ctxt, attrs: &[syn::Attribute]) -> FieldAttrs {
                 out.rename = Some(value);
                 return Ok(());
             }
-            unknown_key(cx, &meta, FIELD_KEYS, CONTAINER_KEYS, "field");
-            out.had_error = true;
+            if unknown_key(cx, &meta, FIELD_KEYS, CONTAINER_KEYS, "field") == Some("primary_key") {
+                out.maybe_key = true;
+            }
             if meta.input.peek(syn::Token![=]) {
                 let _: syn::Expr = meta.value()?.parse()?;
             }
             Ok(())
         });
         if let Err(e) = res {
-            out.had_error = true;
+            out.maybe_key = true;
             cx.syn_error(e);
         }
     }

@@ -57,8 +57,9 @@ pub fn check(cx: &mut Ctxt, cont: &Container) {
         }
     }
 
-    // A key field that is skipped, or whose attribute did not parse, has its own error already.
-    let key_mentioned = cont.fields.iter().any(|f| f.is_key() || f.attrs.had_error);
+    // A key field that is skipped, or an attribute that probably meant `primary_key`, has its
+    // own error already.
+    let key_mentioned = cont.fields.iter().any(|f| f.is_key() || f.attrs.maybe_key);
     if !key_mentioned {
         cx.error_spanned_by(
             name,

@@ -100,6 +100,7 @@ impl rusqlite::types::FromSql for Value {
     message = "`{Self}` cannot be stored in a D1 column",
     label = "no `d1_sync::ToValue` for `{Self}`",
     note = "a column takes i8..i64, u8..u32, f32, f64, bool, String, &str, Vec<u8>, serde_json::Value, d1_sync::Value or an Option of one of them",
+    note = "u64, usize and u128 are left out on purpose: SQLite stores signed 64-bit integers, so values above i64::MAX would not fit; use i64 (or String for wider numbers)",
     note = "implement `d1_sync::ToValue` for `{Self}`, or leave the field out with `#[d1(skip)]`"
 )]
 pub trait ToValue {
