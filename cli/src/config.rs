@@ -73,6 +73,11 @@ pub fn load(args: &ConfigArgs) -> Result<Option<Database>, CliError> {
     let text = std::fs::read_to_string(&file)
         .map_err(|e| CliError::Usage(format!("cannot read `{}`: {e}", file.display())))?;
     let root = parse(&file, &text)?;
+    let asked = args.env.is_some() || args.binding.is_some() || args.config.is_some();
+    if !asked && root.get("d1_databases").is_none() {
+        // A Worker's configuration without D1: nothing for d1sync in it.
+        return Ok(None);
+    }
     select(&file, &root, args.env.as_deref(), args.binding.as_deref()).map(Some)
 }
 

@@ -21,8 +21,31 @@ use crate::error::CliError;
 #[derive(Parser)]
 #[command(name = "d1sync", version, about, long_about = None)]
 struct Cli {
+    /// How log lines look on stderr: `text`, or `json` for machines. Which lines: `RUST_LOG`
+    /// (e.g. `RUST_LOG=d1_sync=debug`); by default info for `run`, warnings for the rest.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Log lines on stderr, filtered by `RUST_LOG` (else `default`).
+fn init_logging(format: LogFormat, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 #[derive(Subcommand)]
@@ -84,6 +107,11 @@ pub struct DbArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let level = match cli.command {
+        Command::Run(_) => "info",
+        _ => "warn",
+    };
+    init_logging(cli.log_format, level);
     let result = match cli.command {
         Command::Generate(a) => generate::run(&a),
         Command::Status(a) => outbox_cmds::status(&a),

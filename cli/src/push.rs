@@ -97,14 +97,26 @@ pub async fn push(a: &PushArgs) -> Result<ExitCode, CliError> {
             _ = tokio::time::sleep(Duration::from_millis(250)) => {
                 let s = worker.stats().await?;
                 bar.set_position(s.records_synced.min(total));
-                bar.set_message(format!("queue {}", s.queue.pending));
+                bar.set_message(match &s.state {
+                    WorkerState::BackingOff { until, reason } => format!(
+                        "queue {}; waiting {} s after: {reason}",
+                        s.queue.pending,
+                        until
+                            .duration_since(std::time::SystemTime::now())
+                            .map_or(0, |d| d.as_secs() + 1)
+                    ),
+                    WorkerState::Standby { holder } => {
+                        format!("queue {}; waiting for worker {holder}, which holds the queue", s.queue.pending)
+                    }
+                    _ => format!("queue {}", s.queue.pending),
+                });
                 if s.records_synced != last_synced {
                     last_synced = s.records_synced;
                     last_progress = Instant::now();
                 }
                 match &s.state {
                     WorkerState::Paused { reason, .. } => {
-                        break Err(CliError::Failed(format!("{} refused the request: {reason}", target.describe())));
+                        break Err(CliError::Failed(format!("{} cannot take the records now: {reason}", target.describe())));
                     }
                     WorkerState::Standby { holder }
                         if last_progress.elapsed() > Duration::from_secs(a.give_up_after) =>
@@ -154,10 +166,6 @@ pub async fn push(a: &PushArgs) -> Result<ExitCode, CliError> {
 }
 
 pub async fn run(a: &PushArgs) -> Result<ExitCode, CliError> {
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(tracing::Level::INFO)
-        .try_init();
     let (worker, target) = worker(a)?;
     worker.start()?;
     eprintln!(

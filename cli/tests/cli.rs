@@ -401,7 +401,7 @@ fn push_to_local_d1_and_the_errors_of_a_bad_token_and_an_unreachable_d1() {
     let (code, _, err) = push("wrong-token", &peer.base_url);
     assert_eq!(code, 1);
     assert!(
-        err.contains("refused the request") && err.contains("Authentication error"),
+        err.contains("cannot take the records now") && err.contains("Authentication error"),
         "{err}"
     );
 
@@ -736,4 +736,40 @@ fn push_and_generate_read_the_project_configuration() {
             && !err.contains("D1_DATABASE_ID"),
         "{err}"
     );
+}
+
+/// Logging follows RUST_LOG on every command, and `--log-format json` writes a JSON object a
+/// line.
+#[test]
+fn logs_follow_rust_log_and_can_be_json() {
+    let dir = project("wrangler.toml", "name = \"app\"\n", &[]);
+    let app = dir.path().join("app.db");
+    drop(d1_sync::open(&app).unwrap());
+    let (code, _, err) = run(d1sync()
+        .current_dir(dir.path())
+        .env("RUST_LOG", "d1_sync=info")
+        .args([
+            "--log-format",
+            "json",
+            "migrate",
+            "--local",
+            "--schema",
+            "db/migrations",
+            "--db",
+        ])
+        .arg(&app));
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert_eq!(lines.len(), 5, "{err}");
+    assert_eq!(lines[0]["level"], "INFO");
+    assert_eq!(lines[0]["fields"]["migration"], "0001_messages.sql");
+    // Without RUST_LOG, only warnings and errors: nothing here.
+    let (code, _, err) = run(d1sync()
+        .current_dir(dir.path())
+        .args(["migrate", "--local", "--schema", "db/migrations", "--db"])
+        .arg(&app));
+    assert_eq!((code, err.as_str()), (0, ""));
 }

@@ -51,10 +51,15 @@ pub struct Recorded {
 const RETRY_FOR: Duration = Duration::from_secs(120);
 
 /// Applies the pending migrations of `dir` to the application's file, recording them in
-/// `d1_migrations` as wrangler does. Idempotent: applied files are skipped.
+/// `d1_migrations` as wrangler does. Idempotent: applied files are skipped. A file changed
+/// after it was applied is logged as a warning and listed in the report's `plan.changed`.
 pub fn migrate(conn: &Connection, dir: impl AsRef<Path>) -> Result<MigrationReport> {
     let files = m::load(dir.as_ref())?;
-    migrate_local(conn, &files, m::DEFAULT_TABLE, false)
+    let report = migrate_local(conn, &files, m::DEFAULT_TABLE, false)?;
+    for name in &report.plan.changed {
+        warn!(migration = %name, "this migration changed after it was applied; the change is not applied (wrangler does not notice either): add a new migration instead");
+    }
+    Ok(report)
 }
 
 /// The migrations `table` of a local file records, in the order applied (none if it has no
@@ -148,8 +153,8 @@ fn report(plan: Plan, dry_run: bool) -> MigrationReport {
     }
 }
 
-/// The plan, refusing a database that records files the folder lacks, and warning about
-/// changed files (wrangler does not notice those either).
+/// The plan, refusing a database that records files the folder lacks. Changed files are in
+/// [`Plan::changed`] for the caller to report (wrangler does not notice those either).
 fn checked_plan(files: &[Migration], recorded: &Recorded, target: &str) -> Result<Plan> {
     let plan = m::plan(files, &recorded.names, &recorded.checksums);
     if !plan.missing_files.is_empty() {
@@ -157,9 +162,6 @@ fn checked_plan(files: &[Migration], recorded: &Recorded, target: &str) -> Resul
             target: target.to_string(),
             names: plan.missing_files.clone(),
         });
-    }
-    for name in &plan.changed {
-        warn!(migration = %name, target, "this migration changed after it was applied; the change is not applied (wrangler does not notice either): add a new migration instead");
     }
     Ok(plan)
 }
