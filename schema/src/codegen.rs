@@ -431,35 +431,60 @@ pub fn unified_diff(old: &str, new: &str, path: &Path) -> String {
         .to_string()
 }
 
-/// For `build.rs`: regenerates `out` from `schema` (both relative to the crate's manifest
-/// directory) when it is stale, and tells cargo to run again when a schema file changes or one
-/// is added.
+/// For `build.rs`: generates the row structs of `schema` (relative to the crate's manifest
+/// directory) into `$OUT_DIR/<file_name>`, and tells cargo to run again when a schema file
+/// changes or one is added. Returns the file written. A build script writes only into
+/// `OUT_DIR`; to keep the structs in `src/` under version control, run `d1sync generate` (and
+/// `--check` in CI) instead.
 ///
 /// ```no_run
 /// // build.rs, in `fn main()`, with `d1-sync-schema = { version = "0.1", features = ["codegen"] }`
 /// // under [build-dependencies]:
 /// let opts = d1_sync_schema::codegen::Options::new("migrations");
-/// d1_sync_schema::codegen::build_rs("migrations", "src/rows.rs", &opts).expect("d1-sync codegen");
+/// d1_sync_schema::codegen::build_rs("migrations", "rows.rs", &opts).expect("d1-sync codegen");
+/// // src/lib.rs:
+/// // pub mod rows { include!(concat!(env!("OUT_DIR"), "/rows.rs")); }
 /// ```
-pub fn build_rs(schema: &str, out: &str, opts: &Options) -> Result<(), CodegenError> {
+pub fn build_rs(schema: &str, file_name: &str, opts: &Options) -> Result<PathBuf, CodegenError> {
     let base = std::env::var_os("CARGO_MANIFEST_DIR")
         .map(PathBuf::from)
         .unwrap_or_default();
+    let out_dir = std::env::var_os("OUT_DIR")
+        .map(PathBuf::from)
+        .ok_or_else(|| CodegenError::Io {
+            path: PathBuf::from("$OUT_DIR"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "OUT_DIR is not set: call build_rs from a build script",
+            ),
+        })?;
     let schema_path = base.join(schema);
-    let out_path = base.join(out);
+    let out_path = out_dir.join(file_name);
     // The folder itself: cargo then notices a new migration file too.
     println!("cargo:rerun-if-changed={}", schema_path.display());
     for f in schema_files(&schema_path)? {
         println!("cargo:rerun-if-changed={}", f.display());
     }
-    let code = generate(&schema_path, opts)?;
-    if check(&out_path, &code)? != Freshness::Fresh {
-        std::fs::write(&out_path, code).map_err(|source| CodegenError::Io {
-            path: out_path.clone(),
-            source,
-        })?;
+    write_if_stale(&schema_path, &out_path, opts)?;
+    Ok(out_path)
+}
+
+/// Generates the row structs of `schema_path` into `out_path` unless the file there is fresh
+/// already (so its time stamp, and what depends on it, stays put). Returns whether it wrote.
+pub fn write_if_stale(
+    schema_path: &Path,
+    out_path: &Path,
+    opts: &Options,
+) -> Result<bool, CodegenError> {
+    let code = generate(schema_path, opts)?;
+    if check(out_path, &code)? == Freshness::Fresh {
+        return Ok(false);
     }
-    Ok(())
+    std::fs::write(out_path, code).map_err(|source| CodegenError::Io {
+        path: out_path.to_path_buf(),
+        source,
+    })?;
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -1,7 +1,6 @@
 //! The derive's model of the input: the container and its fields, names resolved.
 
 use proc_macro2::Span;
-use syn::spanned::Spanned;
 
 use crate::attr::{self, ContainerAttrs, FieldAttrs};
 use crate::ctxt::Ctxt;
@@ -141,7 +140,6 @@ impl<'a> Container<'a> {
                 input.ident.span(),
             ),
         };
-        let _ = input.span();
         Some(Container {
             input,
             attrs,

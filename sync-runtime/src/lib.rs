@@ -75,7 +75,7 @@ pub use backoff::Backoff;
 pub use d1_sync_derive::D1Sync;
 pub use error::{Error, Result};
 pub use migrate::{migrate, MigrationReport};
-pub use outbox::{open, Counts, DeadLetter, Outbox, Selection, Status};
+pub use outbox::{open, Counts, DeadLetter, Outbox, Selection};
 pub use registry::Registry;
 pub use row::{SyncRow, TableDef};
 pub use stats::{Stats, WorkerState};
@@ -94,6 +94,5 @@ pub use rusqlite;
 pub mod __private {
     pub use crate::row::SyncRow;
     pub use crate::value::{ToValue, Value, ValueKind};
-    pub use core::option::Option;
     pub use std::vec::Vec;
 }

@@ -50,28 +50,6 @@ pub(crate) fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Status of a queue record, as stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Status {
-    /// Waiting to be sent (perhaps until `next_attempt_at`).
-    Pending,
-    /// Acknowledged by the target.
-    Synced,
-    /// Dead letter: never sent again unless retried.
-    Failed,
-}
-
-impl Status {
-    /// As stored.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Pending => "pending",
-            Status::Synced => "synced",
-            Status::Failed => "failed",
-        }
-    }
-}
-
 /// Counts of records by status.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {

@@ -54,3 +54,29 @@ fn generated_structs_have_the_schema_attribute_and_keys() {
         ]
     );
 }
+
+/// What a build script's `build_rs` does: write the structs once, then leave a fresh file
+/// alone (its time stamp too), and write again when a migration is added.
+#[test]
+fn a_build_script_writes_into_its_out_dir_only_when_stale() {
+    let out = tempfile::tempdir().unwrap();
+    let schema = tempfile::tempdir().unwrap();
+    std::fs::write(
+        schema.path().join("0001_a.sql"),
+        "CREATE TABLE a (id INTEGER PRIMARY KEY);",
+    )
+    .unwrap();
+    let file = out.path().join("rows.rs");
+    let opts = Options::new("migrations");
+    assert!(d1_sync_schema::codegen::write_if_stale(schema.path(), &file, &opts).unwrap());
+    assert!(!d1_sync_schema::codegen::write_if_stale(schema.path(), &file, &opts).unwrap());
+    std::fs::write(
+        schema.path().join("0002_b.sql"),
+        "CREATE TABLE b (id INTEGER PRIMARY KEY);",
+    )
+    .unwrap();
+    assert!(d1_sync_schema::codegen::write_if_stale(schema.path(), &file, &opts).unwrap());
+    assert!(std::fs::read_to_string(&file)
+        .unwrap()
+        .contains("pub struct B"));
+}
