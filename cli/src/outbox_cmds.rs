@@ -39,12 +39,6 @@ pub struct Which {
     all: bool,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// `3h 12m`, `45s`, `120ms`.
 pub fn human(d: Duration) -> String {
     let s = d.as_secs();
@@ -79,7 +73,9 @@ pub fn status(a: &DbArgs) -> Result<ExitCode, CliError> {
     let report = StatusReport {
         database: a.db.display().to_string(),
         queue_table: a.queue_table.clone(),
-        oldest_unsynced_age_ms: counts.oldest_unsynced_ms.map(|t| (now_ms() - t).max(0)),
+        oldest_unsynced_age_ms: counts
+            .oldest_unsynced_ms
+            .map(|t| (d1_sync::clock::now_ms() - t).max(0)),
         counts,
         last_error: outbox.last_error(&conn).map_err(fail)?,
         lease: outbox.lease(&conn).map_err(fail)?,
@@ -112,7 +108,7 @@ pub fn status(a: &DbArgs) -> Result<ExitCode, CliError> {
     match &report.lease {
         None => println!("  no worker holds the queue"),
         Some(l) => {
-            let left = Duration::from_millis((l.until_ms - now_ms()).max(0) as u64);
+            let left = Duration::from_millis((l.until_ms - d1_sync::clock::now_ms()).max(0) as u64);
             println!(
                 "  worker {} holds the queue (lease for {} more)",
                 l.owner,

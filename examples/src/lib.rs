@@ -5,29 +5,8 @@
 pub mod rows;
 pub mod workload;
 
-/// The migrations, in the order D1 applies them: `(file name, SQL)`.
-pub const MIGRATIONS: &[(&str, &str)] = &[
-    (
-        "0001_messages.sql",
-        include_str!("../migrations/0001_messages.sql"),
-    ),
-    (
-        "0002_sessions.sql",
-        include_str!("../migrations/0002_sessions.sql"),
-    ),
-    (
-        "0003_conversations.sql",
-        include_str!("../migrations/0003_conversations.sql"),
-    ),
-    (
-        "0004_policy_state.sql",
-        include_str!("../migrations/0004_policy_state.sql"),
-    ),
-    (
-        "0005_message_organization.sql",
-        include_str!("../migrations/0005_message_organization.sql"),
-    ),
-];
+// `MIGRATIONS`: every file of `migrations/`, listed by `build.rs`.
+include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
 
 /// Applies [`MIGRATIONS`] to a connection.
 pub fn apply_migrations(conn: &d1_sync::rusqlite::Connection) -> d1_sync::rusqlite::Result<()> {

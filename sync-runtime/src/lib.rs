@@ -57,8 +57,10 @@ extern crate self as d1_sync;
 
 pub mod backoff;
 pub mod change;
+pub mod clock;
 pub mod codec;
 pub mod error;
+mod guard;
 pub mod ledger;
 pub mod migrate;
 pub mod outbox;

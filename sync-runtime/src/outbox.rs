@@ -19,7 +19,7 @@
 //! keeps the newest entries (see [`Outbox::purge`]). The queue table so holds only work
 //! (pending records and dead letters), and an acknowledgement never rewrites a payload.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
@@ -43,12 +43,7 @@ const DEAD: &str = "(status = 'failed' OR next_attempt_at > 0) AND status = 'fai
 ///    (`d1_sync_meta`), for exactly-once delivery.
 const QUEUE_VERSION: i64 = 3;
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+pub(crate) use crate::clock::now_ms;
 
 /// Counts of records by status.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]

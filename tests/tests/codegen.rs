@@ -80,3 +80,22 @@ fn a_build_script_writes_into_its_out_dir_only_when_stale() {
         .unwrap()
         .contains("pub struct B"));
 }
+
+/// The example's embedded migrations are the folder's files, in wrangler's order: a new
+/// migration is added once, as a file.
+#[test]
+fn the_embedded_example_migrations_are_the_folders_files() {
+    let files = d1_sync::schema::migrations::load(&d1_sync_example::migrations_dir()).unwrap();
+    let embedded: Vec<&str> = d1_sync_example::MIGRATIONS
+        .iter()
+        .map(|(n, _)| *n)
+        .collect();
+    let on_disk: Vec<&str> = files.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(embedded, on_disk);
+    for ((_, sql), m) in d1_sync_example::MIGRATIONS.iter().zip(&files) {
+        assert_eq!(
+            d1_sync::schema::migrations::checksum(sql.as_bytes()),
+            m.checksum
+        );
+    }
+}

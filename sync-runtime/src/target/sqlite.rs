@@ -86,11 +86,7 @@ impl SqliteTarget {
 
     /// Runs `f` on the target's connection (set-up and inspection).
     pub fn with_connection<R>(&self, f: impl FnOnce(&Connection) -> R) -> R {
-        let guard = match self.conn.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        f(&guard)
+        f(&lock(&self.conn))
     }
 
     /// Runs statements in one transaction (set-up, or D1's wire form).
@@ -101,12 +97,7 @@ impl SqliteTarget {
     }
 }
 
-fn lock(conn: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
-    match conn.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    }
-}
+use crate::guard::lock;
 
 async fn blocking<F, R>(f: F) -> Result<R, TargetError>
 where

@@ -16,7 +16,7 @@ mod run;
 mod ship;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use rusqlite::Connection;
@@ -294,12 +294,7 @@ struct Ticks {
     stopped: bool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    }
-}
+use crate::guard::lock;
 
 impl SyncWorker {
     /// Starts building a worker that drains the outbox of the SQLite file at `db_path` to
