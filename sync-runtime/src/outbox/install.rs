@@ -1,0 +1,167 @@
+//! Installing the queue in a database, and migrating a queue an older d1-sync wrote.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::Outbox;
+use crate::error::{Error, Result};
+
+/// The queue schema version this build writes.
+///
+/// 1. The first queue: synced records stayed in the queue table, status `synced`.
+/// 2. Synced records move to the slim log `<queue>_synced`.
+/// 3. Requests in flight are journaled in `<queue>_requests`, under the queue's stream id
+///    (`d1_sync_meta`), for exactly-once delivery.
+pub(super) const QUEUE_VERSION: i64 = 3;
+
+impl Outbox {
+    /// Creates the queue table (and its indexes) if missing, or migrates it; refuses a queue
+    /// made by a newer d1-sync. Idempotent; does not change the connection's pragmas.
+    pub fn install(&self, conn: &Connection) -> Result<()> {
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS d1_sync_meta (key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL)",
+        )?;
+        let key = format!("queue_version:{}", self.table);
+        let found: Option<i64> = conn
+            .query_row(
+                "SELECT value FROM d1_sync_meta WHERE key = ?1",
+                [&key],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(found) = found {
+            if found > QUEUE_VERSION {
+                return Err(Error::QueueTooNew {
+                    table: self.table.clone(),
+                    found,
+                    supported: QUEUE_VERSION,
+                });
+            }
+            if found == QUEUE_VERSION {
+                return Ok(());
+            }
+        }
+        // A savepoint, not a transaction: the caller may be inside its own.
+        conn.execute_batch("SAVEPOINT d1_sync_install")?;
+        let migrated = self.migrate(conn);
+        let done = match migrated {
+            Ok(()) => conn.execute_batch("RELEASE d1_sync_install"),
+            Err(_) => conn.execute_batch("ROLLBACK TO d1_sync_install; RELEASE d1_sync_install"),
+        };
+        migrated?;
+        done?;
+        Ok(())
+    }
+
+    /// Creates what is missing and moves an older queue to this version.
+    fn migrate(&self, conn: &Connection) -> Result<()> {
+        let (q, log) = (&self.q, &self.log);
+        // No AUTOINCREMENT: a new id is always above every id in the table, which is all the
+        // ordering needs, and it saves a write per enqueue. The table holds only work (pending
+        // records and dead letters), so claims walk it in id order and need no status index:
+        // an enqueue writes the record and nothing else. The one index is partial and holds
+        // only records that can block their row (dead letters and records in backoff). The log
+        // has its own sequence: a queue emptied to the last record may give a later record an
+        // id the log has seen.
+        conn.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {q} (
+               id INTEGER PRIMARY KEY,
+               table_name TEXT NOT NULL,
+               row_key TEXT NOT NULL,
+               op TEXT NOT NULL,
+               payload TEXT NOT NULL,
+               status TEXT NOT NULL DEFAULT 'pending',
+               attempts INTEGER NOT NULL DEFAULT 0,
+               next_attempt_at INTEGER NOT NULL DEFAULT 0,
+               last_error TEXT,
+               created_at INTEGER NOT NULL,
+               updated_at INTEGER NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS {blocking} ON {q} (table_name, row_key, id)
+               WHERE status = 'failed' OR next_attempt_at > 0;
+             CREATE TABLE IF NOT EXISTS {log} (
+               seq INTEGER PRIMARY KEY,
+               id INTEGER NOT NULL,
+               table_name TEXT NOT NULL,
+               row_key TEXT NOT NULL,
+               op TEXT NOT NULL,
+               attempts INTEGER NOT NULL,
+               created_at INTEGER NOT NULL,
+               synced_at INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS d1_sync_leases (
+               queue TEXT PRIMARY KEY NOT NULL,
+               owner TEXT NOT NULL,
+               until INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS {journal} (
+               seq INTEGER PRIMARY KEY AUTOINCREMENT,
+               nonce TEXT NOT NULL,
+               ids TEXT NOT NULL,
+               created_at INTEGER NOT NULL
+             );",
+            blocking = self.index("blocking"),
+            journal = self.journal,
+        ))?;
+        // The queue's stream: the ledger in D1 keeps this queue's requests under it.
+        conn.execute(
+            "INSERT INTO d1_sync_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",
+            params![self.stream_key(), rand::random::<i64>()],
+        )?;
+        let old_layout: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = 'synced_at'",
+            [&self.table],
+            |r| r.get(0),
+        )?;
+        if old_layout {
+            // Version 1 kept synced records in the queue, with a `synced_at` column.
+            conn.execute_batch(&format!(
+                "INSERT INTO {log} (id, table_name, row_key, op, attempts, created_at, synced_at)
+                   SELECT id, table_name, row_key, op, attempts, created_at, coalesce(synced_at, updated_at)
+                   FROM {q} WHERE status = 'synced' ORDER BY id;
+                 DELETE FROM {q} WHERE status = 'synced';
+                 ALTER TABLE {q} DROP COLUMN synced_at;
+                 DROP INDEX IF EXISTS {status};",
+                status = self.index("status_id"),
+            ))?;
+        }
+        conn.execute(
+            "INSERT INTO d1_sync_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![format!("queue_version:{}", self.table), QUEUE_VERSION],
+        )?;
+        Ok(())
+    }
+
+    /// Checks, without writing, that the queue exists and that this build understands it.
+    pub fn check(&self, conn: &Connection) -> Result<()> {
+        let exists: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [&self.table],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            return Err(Error::NotInstalled(self.table.clone()));
+        }
+        let meta: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = 'd1_sync_meta'",
+            [],
+            |r| r.get(0),
+        )?;
+        if meta {
+            let found: Option<i64> = conn
+                .query_row(
+                    "SELECT value FROM d1_sync_meta WHERE key = ?1",
+                    [format!("queue_version:{}", self.table)],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(found) = found.filter(|f| *f > QUEUE_VERSION) {
+                return Err(Error::QueueTooNew {
+                    table: self.table.clone(),
+                    found,
+                    supported: QUEUE_VERSION,
+                });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,184 @@
+//! The durable outbox: a queue table in the application's own SQLite file.
+//!
+//! One file per job: the application's write API (`write`), the queue protocol the worker
+//! speaks (`protocol`, crate-private), the operator's queries (`operator`), installing and
+//! migrating the queue (`install`), and the queue's SQL text (`sql`).
+//!
+//! A change is enqueued in the application's transaction, so the row write and its record
+//! commit together or not at all. Records of one row go out in the order they were written;
+//! a record that waits (backoff, a dead letter) holds back the later records of *its* row
+//! only.
+//!
+//! One worker at a time sends a queue: it holds the queue's **lease** (a row of
+//! `d1_sync_leases`), renewed before every request. A second process waits while the lease
+//! is held, so nothing is ever sent twice at once or out of order; a crashed worker's lease
+//! runs out and another takes the queue over. Requests that may be in flight are journaled
+//! in `<queue>_requests` before they are sent, and whoever sends the queue next sends them
+//! again unchanged, so D1's ledger recognises the ones it applied (see [`crate::ledger`]).
+//! Records themselves are only ever written when their state changes: inserted,
+//! acknowledged, charged, held, dead-lettered, purged.
+//!
+//! An acknowledged record leaves the queue table: it is deleted there and a slim entry (ids,
+//! table, key, operation, times; no payload) goes to the synced log `<queue>_synced`, which
+//! keeps the newest entries (see [`Outbox::purge`]). The queue table so holds only work
+//! (pending records and dead letters), and an acknowledgement never rewrites a payload.
+
+mod install;
+mod operator;
+mod protocol;
+mod sql;
+#[cfg(test)]
+mod tests;
+mod write;
+
+use rusqlite::Connection;
+
+use crate::error::{Error, Result};
+
+pub(crate) use crate::clock::now_ms;
+pub use operator::{Counts, DeadLetter, Lease, Selection};
+pub(crate) use protocol::{Claim, Claimant};
+
+/// The outbox: names the queue table and holds every query on it.
+///
+/// ```
+/// use d1_sync::{D1Sync, Outbox};
+/// # fn main() -> Result<(), d1_sync::Error> {
+/// #[derive(D1Sync)]
+/// #[d1(table = "notes")]
+/// struct Note { #[d1(primary_key)] id: i64, body: String }
+///
+/// let mut conn = d1_sync::rusqlite::Connection::open_in_memory()?;
+/// conn.execute_batch("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")?;
+/// let outbox = Outbox::new();
+/// outbox.install(&conn)?;
+///
+/// let tx = conn.transaction()?;
+/// outbox.save(&tx, &Note { id: 1, body: "hello".into() })?; // the row and its record...
+/// tx.commit()?;                                               // ...commit together
+/// assert_eq!(outbox.counts(&conn)?.pending, 1);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbox {
+    table: String,
+    q: String,
+    /// The quoted name of the synced log.
+    log: String,
+    /// The quoted name of the journal of requests in flight.
+    journal: String,
+    insert_sql: String,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Outbox::with_table(Outbox::DEFAULT_TABLE)
+    }
+}
+
+impl Outbox {
+    /// The default queue table name.
+    pub const DEFAULT_TABLE: &'static str = "d1_sync_queue";
+
+    /// The outbox in [`Outbox::DEFAULT_TABLE`].
+    pub fn new() -> Outbox {
+        Outbox::default()
+    }
+
+    /// The outbox in another table.
+    pub fn with_table(name: impl Into<String>) -> Outbox {
+        let table = name.into();
+        let q = d1_sync_schema::sql::quote_ident(&table);
+        let insert_sql = format!(
+            "INSERT INTO {q} (table_name, row_key, op, payload, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)"
+        );
+        let log = d1_sync_schema::sql::quote_ident(&format!("{table}_synced"));
+        let journal = d1_sync_schema::sql::quote_ident(&format!("{table}_requests"));
+        Outbox {
+            table,
+            q,
+            log,
+            journal,
+            insert_sql,
+        }
+    }
+
+    /// The queue table's name.
+    pub fn table_name(&self) -> &str {
+        &self.table
+    }
+
+    /// The synced log's name: `<queue>_synced`.
+    pub fn log_table_name(&self) -> String {
+        format!("{}_synced", self.table)
+    }
+
+    /// The journal's name: `<queue>_requests`, the requests that may be in flight.
+    pub fn journal_table_name(&self) -> String {
+        format!("{}_requests", self.table)
+    }
+
+    fn index(&self, suffix: &str) -> String {
+        d1_sync_schema::sql::quote_ident(&format!("{}_{suffix}", self.table))
+    }
+
+    fn map_missing(&self, e: rusqlite::Error) -> Error {
+        if e.to_string().contains("no such table") {
+            Error::NotInstalled(self.table.clone())
+        } else {
+            Error::Sqlite(e)
+        }
+    }
+}
+
+/// Column `i` as text, whatever its storage class (invalid UTF-8 replaced).
+fn text_at(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<String> {
+    use rusqlite::types::ValueRef;
+    Ok(match r.get_ref(i)? {
+        ValueRef::Text(t) | ValueRef::Blob(t) => String::from_utf8_lossy(t).into_owned(),
+        other => String::from_utf8_lossy(&bytes_of(other)).into_owned(),
+    })
+}
+
+/// The bytes of any SQLite value (numbers as their text; NULL as nothing).
+fn bytes_of(v: rusqlite::types::ValueRef<'_>) -> Vec<u8> {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Null => Vec::new(),
+        ValueRef::Integer(i) => i.to_string().into_bytes(),
+        ValueRef::Real(f) => f.to_string().into_bytes(),
+        ValueRef::Text(t) | ValueRef::Blob(t) => t.to_vec(),
+    }
+}
+
+/// An attempts count as stored; anything but a non-negative integer counts as 0.
+fn attempts_of(v: rusqlite::types::ValueRef<'_>) -> u32 {
+    match v {
+        rusqlite::types::ValueRef::Integer(i) => u32::try_from(i).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Opens (creating if needed) the application's database with the settings the outbox wants
+/// — WAL, `synchronous = FULL` (a returned commit survives power loss), foreign keys on, a 5 s
+/// busy timeout — and installs the default outbox.
+pub fn open(path: impl AsRef<std::path::Path>) -> Result<Connection> {
+    let conn = open_with(path.as_ref(), "FULL")?;
+    conn.execute_batch("PRAGMA foreign_keys = ON;")?;
+    Outbox::new().install(&conn)?;
+    Ok(conn)
+}
+
+/// Opens a database in WAL mode with `synchronous = <synchronous>` and a 5 s busy timeout.
+pub(crate) fn open_with(path: &std::path::Path, synchronous: &str) -> Result<Connection> {
+    let db = |source| Error::Database {
+        path: path.to_path_buf(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(db)?;
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = 5000;"
+    ))
+    .map_err(db)?;
+    Ok(conn)
+}

@@ -1,0 +1,165 @@
+//! What an operator asks of a queue: counts, dead letters (list, retry, drop), the lease, the
+//! last error. Dead letters are read through the partial index that holds them.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{attempts_of, now_ms, sql, text_at, Outbox};
+use crate::error::Result;
+
+/// Counts of records by status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    /// Waiting to be sent (including records in backoff and records held behind one).
+    pub pending: u64,
+    /// Entries in the synced log: the newest acknowledged records, kept for reference (see
+    /// [`Outbox::purge`]).
+    pub synced: u64,
+    /// Dead letters.
+    pub failed: u64,
+    /// `created_at` (ms) of the oldest pending record.
+    pub oldest_unsynced_ms: Option<i64>,
+}
+
+/// A dead letter.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetter {
+    /// Queue id.
+    pub id: i64,
+    /// Table.
+    pub table: String,
+    /// Row key (JSON array).
+    pub row_key: String,
+    /// Operation.
+    pub op: String,
+    /// Attempts charged.
+    pub attempts: u32,
+    /// Why it failed.
+    pub last_error: String,
+    /// When it was written (ms).
+    pub created_at: i64,
+}
+
+/// The queue's lease: which worker sends it, until when.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Lease {
+    /// The worker's id (`<pid>-<random>`).
+    pub owner: String,
+    /// When the lease ends unless renewed (ms).
+    pub until_ms: i64,
+}
+
+/// Which dead letters an operation applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection {
+    /// One record.
+    Id(i64),
+    /// All dead letters.
+    All,
+}
+
+impl Outbox {
+    /// Counts by status, and the age of the oldest unsynced record.
+    ///
+    /// Counting the pending records walks the queue table (about 0.1 s per million records
+    /// here), so poll it at human pace, not per record. Every record in the queue that is not
+    /// a dead letter counts as pending.
+    pub fn counts(&self, conn: &Connection) -> Result<Counts> {
+        let mut c = Counts::default();
+        // count(*) only counts the table's cells; the dead letters come from their index.
+        let total: i64 = conn
+            .prepare_cached(&format!("SELECT count(*) FROM {}", self.q))
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(|e| self.map_missing(e))?;
+        let failed: i64 = conn
+            .prepare_cached(&format!("SELECT count(*) FROM {}", sql::dead_letters(self)))?
+            .query_row([], |r| r.get(0))?;
+        c.failed = u64::try_from(failed).unwrap_or(0);
+        c.pending = u64::try_from(total - failed).unwrap_or(0);
+        c.synced = conn
+            .prepare_cached(&format!("SELECT count(*) FROM {}", self.log))
+            .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+            .map_err(|e| self.map_missing(e))
+            .map(|n| u64::try_from(n).unwrap_or(0))?;
+        c.oldest_unsynced_ms = conn
+            .query_row(
+                &format!(
+                    "SELECT created_at FROM {} WHERE status = 'pending' ORDER BY id LIMIT 1",
+                    self.q
+                ),
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(c)
+    }
+
+    /// Dead letters, oldest first, at most `limit`.
+    pub fn failed(&self, conn: &Connection, limit: usize) -> Result<Vec<DeadLetter>> {
+        let mut stmt = conn
+            .prepare_cached(&sql::failed(self))
+            .map_err(|e| self.map_missing(e))?;
+        let rows = stmt
+            .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+                Ok(DeadLetter {
+                    id: r.get(0)?,
+                    table: text_at(r, 1)?,
+                    row_key: text_at(r, 2)?,
+                    op: text_at(r, 3)?,
+                    attempts: attempts_of(r.get_ref(4)?),
+                    last_error: text_at(r, 5)?,
+                    created_at: r.get::<_, Option<i64>>(6)?.unwrap_or(0),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Puts dead letters back in line: pending, attempts reset, due now. Returns how many.
+    pub fn retry(&self, conn: &Connection, which: Selection) -> Result<usize> {
+        conn.execute(&sql::retry(self), params![now_ms(), selection_id(which)])
+            .map_err(|e| self.map_missing(e))
+    }
+
+    /// Deletes dead letters for good. Returns how many.
+    pub fn drop_failed(&self, conn: &Connection, which: Selection) -> Result<usize> {
+        conn.execute(&sql::drop_failed(self), params![selection_id(which)])
+            .map_err(|e| self.map_missing(e))
+    }
+
+    /// The queue's lease, if a worker holds it now.
+    pub fn lease(&self, conn: &Connection) -> Result<Option<Lease>> {
+        conn.query_row(
+            "SELECT owner, until FROM d1_sync_leases WHERE queue = ?1 AND until > ?2",
+            params![self.table, now_ms()],
+            |r| {
+                Ok(Lease {
+                    owner: r.get(0)?,
+                    until_ms: r.get(1)?,
+                })
+            },
+        )
+        .optional()
+        .map_err(|e| self.map_missing(e))
+    }
+
+    /// The last error of the newest dead letter or retried record.
+    pub fn last_error(&self, conn: &Connection) -> Result<Option<String>> {
+        conn.query_row(
+                &format!(
+                    "SELECT last_error FROM {} WHERE last_error IS NOT NULL ORDER BY updated_at DESC, id DESC LIMIT 1",
+                    self.q
+                ),
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.map_missing(e))
+    }
+}
+
+fn selection_id(which: Selection) -> Option<i64> {
+    match which {
+        Selection::Id(id) => Some(id),
+        Selection::All => None,
+    }
+}

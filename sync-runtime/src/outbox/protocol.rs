@@ -1,0 +1,394 @@
+//! The queue protocol the worker speaks: the lease, claims (and the read-ahead's claim after a
+//! cursor), acknowledgements, charges, holds and dead letters, the journal of requests in
+//! flight, and trimming the synced log. Crate-private but for `purge`.
+
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{attempts_of, bytes_of, now_ms, sql, text_at, Outbox};
+use crate::change::{row_digest, RawRecord};
+use crate::error::Result;
+use crate::ledger::RequestId;
+
+/// Who claims, when, for how long, and how many records at most.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Claimant<'a> {
+    pub(crate) owner: &'a str,
+    pub(crate) now: i64,
+    pub(crate) lease: Duration,
+    pub(crate) limit: usize,
+}
+
+/// What a claim found.
+#[derive(Debug)]
+pub(crate) enum Claim {
+    /// Records to send, in queue order (none if nothing is eligible).
+    Records(Vec<RawRecord>),
+    /// Another worker holds the queue's lease.
+    HeldBy(String),
+}
+
+impl Outbox {
+    /// Takes or renews the queue's lease for `owner` until `until`; `Err(holder)` when
+    /// another worker holds it. `Ok(true)` when no other worker held it since `owner` last did
+    /// (so what it planned before is still its own to send), `Ok(false)` when it takes it anew.
+    pub(crate) fn acquire(
+        &self,
+        conn: &Connection,
+        owner: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<Result<bool, String>> {
+        // Nobody else sent in between if the lease still names `owner`, even if it ran out:
+        // whoever takes a lease writes their name into it.
+        let held: bool = conn
+            .prepare_cached(
+                "SELECT count(*) > 0 FROM d1_sync_leases WHERE queue = ?1 AND owner = ?2",
+            )?
+            .query_row(params![self.table, owner], |r| r.get(0))?;
+        let n = conn
+            .prepare_cached(
+                "INSERT INTO d1_sync_leases (queue, owner, until) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (queue) DO UPDATE SET owner = excluded.owner, until = excluded.until
+                 WHERE d1_sync_leases.owner = excluded.owner OR d1_sync_leases.until <= ?4",
+            )?
+            .execute(params![self.table, owner, until, now])?;
+        if n == 1 {
+            return Ok(Ok(held));
+        }
+        let holder: Option<String> = conn
+            .query_row(
+                "SELECT owner FROM d1_sync_leases WHERE queue = ?1",
+                [&self.table],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(Err(holder.unwrap_or_default()))
+    }
+
+    /// Gives the lease up (on shutdown), if `owner` holds it.
+    pub(crate) fn release_lease(&self, conn: &Connection, owner: &str) -> Result<()> {
+        conn.execute(
+            "UPDATE d1_sync_leases SET until = 0 WHERE queue = ?1 AND owner = ?2",
+            params![self.table, owner],
+        )?;
+        Ok(())
+    }
+
+    /// Takes (or renews) the queue's lease and reads up to `limit` eligible records.
+    ///
+    /// Eligible: pending and due, and no earlier record of the same row is waiting (a dead
+    /// letter, or pending but not yet due). Because that looks at *all* earlier records of the
+    /// row, a held-back record holds back every later one of its row; other rows go on.
+    pub(crate) fn claim(
+        &self,
+        conn: &mut Connection,
+        owner: &str,
+        now: i64,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Claim> {
+        let who = Claimant {
+            owner,
+            now,
+            lease,
+            limit,
+        };
+        self.claim_from(conn, &who, 0)
+    }
+
+    /// [`Outbox::claim`] of the records after `cursor`, read while the batch up to it is still
+    /// in flight (the worker's prefetch); the flag says whether it stopped short (see below).
+    ///
+    /// It must be exactly the records a claim after that batch would take, in order, with
+    /// nothing passed over that may still go first; so it stops at the first record whose row
+    /// is in flight (`in_flight` holds their [`row_digest`]s), or whose row has a pending
+    /// record at or below the cursor that waited (charged or retried: it may be due again,
+    /// and only a claim from the start sends it).
+    pub(crate) fn claim_after(
+        &self,
+        conn: &mut Connection,
+        who: &Claimant<'_>,
+        cursor: i64,
+        in_flight: &std::collections::HashSet<u64>,
+    ) -> Result<(Claim, bool)> {
+        let records = match self.claim_from(conn, who, cursor)? {
+            Claim::Records(r) => r,
+            held => return Ok((held, false)),
+        };
+        let waited: std::collections::HashSet<u64> = conn
+            .prepare_cached(&sql::waited_up_to(self))?
+            .query_map([cursor], |r| {
+                Ok(row_digest(&text_at(r, 0)?, &text_at(r, 1)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let stop = records
+            .iter()
+            .position(|r| {
+                let row = row_digest(&r.table, &r.row_key);
+                in_flight.contains(&row) || waited.contains(&row)
+            })
+            .unwrap_or(records.len());
+        let mut records = records;
+        let cut = stop < records.len();
+        records.truncate(stop);
+        Ok((Claim::Records(records), cut))
+    }
+
+    fn claim_from(&self, conn: &mut Connection, who: &Claimant<'_>, cursor: i64) -> Result<Claim> {
+        let Claimant {
+            owner,
+            now,
+            lease,
+            limit,
+        } = *who;
+        let until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        if let Err(holder) = self.acquire(&tx, owner, now, until)? {
+            tx.commit()?;
+            return Ok(Claim::HeldBy(holder));
+        }
+        let records = {
+            let mut stmt = tx.prepare_cached(&sql::claim(self))?;
+            let rows = stmt
+                .query_map(
+                    params![now, i64::try_from(limit).unwrap_or(i64::MAX), cursor],
+                    raw_record,
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows
+        };
+        tx.commit()?;
+        Ok(Claim::Records(records))
+    }
+
+    /// Marks records synced (they must still be pending): moves them from the queue to the
+    /// synced log and forgets the journaled request `seq` that carried them, in one
+    /// transaction. Returns how many moved.
+    pub(crate) fn mark_synced(
+        &self,
+        conn: &mut Connection,
+        ids: &[i64],
+        seq: Option<i64>,
+    ) -> Result<usize> {
+        let ids = ids_json(ids);
+        let tx = conn.transaction()?;
+        if let Some(seq) = seq {
+            self.unjournal(&tx, seq)?;
+        }
+        tx.prepare_cached(&sql::log_synced(self))?
+            .execute(params![now_ms(), ids])?;
+        let n = tx
+            .prepare_cached(&sql::delete_synced(self))?
+            .execute([ids])?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Charges failed records an attempt: due again at `next_at`, or `failed` once
+    /// `max_attempts` is reached. Each entry: id, error, next attempt time (ms).
+    pub(crate) fn charge(
+        &self,
+        conn: &mut Connection,
+        failures: &[(i64, String, i64)],
+        max_attempts: u32,
+    ) -> Result<()> {
+        let now = now_ms();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(&format!(
+                "UPDATE {} SET attempts = attempts + 1, last_error = ?1, next_attempt_at = ?2, updated_at = ?3,
+                   status = CASE WHEN attempts + 1 >= ?4 THEN 'failed' ELSE 'pending' END
+                 WHERE id = ?5 AND status = 'pending'",
+                self.q
+            ))?;
+            for (id, err, next_at) in failures {
+                stmt.execute(params![err, next_at.max(&1), now, max_attempts, id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Dead-letters records that can never ship, with the reason.
+    pub(crate) fn fail(&self, conn: &mut Connection, failures: &[(i64, String)]) -> Result<()> {
+        let now = now_ms();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(&format!(
+                "UPDATE {} SET status = 'failed', last_error = ?1, updated_at = ?2 WHERE id = ?3 AND status = 'pending'",
+                self.q
+            ))?;
+            for (id, reason) in failures {
+                stmt.execute(params![reason, now, id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub(super) fn stream_key(&self) -> String {
+        format!("stream:{}", self.table)
+    }
+
+    /// The queue's stream id, as the ledger in D1 names it (16 hex digits).
+    pub(crate) fn stream(&self, conn: &Connection) -> Result<String> {
+        let v: i64 = conn
+            .prepare_cached("SELECT value FROM d1_sync_meta WHERE key = ?1")?
+            .query_row([self.stream_key()], |r| r.get(0))
+            .map_err(|e| self.map_missing(e))?;
+        Ok(format!("{:016x}", v as u64))
+    }
+
+    /// Journals a request before it is sent: its records' ids get a new sequence number and
+    /// a random nonce. From here until [`Outbox::mark_synced`] or [`Outbox::unjournal`] the
+    /// request counts as in flight, and whoever sends this queue next sends it again first.
+    ///
+    /// The entry is written durably (`synchronous = FULL` for this one commit, which also makes
+    /// every earlier commit of the file durable), so not even a power cut loses a request that
+    /// may reach D1; marks may stay `NORMAL`: a lost mark leaves its request journaled, and
+    /// the ledger answers for it when it goes again.
+    pub(crate) fn journal(&self, conn: &Connection, ids: &[i64]) -> Result<RequestId> {
+        let stream = self.stream(conn)?;
+        let mut id = RequestId::new(stream, 0);
+        let level: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+        conn.execute_batch("PRAGMA synchronous = FULL")?;
+        let inserted = conn
+            .prepare_cached(&format!(
+                "INSERT INTO {} (nonce, ids, created_at) VALUES (?1, ?2, ?3)",
+                self.journal
+            ))
+            .and_then(|mut s| s.execute(params![id.nonce, ids_json(ids), now_ms()]));
+        conn.execute_batch(&format!("PRAGMA synchronous = {level}"))?;
+        inserted?;
+        id.seq = conn.last_insert_rowid();
+        Ok(id)
+    }
+
+    /// Forgets a journaled request that was definitely not applied (refused as a whole, or
+    /// never sent).
+    pub(crate) fn unjournal(&self, conn: &Connection, seq: i64) -> Result<()> {
+        conn.prepare_cached(&format!("DELETE FROM {} WHERE seq = ?1", self.journal))?
+            .execute([seq])?;
+        Ok(())
+    }
+
+    /// The journaled requests, oldest first, with their records' ids.
+    pub(crate) fn journaled(&self, conn: &Connection) -> Result<Vec<(RequestId, Vec<i64>)>> {
+        let stream = self.stream(conn)?;
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT seq, nonce, ids FROM {} ORDER BY seq",
+                self.journal
+            ))
+            .map_err(|e| self.map_missing(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, i64>(0)?, text_at(r, 1)?, text_at(r, 2)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, nonce, ids)| {
+                let ids: Vec<i64> = serde_json::from_str(&ids).unwrap_or_default();
+                (
+                    RequestId {
+                        stream: stream.clone(),
+                        seq,
+                        nonce,
+                    },
+                    ids,
+                )
+            })
+            .collect())
+    }
+
+    /// The pending records with these ids, in queue order (what a journaled request carries).
+    pub(crate) fn records(&self, conn: &Connection, ids: &[i64]) -> Result<Vec<RawRecord>> {
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT id, table_name, row_key, op, payload, attempts FROM {}
+             WHERE id IN (SELECT value FROM json_each(?1)) AND status = 'pending' ORDER BY id",
+            self.q
+        ))?;
+        let rows = stmt
+            .query_map([ids_json(ids)], raw_record)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// The rows that have a record waiting (a dead letter, or pending and not due at `now`),
+    /// as [`row_digest`]s, each with the id of its first waiting record and the time that
+    /// record is due (`i64::MAX` for a dead letter). Read through the partial index that holds
+    /// only such records.
+    pub(crate) fn waiting_rows(
+        &self,
+        conn: &Connection,
+        now: i64,
+    ) -> Result<std::collections::HashMap<u64, (i64, i64)>> {
+        let mut stmt = conn.prepare_cached(&sql::waiting_rows(self))?;
+        let rows = stmt
+            .query_map([now], |r| {
+                Ok((
+                    row_digest(&text_at(r, 0)?, &text_at(r, 1)?),
+                    (r.get::<_, i64>(2)?, r.get::<_, i64>(3)?),
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Holds records back without charging them: they wait until `next_at` (ms) because a
+    /// record they depend on waits, and say why in `last_error`. Each entry: id, reason, time.
+    pub(crate) fn hold(&self, conn: &mut Connection, held: &[(i64, String, i64)]) -> Result<()> {
+        let now = now_ms();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(&format!(
+                "UPDATE {} SET last_error = ?1, next_attempt_at = ?2, updated_at = ?3
+                 WHERE id = ?4 AND status = 'pending'",
+                self.q
+            ))?;
+            for (id, reason, next_at) in held {
+                stmt.execute(params![reason, next_at.max(&1), now, id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Trims the synced log to its newest `keep` entries. Returns how many went. Pending
+    /// records and dead letters are never touched.
+    pub fn purge(&self, conn: &Connection, keep: usize) -> Result<usize> {
+        conn.prepare_cached(&sql::purge(self))?
+            .execute([i64::try_from(keep).unwrap_or(i64::MAX)])
+            .map_err(|e| self.map_missing(e))
+    }
+}
+
+/// A record as `SELECT id, table_name, row_key, op, payload, attempts` reads it. Whatever was
+/// written into the queue by hand must not stop a claim: any storage class is read, and
+/// `change::check` judges the content.
+fn raw_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
+    Ok(RawRecord {
+        id: r.get(0)?,
+        table: text_at(r, 1)?,
+        row_key: text_at(r, 2)?,
+        op: text_at(r, 3)?,
+        payload: bytes_of(r.get_ref(4)?),
+        attempts: attempts_of(r.get_ref(5)?),
+    })
+}
+
+fn ids_json(ids: &[i64]) -> String {
+    let mut s = String::with_capacity(ids.len() * 8 + 2);
+    s.push('[');
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&id.to_string());
+    }
+    s.push(']');
+    s
+}

@@ -1,0 +1,107 @@
+//! The queue's SQL text that the hot path and the operator's queries share, in one place: the
+//! query-plan test plans these very statements.
+
+/// Dead letters, in a form that implies the partial index holding them (its condition first):
+/// the queries on dead letters name that index, so with a backlog of pending records and a few
+/// dead letters they read the index, not the backlog.
+pub(super) const DEAD: &str = "(status = 'failed' OR next_attempt_at > 0) AND status = 'failed'";
+
+use super::Outbox;
+
+/// `<queue> INDEXED BY <blocking index> WHERE <dead letter>`: the dead letters, read through
+/// the partial index that holds them.
+pub(super) fn dead_letters(o: &Outbox) -> String {
+    format!("{} INDEXED BY {} WHERE {DEAD}", o.q, o.index("blocking"))
+}
+
+/// The claim: `?1` now, `?2` the limit, `?3` the cursor. Eligible: pending and due, after the
+/// cursor, and no earlier record of the same row waiting (a dead letter, or not yet due).
+pub(super) fn claim(o: &Outbox) -> String {
+    let q = &o.q;
+    format!(
+        "SELECT id, table_name, row_key, op, payload, attempts FROM {q} AS r
+         WHERE r.status = 'pending' AND r.next_attempt_at <= ?1 AND r.id > ?3
+           AND NOT EXISTS (
+             SELECT 1 FROM {q} AS e
+             WHERE e.table_name = r.table_name AND e.row_key = r.row_key AND e.id < r.id
+               AND (e.status = 'failed' OR e.next_attempt_at > 0)
+               AND (e.status = 'failed' OR (e.status = 'pending' AND e.next_attempt_at > ?1)))
+         ORDER BY r.id LIMIT ?2"
+    )
+}
+
+/// The rows with a pending record at or below the cursor `?1` that had to wait (charged,
+/// held or retried): a read-ahead stops at them.
+pub(super) fn waited_up_to(o: &Outbox) -> String {
+    format!(
+        "SELECT DISTINCT table_name, row_key FROM {} WHERE (status = 'failed' OR next_attempt_at > 0)
+         AND status = 'pending' AND id <= ?1",
+        o.q
+    )
+}
+
+/// An acknowledgement's log entries: `?1` the time, `?2` the ids (a JSON array).
+pub(super) fn log_synced(o: &Outbox) -> String {
+    format!(
+        "INSERT INTO {log} (id, table_name, row_key, op, attempts, created_at, synced_at)
+         SELECT id, table_name, row_key, op, attempts, created_at, ?1 FROM {q}
+         WHERE id IN (SELECT value FROM json_each(?2)) AND status = 'pending' ORDER BY id",
+        log = o.log,
+        q = o.q
+    )
+}
+
+/// An acknowledgement's delete from the queue: `?1` the ids (a JSON array).
+pub(super) fn delete_synced(o: &Outbox) -> String {
+    format!(
+        "DELETE FROM {} WHERE id IN (SELECT value FROM json_each(?1)) AND status = 'pending'",
+        o.q
+    )
+}
+
+/// The rows with a record waiting at `?1`, with the first such record's id and due time.
+pub(super) fn waiting_rows(o: &Outbox) -> String {
+    format!(
+        "SELECT table_name, row_key, min(id), min(CASE WHEN status = 'failed' THEN {max} ELSE next_attempt_at END)
+         FROM {} INDEXED BY {} WHERE (status = 'failed' OR next_attempt_at > 0)
+           AND (status = 'failed' OR next_attempt_at > ?1)
+         GROUP BY table_name, row_key",
+        o.q,
+        o.index("blocking"),
+        max = i64::MAX
+    )
+}
+
+/// Trims the log to its newest `?1` entries: only its low end is ever deleted, so the cut is
+/// one subtraction and the delete a range of the rowid.
+pub(super) fn purge(o: &Outbox) -> String {
+    format!(
+        "DELETE FROM {log} WHERE seq <= (SELECT max(seq) FROM {log}) - ?1",
+        log = o.log
+    )
+}
+
+/// Dead letters, oldest first, at most `?1`.
+pub(super) fn failed(o: &Outbox) -> String {
+    format!(
+        "SELECT id, table_name, row_key, op, attempts, coalesce(last_error, ''), created_at FROM {} ORDER BY id LIMIT ?1",
+        dead_letters(o)
+    )
+}
+
+/// Dead letters back in line: `?1` the time, `?2` one id or NULL for all.
+pub(super) fn retry(o: &Outbox) -> String {
+    format!(
+        "UPDATE {} INDEXED BY {} SET status = 'pending', attempts = 0, next_attempt_at = 1, updated_at = ?1 WHERE {DEAD} AND (?2 IS NULL OR id = ?2)",
+        o.q,
+        o.index("blocking"),
+    )
+}
+
+/// Dead letters deleted: `?1` one id or NULL for all.
+pub(super) fn drop_failed(o: &Outbox) -> String {
+    format!(
+        "DELETE FROM {} AND (?1 IS NULL OR id = ?1)",
+        dead_letters(o)
+    )
+}

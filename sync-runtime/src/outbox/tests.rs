@@ -1,0 +1,397 @@
+//! The queue's tests: ordering, leases, charges, the log, migration, and query plans.
+
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use super::install::QUEUE_VERSION;
+use super::*;
+use crate::change::{row_digest, Op};
+use crate::error::Error;
+
+fn setup() -> (Connection, Outbox) {
+    let conn = Connection::open_in_memory().unwrap();
+    let o = Outbox::new();
+    o.install(&conn).unwrap();
+    o.install(&conn).unwrap();
+    (conn, o)
+}
+
+fn put(conn: &Connection, o: &Outbox, key: &str) -> i64 {
+    o.enqueue_raw(
+        conn,
+        "t",
+        &format!("[\"{key}\"]"),
+        Op::Upsert.as_str(),
+        &format!("{{\"id\":\"{key}\"}}"),
+    )
+    .unwrap()
+}
+
+const LEASE: Duration = Duration::from_secs(60);
+
+fn who() -> Claimant<'static> {
+    Claimant {
+        owner: "w",
+        now: now_ms(),
+        lease: LEASE,
+        limit: 10,
+    }
+}
+
+fn claim(conn: &mut Connection, o: &Outbox, owner: &str, now: i64) -> Vec<i64> {
+    match o.claim(conn, owner, now, LEASE, 10).unwrap() {
+        Claim::Records(r) => r.iter().map(|r| r.id).collect(),
+        Claim::HeldBy(h) => panic!("lease held by {h}"),
+    }
+}
+
+#[test]
+fn records_of_a_row_are_claimed_in_order_together() {
+    let (mut conn, o) = setup();
+    let a1 = put(&conn, &o, "a");
+    let b1 = put(&conn, &o, "b");
+    let a2 = put(&conn, &o, "a");
+    assert_eq!(claim(&mut conn, &o, "w", now_ms()), [a1, b1, a2]);
+}
+
+#[test]
+fn one_worker_at_a_time_holds_the_queue() {
+    let (mut conn, o) = setup();
+    put(&conn, &o, "a");
+    let t0 = now_ms();
+    assert_eq!(claim(&mut conn, &o, "w1", t0).len(), 1);
+    assert!(
+        matches!(o.claim(&mut conn, "w2", t0 + 10, LEASE, 10).unwrap(), Claim::HeldBy(h) if h == "w1")
+    );
+    assert_eq!(o.lease(&conn).unwrap().unwrap().owner, "w1");
+    // The holder renews at will; after the lease runs out another worker takes over.
+    assert_eq!(claim(&mut conn, &o, "w1", t0 + 20).len(), 1);
+    let later = t0 + 20 + 60_000;
+    assert_eq!(
+        claim(&mut conn, &o, "w2", later).len(),
+        1,
+        "the expired lease is taken over"
+    );
+    // A released lease is free at once.
+    o.release_lease(&conn, "w2").unwrap();
+    assert_eq!(claim(&mut conn, &o, "w3", later + 1).len(), 1);
+    assert!(o.lease(&conn).unwrap().is_some());
+}
+
+#[test]
+fn a_record_in_backoff_holds_back_its_row_only() {
+    let (mut conn, o) = setup();
+    let a1 = put(&conn, &o, "a");
+    let a2 = put(&conn, &o, "a");
+    let b1 = put(&conn, &o, "b");
+    o.charge(&mut conn, &[(a1, "boom".into(), now_ms() + 60_000)], 10)
+        .unwrap();
+    assert_eq!(
+        claim(&mut conn, &o, "w", now_ms()),
+        [b1],
+        "a2 waits behind a1; b is free"
+    );
+    o.mark_synced(&mut conn, &[b1], None).unwrap();
+    // When a1 is due again, a1 then a2 go out, in order.
+    assert_eq!(claim(&mut conn, &o, "w", now_ms() + 61_000), [a1, a2]);
+}
+
+#[test]
+fn a_prefetch_never_passes_a_record_that_waited() {
+    let (mut conn, o) = setup();
+    let a1 = put(&conn, &o, "a");
+    let b1 = put(&conn, &o, "b");
+    let a2 = put(&conn, &o, "a");
+    let b2 = put(&conn, &o, "b");
+    // a1 was charged and is due again, but it is not in the batch in flight (b1 is):
+    // a prefetch after b1 must not send a2 ahead of it.
+    o.charge(&mut conn, &[(a1, "boom".into(), 1)], 10).unwrap();
+    let none = std::collections::HashSet::new();
+    let next = match o.claim_after(&mut conn, &who(), b1, &none).unwrap().0 {
+        Claim::Records(r) => r.iter().map(|r| r.id).collect::<Vec<_>>(),
+        Claim::HeldBy(_) => unreachable!(),
+    };
+    assert!(
+        next.is_empty(),
+        "a2 must not pass a1, and nothing after a2 may go either: {next:?}"
+    );
+    // Rows in flight stop the prefetch the same way.
+    let mut b_in_flight = std::collections::HashSet::new();
+    b_in_flight.insert(row_digest("t", "[\"b\"]"));
+    o.mark_synced(&mut conn, &[a1], None).unwrap();
+    let next = match o
+        .claim_after(&mut conn, &who(), b1, &b_in_flight)
+        .unwrap()
+        .0
+    {
+        Claim::Records(r) => r.iter().map(|r| r.id).collect::<Vec<_>>(),
+        Claim::HeldBy(_) => unreachable!(),
+    };
+    assert_eq!(
+        next,
+        [a2],
+        "b2 waits for b1 in flight, and stops the prefetch"
+    );
+    // A retried dead letter counts as having waited too.
+    let a3 = put(&conn, &o, "a");
+    o.fail(&mut conn, &[(a2, "dead".into())]).unwrap();
+    o.retry(&conn, Selection::Id(a2)).unwrap();
+    let next = match o.claim_after(&mut conn, &who(), a2, &none).unwrap().0 {
+        Claim::Records(r) => r.iter().map(|r| r.id).collect::<Vec<_>>(),
+        Claim::HeldBy(_) => unreachable!(),
+    };
+    assert!(
+        !next.contains(&a3),
+        "a3 must not pass the retried a2: {next:?}"
+    );
+    // A plain claim takes them all, in order.
+    assert_eq!(claim(&mut conn, &o, "w", now_ms()), [b1, a2, b2, a3]);
+}
+
+#[test]
+fn a_dead_letter_holds_back_its_row_until_retried_or_dropped() {
+    let (mut conn, o) = setup();
+    let a1 = put(&conn, &o, "a");
+    let a2 = put(&conn, &o, "a");
+    o.fail(&mut conn, &[(a1, "bad".into())]).unwrap();
+    assert!(claim(&mut conn, &o, "w", now_ms()).is_empty());
+    let dead = o.failed(&conn, 10).unwrap();
+    assert_eq!(
+        (dead.len(), dead[0].id, dead[0].last_error.as_str()),
+        (1, a1, "bad")
+    );
+
+    assert_eq!(o.retry(&conn, Selection::Id(a1)).unwrap(), 1);
+    assert_eq!(claim(&mut conn, &o, "w", now_ms()), [a1, a2]);
+    o.fail(&mut conn, &[(a1, "bad again".into())]).unwrap();
+    assert_eq!(o.drop_failed(&conn, Selection::All).unwrap(), 1);
+    assert_eq!(claim(&mut conn, &o, "w", now_ms()), [a2]);
+}
+
+#[test]
+fn attempts_lead_to_failed_at_the_maximum() {
+    let (mut conn, o) = setup();
+    let a = put(&conn, &o, "a");
+    for i in 1..=3 {
+        let got = match o
+            .claim(&mut conn, "w", now_ms() + i * 1000, LEASE, 10)
+            .unwrap()
+        {
+            Claim::Records(r) => r,
+            Claim::HeldBy(_) => unreachable!(),
+        };
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].attempts as i64, i - 1);
+        o.charge(&mut conn, &[(a, format!("e{i}"), 0)], 3).unwrap();
+    }
+    let c = o.counts(&conn).unwrap();
+    assert_eq!((c.failed, c.pending), (1, 0));
+    assert_eq!(o.failed(&conn, 1).unwrap()[0].last_error, "e3");
+    assert_eq!(o.last_error(&conn).unwrap().as_deref(), Some("e3"));
+}
+
+#[test]
+fn only_pending_records_are_marked() {
+    let (mut conn, o) = setup();
+    let a = put(&conn, &o, "a");
+    let b = put(&conn, &o, "b");
+    o.fail(&mut conn, &[(b, "dead".into())]).unwrap();
+    assert_eq!(o.mark_synced(&mut conn, &[a, b], None).unwrap(), 1);
+    assert_eq!(o.mark_synced(&mut conn, &[a], None).unwrap(), 0, "once");
+    let c = o.counts(&conn).unwrap();
+    assert_eq!((c.synced, c.failed), (1, 1));
+}
+
+#[test]
+fn purge_keeps_the_newest_synced_records() {
+    let (mut conn, o) = setup();
+    let all: Vec<i64> = (0..10).map(|i| put(&conn, &o, &i.to_string())).collect();
+    o.mark_synced(&mut conn, &all[..8], None).unwrap();
+    assert_eq!(o.counts(&conn).unwrap().synced, 8);
+    assert_eq!(o.purge(&conn, 3).unwrap(), 5);
+    let kept: Vec<i64> = column(&conn, "SELECT id FROM d1_sync_queue_synced ORDER BY seq");
+    assert_eq!(kept, all[5..8]);
+    assert_eq!(
+        o.counts(&conn).unwrap().pending,
+        2,
+        "unsynced records are never purged"
+    );
+    assert_eq!(o.purge(&conn, 100).unwrap(), 0);
+    assert_eq!(o.purge(&conn, 0).unwrap(), 3);
+    assert_eq!(o.counts(&conn).unwrap().synced, 0);
+}
+
+#[test]
+fn an_acknowledged_record_leaves_the_queue_for_the_log() {
+    let (mut conn, o) = setup();
+    let a = put(&conn, &o, "a");
+    o.mark_synced(&mut conn, &[a], None).unwrap();
+    let in_queue: i64 = conn
+        .query_row("SELECT count(*) FROM d1_sync_queue", [], |r| r.get(0))
+        .unwrap();
+    let logged: (i64, String, String, String) = conn
+        .query_row(
+            "SELECT id, table_name, row_key, op FROM d1_sync_queue_synced",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    assert_eq!(in_queue, 0);
+    assert_eq!(logged, (a, "t".into(), "[\"a\"]".into(), "upsert".into()));
+}
+
+#[test]
+fn a_version_1_queue_is_migrated_without_losing_a_record() {
+    let conn = Connection::open_in_memory().unwrap();
+    conn.execute_batch(
+        "CREATE TABLE d1_sync_meta (key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);
+         INSERT INTO d1_sync_meta VALUES ('queue_version:d1_sync_queue', 1);
+         CREATE TABLE d1_sync_queue (
+           id INTEGER PRIMARY KEY, table_name TEXT NOT NULL, row_key TEXT NOT NULL,
+           op TEXT NOT NULL, payload TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending',
+           attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at INTEGER NOT NULL DEFAULT 0,
+           last_error TEXT, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+           synced_at INTEGER);
+         CREATE INDEX d1_sync_queue_status_id ON d1_sync_queue (status, id);
+         INSERT INTO d1_sync_queue (id, table_name, row_key, op, payload, status, created_at, updated_at, synced_at)
+         VALUES (1, 't', '[\"a\"]', 'upsert', '{\"id\":\"a\"}', 'synced', 10, 11, 12),
+                (2, 't', '[\"b\"]', 'upsert', '{\"id\":\"b\"}', 'pending', 20, 20, NULL),
+                (3, 't', '[\"c\"]', 'upsert', '{\"id\":\"c\"}', 'failed', 30, 31, NULL);",
+    )
+    .unwrap();
+    let o = Outbox::new();
+    o.install(&conn).unwrap();
+    let c = o.counts(&conn).unwrap();
+    assert_eq!((c.pending, c.failed, c.synced), (1, 1, 1));
+    let synced_at: i64 = conn
+        .query_row(
+            "SELECT synced_at FROM d1_sync_queue_synced WHERE id = 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(synced_at, 12);
+    let version: i64 = conn
+        .query_row("SELECT value FROM d1_sync_meta", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, QUEUE_VERSION);
+    let indexes: Vec<String> = column(
+        &conn,
+        "SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'd1_sync_queue' ORDER BY name",
+    );
+    assert_eq!(
+        indexes,
+        ["d1_sync_queue_blocking"],
+        "the status index is gone"
+    );
+    o.install(&conn).unwrap();
+    assert_eq!(
+        o.counts(&conn).unwrap(),
+        c,
+        "installing again changes nothing"
+    );
+}
+
+#[test]
+fn install_works_inside_the_callers_transaction() {
+    let mut conn = Connection::open_in_memory().unwrap();
+    let tx = conn.transaction().unwrap();
+    Outbox::new().install(&tx).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(Outbox::new().counts(&conn).unwrap(), Counts::default());
+}
+
+/// The first column of every row of `sql`.
+fn column<T: rusqlite::types::FromSql>(conn: &Connection, sql: &str) -> Vec<T> {
+    conn.prepare(sql)
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// The query plan of `sql`, its parameters bound to NULL.
+fn plan(conn: &Connection, sql: &str) -> String {
+    let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+    let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
+    stmt.query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+        .join("\n")
+}
+
+#[test]
+fn the_hot_queries_walk_indexes_without_sorting() {
+    // The very statements the queue runs (`sql`), planned with their parameters unbound.
+    let (conn, o) = setup();
+    let claim = plan(&conn, &sql::claim(&o));
+    assert!(
+        !claim.contains("TEMP B-TREE"),
+        "the claim must not sort the backlog:\n{claim}"
+    );
+    assert!(
+        claim.contains("SEARCH r USING INTEGER PRIMARY KEY (rowid>?)"),
+        "the claim walks the queue from the cursor in id order:\n{claim}"
+    );
+    assert!(
+        claim.contains("d1_sync_queue_blocking"),
+        "the row check uses the partial index:\n{claim}"
+    );
+    for dead in [
+        sql::failed(&o),
+        sql::retry(&o),
+        sql::drop_failed(&o),
+        sql::waiting_rows(&o),
+    ] {
+        let dead = plan(&conn, &dead);
+        assert!(
+            dead.lines()
+                .filter(|l| l.contains("d1_sync_queue"))
+                .all(|l| l.contains("INDEX d1_sync_queue_blocking")),
+            "dead letters and waiting records are found through their partial index, not the backlog:\n{dead}"
+        );
+    }
+    let purge = plan(&conn, &sql::purge(&o));
+    assert!(
+        !purge.contains("TEMP B-TREE") && !purge.contains("SCAN d1_sync_queue_synced"),
+        "the purge cuts a range of the log:\n{purge}"
+    );
+    for mark in [sql::delete_synced(&o), sql::log_synced(&o)] {
+        let mark = plan(&conn, &mark);
+        assert!(
+            mark.contains("SEARCH d1_sync_queue ") && !mark.contains("SCAN d1_sync_queue "),
+            "the acknowledgement looks records up by id:\n{mark}"
+        );
+    }
+}
+
+#[test]
+fn a_rolled_back_transaction_leaves_no_record() {
+    let (mut conn, o) = setup();
+    let tx = conn.transaction().unwrap();
+    o.enqueue_raw(&tx, "t", "[1]", "upsert", "{}").unwrap();
+    drop(tx);
+    assert_eq!(o.counts(&conn).unwrap(), Counts::default());
+}
+
+#[test]
+fn a_newer_queue_is_refused_and_a_missing_one_explained() {
+    let (conn, o) = setup();
+    conn.execute("UPDATE d1_sync_meta SET value = 99", [])
+        .unwrap();
+    assert!(matches!(
+        o.install(&conn),
+        Err(Error::QueueTooNew { found: 99, .. })
+    ));
+    assert!(matches!(
+        o.check(&conn),
+        Err(Error::QueueTooNew { found: 99, .. })
+    ));
+    let other = Connection::open_in_memory().unwrap();
+    let err = o.counts(&other).unwrap_err();
+    assert!(matches!(err, Error::NotInstalled(_)), "{err}");
+    assert!(matches!(o.check(&other), Err(Error::NotInstalled(_))));
+}

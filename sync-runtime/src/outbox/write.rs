@@ -1,0 +1,195 @@
+//! The application's write API: each method's name says what it writes where. `save`,
+//! `patch` and `remove` write the local row and queue its record in the caller's
+//! transaction; the `enqueue_*` methods only queue.
+
+use rusqlite::{params, Connection, Transaction};
+
+use super::{now_ms, Outbox};
+use crate::change::Op;
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::row::SyncRow;
+use crate::value::Value;
+
+impl Outbox {
+    /// Enqueues a record as stored text (no checks). The typed methods below are the normal
+    /// way; this one exists for tools and tests that need to write arbitrary records.
+    pub fn enqueue_raw(
+        &self,
+        conn: &Connection,
+        table: &str,
+        row_key: &str,
+        op: &str,
+        payload: &str,
+    ) -> Result<i64> {
+        let now = now_ms();
+        conn.prepare_cached(&self.insert_sql)
+            .and_then(|mut s| s.execute(params![table, row_key, op, payload, now]))
+            .map_err(|e| self.map_missing(e))?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    fn enqueue<T: SyncRow>(
+        &self,
+        conn: &Connection,
+        key: &[Value],
+        op: Op,
+        payload: String,
+    ) -> Result<i64> {
+        self.enqueue_raw(
+            conn,
+            T::TABLE,
+            &codec::stored_array(key),
+            op.as_str(),
+            &payload,
+        )
+    }
+
+    /// Writes the row to the local file (upsert) **and** queues its upsert for D1, in the
+    /// caller's transaction.
+    ///
+    /// Locally it runs `T::UPSERT_SQL` (insert-only columns kept on update); D1 gets the same.
+    pub fn save<T: SyncRow>(&self, tx: &Transaction<'_>, row: &T) -> Result<i64> {
+        let values = row.values();
+        tx.prepare_cached(T::UPSERT_SQL)?
+            .execute(rusqlite::params_from_iter(values.iter()))?;
+        let payload = codec::stored_object(T::COLUMNS.iter().copied().zip(values.iter()));
+        self.enqueue::<T>(tx, &row.key_values(), Op::Upsert, payload)
+    }
+
+    /// Updates the named columns of the row in the local file **and** queues the same
+    /// `UPDATE` for D1, in the caller's transaction.
+    ///
+    /// Other columns are left alone on both sides, and a row that does not exist is not
+    /// created. Key and insert-only columns cannot be set; at least one other column must be.
+    ///
+    /// ```
+    /// use d1_sync::{D1Sync, Outbox};
+    /// # fn main() -> Result<(), d1_sync::Error> {
+    /// #[derive(D1Sync)]
+    /// #[d1(table = "notes")]
+    /// struct Note { #[d1(primary_key)] id: i64, body: String, pinned: bool }
+    ///
+    /// let mut conn = d1_sync::open(":memory:")?;
+    /// conn.execute_batch("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT, pinned INTEGER)")?;
+    /// let outbox = Outbox::new();
+    /// let tx = conn.transaction()?;
+    /// outbox.save(&tx, &Note { id: 1, body: "hello".into(), pinned: false })?;
+    /// outbox.patch(&tx, &Note { id: 1, body: "not written".into(), pinned: true }, &["pinned"])?;
+    /// tx.commit()?;
+    /// let (body, pinned): (String, bool) =
+    ///     conn.query_row("SELECT body, pinned FROM notes", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    /// assert_eq!((body.as_str(), pinned), ("hello", true));
+    /// # Ok(()) }
+    /// ```
+    pub fn patch<T: SyncRow>(
+        &self,
+        tx: &Transaction<'_>,
+        row: &T,
+        columns: &[&str],
+    ) -> Result<i64> {
+        check_patch::<T>(columns)?;
+        let set: Vec<&str> = T::COLUMNS
+            .iter()
+            .copied()
+            .filter(|c| columns.contains(c))
+            .collect();
+        let sql = d1_sync_schema::sql::update_sql(T::TABLE, T::PRIMARY_KEY, &set);
+        let values = row.values();
+        let value_of = |c: &str| T::COLUMNS.iter().position(|x| *x == c).map(|i| &values[i]);
+        let params: Vec<&Value> = T::PRIMARY_KEY
+            .iter()
+            .chain(set.iter())
+            .filter_map(|c| value_of(c))
+            .collect();
+        tx.prepare_cached(&sql)?
+            .execute(rusqlite::params_from_iter(params))?;
+        self.enqueue_update(tx, row, columns)
+    }
+
+    /// Deletes the row from the local file (by key) **and** queues its delete for D1, in the
+    /// caller's transaction. Foreign keys cascade locally as they will on D1.
+    pub fn remove<T: SyncRow>(&self, tx: &Transaction<'_>, row: &T) -> Result<i64> {
+        tx.prepare_cached(T::DELETE_SQL)?
+            .execute(rusqlite::params_from_iter(row.key_values()))?;
+        self.enqueue_delete(tx, row)
+    }
+
+    /// Only queues an upsert of the whole row for D1; writes nothing locally (see
+    /// [`Outbox::save`]). For rows you write yourself in the same transaction.
+    pub fn enqueue_upsert<T: SyncRow>(&self, tx: &Transaction<'_>, row: &T) -> Result<i64> {
+        let values = row.values();
+        let payload = codec::stored_object(T::COLUMNS.iter().copied().zip(values.iter()));
+        self.enqueue::<T>(tx, &row.key_values(), Op::Upsert, payload)
+    }
+
+    /// Only queues an `UPDATE` of some columns for D1; writes nothing locally (see
+    /// [`Outbox::patch`]). D1 leaves other columns alone and creates no row. Key and
+    /// insert-only columns cannot be set; at least one other column must be.
+    pub fn enqueue_update<T: SyncRow>(
+        &self,
+        tx: &Transaction<'_>,
+        row: &T,
+        columns: &[&str],
+    ) -> Result<i64> {
+        check_patch::<T>(columns)?;
+        let values = row.values();
+        let payload = codec::stored_object(
+            T::COLUMNS
+                .iter()
+                .copied()
+                .zip(values.iter())
+                .filter(|(c, _)| T::PRIMARY_KEY.contains(c) || columns.contains(c)),
+        );
+        self.enqueue::<T>(tx, &row.key_values(), Op::Update, payload)
+    }
+
+    /// Only queues a delete of the row for D1; deletes nothing locally (see
+    /// [`Outbox::remove`]).
+    pub fn enqueue_delete<T: SyncRow>(&self, tx: &Transaction<'_>, row: &T) -> Result<i64> {
+        self.enqueue_delete_key::<T>(tx, &row.key_values())
+    }
+
+    /// Only queues a delete by key values (in `T::PRIMARY_KEY` order) for D1; deletes nothing
+    /// locally.
+    pub fn enqueue_delete_key<T: SyncRow>(
+        &self,
+        tx: &Transaction<'_>,
+        key: &[Value],
+    ) -> Result<i64> {
+        if key.len() != T::PRIMARY_KEY.len() {
+            return Err(Error::KeyArity {
+                table: T::TABLE.to_string(),
+                want: T::PRIMARY_KEY.len(),
+                got: key.len(),
+            });
+        }
+        let payload = codec::stored_object(T::PRIMARY_KEY.iter().copied().zip(key.iter()));
+        self.enqueue::<T>(tx, key, Op::Delete, payload)
+    }
+}
+
+/// The columns a patch may set: named, in the whitelist, not key or insert-only.
+fn check_patch<T: SyncRow>(columns: &[&str]) -> Result<()> {
+    if columns.is_empty() {
+        return Err(Error::Config(format!(
+            "an update of `{}` must name at least one column",
+            T::TABLE
+        )));
+    }
+    for c in columns {
+        if !T::COLUMNS.contains(c) {
+            return Err(Error::UnknownColumn {
+                table: T::TABLE.to_string(),
+                column: (*c).to_string(),
+            });
+        }
+        if T::PRIMARY_KEY.contains(c) || T::INSERT_ONLY.contains(c) {
+            return Err(Error::NotUpdatable {
+                table: T::TABLE.to_string(),
+                column: (*c).to_string(),
+            });
+        }
+    }
+    Ok(())
+}
