@@ -12,6 +12,7 @@
 //! fault are found; only those are charged.
 
 mod prepare;
+mod read;
 mod run;
 mod ship;
 
