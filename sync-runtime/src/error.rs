@@ -58,6 +58,9 @@ pub enum Error {
     /// Bad configuration.
     #[error("{0}")]
     Config(String),
+    /// A task on the blocking pool (a query of the local queue) panicked or was cancelled.
+    #[error("a background task of the worker failed: {0}")]
+    Task(String),
     /// The worker is not running (never started, or shut down).
     #[error("the sync worker is not running")]
     NotRunning,

@@ -55,15 +55,21 @@
 // crate's own tests and doctests too.
 extern crate self as d1_sync;
 
+// `change`, `codec` and `pack` are internal: hidden doors for the benchmarks and the
+// cross-crate tests, not public API; they may change in any release. What a `Target` needs of
+// them (`Change`, `Statement`, `Param`, `PackLimits`) is re-exported from `target`.
 pub mod backoff;
+#[doc(hidden)]
 pub mod change;
 pub mod clock;
+#[doc(hidden)]
 pub mod codec;
 pub mod error;
 mod guard;
 pub mod ledger;
 pub mod migrate;
 pub mod outbox;
+#[doc(hidden)]
 pub mod pack;
 pub mod registry;
 pub mod row;

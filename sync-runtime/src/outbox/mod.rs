@@ -37,7 +37,7 @@ use crate::error::{Error, Result};
 
 pub(crate) use crate::clock::now_ms;
 pub use operator::{Counts, DeadLetter, Lease, Selection};
-pub(crate) use protocol::{Claim, Claimant};
+pub(crate) use protocol::{Claim, Claimant, Refusal, Setback};
 
 /// The outbox: names the queue table and holds every query on it.
 ///

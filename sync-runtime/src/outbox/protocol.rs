@@ -11,6 +11,23 @@ use crate::change::{row_digest, RawRecord};
 use crate::error::Result;
 use crate::ledger::RequestId;
 
+/// A record set back: which, why, and until when (ms): charged an attempt, or held behind a
+/// record it depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Setback {
+    pub(crate) id: i64,
+    pub(crate) reason: String,
+    pub(crate) until: i64,
+}
+
+/// A record that can never ship: which, of what table, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub(crate) id: i64,
+    pub(crate) table: String,
+    pub(crate) reason: String,
+}
+
 /// Who claims, when, for how long, and how many records at most.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Claimant<'a> {
@@ -186,12 +203,12 @@ impl Outbox {
         Ok(n)
     }
 
-    /// Charges failed records an attempt: due again at `next_at`, or `failed` once
-    /// `max_attempts` is reached. Each entry: id, error, next attempt time (ms).
+    /// Charges failed records an attempt: due again at their `until`, or `failed` once
+    /// `max_attempts` is reached.
     pub(crate) fn charge(
         &self,
         conn: &mut Connection,
-        failures: &[(i64, String, i64)],
+        failures: &[Setback],
         max_attempts: u32,
     ) -> Result<()> {
         let now = now_ms();
@@ -203,8 +220,8 @@ impl Outbox {
                  WHERE id = ?5 AND status = 'pending'",
                 self.q
             ))?;
-            for (id, err, next_at) in failures {
-                stmt.execute(params![err, next_at.max(&1), now, max_attempts, id])?;
+            for f in failures {
+                stmt.execute(params![f.reason, f.until.max(1), now, max_attempts, f.id])?;
             }
         }
         tx.commit()?;
@@ -212,7 +229,7 @@ impl Outbox {
     }
 
     /// Dead-letters records that can never ship, with the reason.
-    pub(crate) fn fail(&self, conn: &mut Connection, failures: &[(i64, String)]) -> Result<()> {
+    pub(crate) fn fail(&self, conn: &mut Connection, failures: &[Refusal]) -> Result<()> {
         let now = now_ms();
         let tx = conn.transaction()?;
         {
@@ -220,8 +237,8 @@ impl Outbox {
                 "UPDATE {} SET status = 'failed', last_error = ?1, updated_at = ?2 WHERE id = ?3 AND status = 'pending'",
                 self.q
             ))?;
-            for (id, reason) in failures {
-                stmt.execute(params![reason, now, id])?;
+            for f in failures {
+                stmt.execute(params![f.reason, now, f.id])?;
             }
         }
         tx.commit()?;
@@ -340,7 +357,7 @@ impl Outbox {
 
     /// Holds records back without charging them: they wait until `next_at` (ms) because a
     /// record they depend on waits, and say why in `last_error`. Each entry: id, reason, time.
-    pub(crate) fn hold(&self, conn: &mut Connection, held: &[(i64, String, i64)]) -> Result<()> {
+    pub(crate) fn hold(&self, conn: &mut Connection, held: &[Setback]) -> Result<()> {
         let now = now_ms();
         let tx = conn.transaction()?;
         {
@@ -349,8 +366,8 @@ impl Outbox {
                  WHERE id = ?4 AND status = 'pending'",
                 self.q
             ))?;
-            for (id, reason, next_at) in held {
-                stmt.execute(params![reason, next_at.max(&1), now, id])?;
+            for h in held {
+                stmt.execute(params![h.reason, h.until.max(1), now, h.id])?;
             }
         }
         tx.commit()?;

@@ -9,6 +9,22 @@ use super::*;
 use crate::change::{row_digest, Op};
 use crate::error::Error;
 
+fn setback(id: i64, reason: impl Into<String>, until: i64) -> Setback {
+    Setback {
+        id,
+        reason: reason.into(),
+        until,
+    }
+}
+
+fn refusal(id: i64, reason: impl Into<String>) -> Refusal {
+    Refusal {
+        id,
+        table: "t".into(),
+        reason: reason.into(),
+    }
+}
+
 fn setup() -> (Connection, Outbox) {
     let conn = Connection::open_in_memory().unwrap();
     let o = Outbox::new();
@@ -85,7 +101,7 @@ fn a_record_in_backoff_holds_back_its_row_only() {
     let a1 = put(&conn, &o, "a");
     let a2 = put(&conn, &o, "a");
     let b1 = put(&conn, &o, "b");
-    o.charge(&mut conn, &[(a1, "boom".into(), now_ms() + 60_000)], 10)
+    o.charge(&mut conn, &[setback(a1, "boom", now_ms() + 60_000)], 10)
         .unwrap();
     assert_eq!(
         claim(&mut conn, &o, "w", now_ms()),
@@ -106,7 +122,7 @@ fn a_prefetch_never_passes_a_record_that_waited() {
     let b2 = put(&conn, &o, "b");
     // a1 was charged and is due again, but it is not in the batch in flight (b1 is):
     // a prefetch after b1 must not send a2 ahead of it.
-    o.charge(&mut conn, &[(a1, "boom".into(), 1)], 10).unwrap();
+    o.charge(&mut conn, &[setback(a1, "boom", 1)], 10).unwrap();
     let none = std::collections::HashSet::new();
     let next = match o.claim_after(&mut conn, &who(), b1, &none).unwrap().0 {
         Claim::Records(r) => r.iter().map(|r| r.id).collect::<Vec<_>>(),
@@ -135,7 +151,7 @@ fn a_prefetch_never_passes_a_record_that_waited() {
     );
     // A retried dead letter counts as having waited too.
     let a3 = put(&conn, &o, "a");
-    o.fail(&mut conn, &[(a2, "dead".into())]).unwrap();
+    o.fail(&mut conn, &[refusal(a2, "dead")]).unwrap();
     o.retry(&conn, Selection::Id(a2)).unwrap();
     let next = match o.claim_after(&mut conn, &who(), a2, &none).unwrap().0 {
         Claim::Records(r) => r.iter().map(|r| r.id).collect::<Vec<_>>(),
@@ -154,7 +170,7 @@ fn a_dead_letter_holds_back_its_row_until_retried_or_dropped() {
     let (mut conn, o) = setup();
     let a1 = put(&conn, &o, "a");
     let a2 = put(&conn, &o, "a");
-    o.fail(&mut conn, &[(a1, "bad".into())]).unwrap();
+    o.fail(&mut conn, &[refusal(a1, "bad")]).unwrap();
     assert!(claim(&mut conn, &o, "w", now_ms()).is_empty());
     let dead = o.failed(&conn, 10).unwrap();
     assert_eq!(
@@ -164,7 +180,7 @@ fn a_dead_letter_holds_back_its_row_until_retried_or_dropped() {
 
     assert_eq!(o.retry(&conn, Selection::Id(a1)).unwrap(), 1);
     assert_eq!(claim(&mut conn, &o, "w", now_ms()), [a1, a2]);
-    o.fail(&mut conn, &[(a1, "bad again".into())]).unwrap();
+    o.fail(&mut conn, &[refusal(a1, "bad again")]).unwrap();
     assert_eq!(o.drop_failed(&conn, Selection::All).unwrap(), 1);
     assert_eq!(claim(&mut conn, &o, "w", now_ms()), [a2]);
 }
@@ -183,7 +199,8 @@ fn attempts_lead_to_failed_at_the_maximum() {
         };
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].attempts as i64, i - 1);
-        o.charge(&mut conn, &[(a, format!("e{i}"), 0)], 3).unwrap();
+        o.charge(&mut conn, &[setback(a, format!("e{i}"), 0)], 3)
+            .unwrap();
     }
     let c = o.counts(&conn).unwrap();
     assert_eq!((c.failed, c.pending), (1, 0));
@@ -196,7 +213,7 @@ fn only_pending_records_are_marked() {
     let (mut conn, o) = setup();
     let a = put(&conn, &o, "a");
     let b = put(&conn, &o, "b");
-    o.fail(&mut conn, &[(b, "dead".into())]).unwrap();
+    o.fail(&mut conn, &[refusal(b, "dead")]).unwrap();
     assert_eq!(o.mark_synced(&mut conn, &[a, b], None).unwrap(), 1);
     assert_eq!(o.mark_synced(&mut conn, &[a], None).unwrap(), 0, "once");
     let c = o.counts(&conn).unwrap();

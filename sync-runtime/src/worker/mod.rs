@@ -1,9 +1,9 @@
 //! The sync worker: a tokio task that drains the outbox to a [`Target`].
 //!
-//! One task owns the loop ([`run`]); [`SyncWorker`] is the handle (`start`, `notify`, `flush`,
+//! One task owns the loop (`run`); [`SyncWorker`] is the handle (`start`, `notify`, `flush`,
 //! `stats`, `shutdown`). Only the holder of the queue's lease sends, so a second process waits
-//! in `Standby`. Each tick sends one request ([`ship`]): a batch is claimed, sorted
-//! ([`prepare`]: records that can never ship are dead-lettered, records whose row or parent row
+//! in `Standby`. Each tick sends one request (`ship`): a batch is claimed, sorted
+//! (`prepare`: records that can never ship are dead-lettered, records whose row or parent row
 //! waits are held back uncharged), packed once, and its requests are journaled locally before
 //! they go, so that D1's ledger recognises a request sent again after a lost answer and every
 //! record is applied exactly once. Failures are sorted by [`TargetError`]: transient ones back
@@ -376,7 +376,7 @@ impl SyncWorker {
         let (reader, outbox) = (self.inner.reader.clone(), self.inner.outbox.clone());
         let counts = tokio::task::spawn_blocking(move || outbox.counts(&lock(&reader)))
             .await
-            .map_err(|e| Error::Config(format!("the database task failed: {e}")))??;
+            .map_err(|e| Error::Task(e.to_string()))??;
         let live = lock(&self.inner.live).clone();
         let now = now_ms();
         Ok(Stats {
@@ -400,9 +400,10 @@ impl SyncWorker {
     /// Runs the worker here instead of in the background task, until the batch it claims is
     /// sent: claim a batch, send its requests, mark what the target acknowledged, split what it
     /// refused. For callers that drive syncing themselves (and for deterministic tests).
-    /// Refused while the background task runs. A failure is returned in [`Step::Failed`]: the
-    /// request stays journaled and the next step sends it again first; backing off before
-    /// that is the caller's choice.
+    /// Refused while the background task runs. A failure of the target is returned in
+    /// [`Step::Failed`]: the request stays journaled and the next step sends it again first;
+    /// backing off before that is the caller's choice. A failure of the local queue is an
+    /// `Err`.
     pub async fn step(&self) -> Result<Step> {
         if self.is_running() {
             return Err(Error::Config(
@@ -422,6 +423,7 @@ impl SyncWorker {
                     lock(&self.inner.live).last_error = Some(e.to_string());
                     return Ok(Step::Failed(e));
                 }
+                ship::TickEnd::Local(e) => return Err(e),
             }
         }
     }
@@ -475,7 +477,7 @@ where
     let outbox = inner.outbox.clone();
     tokio::task::spawn_blocking(move || f(&outbox, &mut lock(&conn)))
         .await
-        .map_err(|e| Error::Config(format!("the database task failed: {e}")))?
+        .map_err(|e| Error::Task(e.to_string()))?
 }
 
 /// What one [`SyncWorker::step`] did.

@@ -10,6 +10,7 @@ use rusqlite::Connection;
 
 use crate::change::{self, Change, Op, RawRecord};
 use crate::codec;
+use crate::outbox::{Refusal, Setback};
 use crate::registry::Registry;
 use crate::value::Value;
 
@@ -125,10 +126,10 @@ pub(crate) struct Waiting {
 pub(crate) struct Sorted {
     /// To ship, in queue order.
     pub(crate) changes: Vec<Change>,
-    /// Id, table and reason of each record to dead-letter.
-    pub(crate) invalid: Vec<(i64, String, String)>,
-    /// Id, reason and due time of each record to hold back, uncharged.
-    pub(crate) held: Vec<(i64, String, i64)>,
+    /// The records to dead-letter.
+    pub(crate) invalid: Vec<Refusal>,
+    /// The records to hold back, uncharged.
+    pub(crate) held: Vec<Setback>,
     /// The last claimed id: a read-ahead continues after it.
     pub(crate) cursor: i64,
     /// The rows of every claimed record ([`change::row_digest`]s).
@@ -162,7 +163,11 @@ pub(crate) fn sort(
                     first_id: r.id,
                     due: i64::MAX,
                 });
-                out.invalid.push((r.id, r.table.clone(), reason));
+                out.invalid.push(Refusal {
+                    id: r.id,
+                    table: r.table.clone(),
+                    reason,
+                });
             }
             // Waits in the queue behind the earlier record of its row, as it is.
             Ok(_) if blocked.contains_key(&row) => {}
@@ -170,11 +175,13 @@ pub(crate) fn sort(
                 None => out.changes.push(c),
                 Some((w, table, key)) => {
                     let due = if w.due == i64::MAX { recheck_at } else { w.due };
-                    out.held.push((
-                        c.id,
-                        format!("waits for its parent row {table} {key}, which is held back"),
-                        due,
-                    ));
+                    out.held.push(Setback {
+                        id: c.id,
+                        reason: format!(
+                            "waits for its parent row {table} {key}, which is held back"
+                        ),
+                        until: due,
+                    });
                     blocked.insert(
                         row,
                         Waiting {
@@ -300,8 +307,12 @@ mod tests {
             "c2 ships; c1's later record waits behind its held one"
         );
         assert_eq!(s.held.len(), 1);
-        assert_eq!((s.held[0].0, s.held[0].2), (2, 5_000));
-        assert!(s.held[0].1.contains("p [\"p1\"]"), "{}", s.held[0].1);
+        assert_eq!((s.held[0].id, s.held[0].until), (2, 5_000));
+        assert!(
+            s.held[0].reason.contains("p [\"p1\"]"),
+            "{}",
+            s.held[0].reason
+        );
         assert_eq!(
             s.invalid.len(),
             2,
@@ -319,7 +330,7 @@ mod tests {
         ];
         let s = sort(raw, &r, &deps, &HashMap::new(), 9_999);
         assert!(s.changes.is_empty());
-        assert_eq!(s.held, [(2, s.held[0].1.clone(), 9_999)]);
+        assert_eq!((s.held.len(), s.held[0].id, s.held[0].until), (1, 2, 9_999));
         // A waiting record of the parent *after* the child (a later update) does not hold it.
         let mut waiting = HashMap::new();
         waiting.insert(

@@ -62,6 +62,22 @@ pub(super) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
                 lock(&inner.live).state = WorkerState::Standby { holder };
                 wake = Some(now + inner.config.poll_interval);
             }
+            TickEnd::Local(e) => {
+                failures = failures.saturating_add(1);
+                let delay = inner.config.backoff.delay(failures, &mut rand::rng(), None);
+                let reason = format!("local queue: {e}");
+                {
+                    let mut live = lock(&inner.live);
+                    live.last_error = Some(reason.clone());
+                    live.state = WorkerState::BackingOff {
+                        until: SystemTime::now() + delay,
+                        reason: reason.clone(),
+                    };
+                }
+                error!(error = %reason, delay_ms = delay.as_millis() as u64, "d1-sync backing off: the local queue failed");
+                hold = true;
+                wake = Some(now + delay);
+            }
             TickEnd::Failed(e) => {
                 failures = failures.saturating_add(1);
                 let (delay, paused) = match &e {

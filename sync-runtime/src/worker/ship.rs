@@ -33,7 +33,7 @@ use super::{db, lock, Inner};
 use crate::change::{self, Change};
 use crate::error::Result;
 use crate::ledger::{Applied, RequestId};
-use crate::outbox::{now_ms, Claim};
+use crate::outbox::{now_ms, Claim, Setback};
 use crate::pack::{pack_one, Request};
 use crate::target::{Batch, TargetError};
 
@@ -99,10 +99,13 @@ pub(super) enum TickEnd {
     /// The request failed in a way that backs the whole worker off or pauses it; it stays
     /// journaled and goes again, unchanged.
     Failed(TargetError),
+    /// The local queue could not be read or written: the worker backs off, as after a
+    /// transient failure of the target; nothing was marked.
+    Local(crate::Error),
 }
 
 fn local(e: crate::Error) -> TickEnd {
-    TickEnd::Failed(TargetError::Transient(format!("local queue: {e}")))
+    TickEnd::Local(e)
 }
 
 /// One tick: send the next request of the plan (making a plan first if there is none).
@@ -243,10 +246,10 @@ pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool
                         return TickEnd::Failed(TargetError::MissingMigrations(missing));
                     }
                     Ok(_) => {}
-                    Err(e) => {
+                    Err(end) => {
                         seg.request = Some(request);
                         st.plan.push_front(seg);
-                        return TickEnd::Failed(e);
+                        return end;
                     }
                 }
             }
@@ -352,15 +355,10 @@ async fn adopt(inner: &Arc<Inner>, st: &mut ShipState, next: Next) -> Result<Opt
     );
     let wrote = !sorted.invalid.is_empty() || !sorted.held.is_empty();
     if wrote {
-        for (id, table, reason) in &sorted.invalid {
-            warn!(id, table = %table, reason = %reason, "dead-lettering a record that can never be sent");
+        for r in &sorted.invalid {
+            warn!(id = r.id, table = %r.table, reason = %r.reason, "dead-lettering a record that can never be sent");
         }
-        let invalid: Vec<(i64, String)> = sorted
-            .invalid
-            .iter()
-            .map(|(id, _, r)| (*id, r.clone()))
-            .collect();
-        let held = sorted.held.clone();
+        let (invalid, held) = (sorted.invalid.clone(), sorted.held.clone());
         db(inner, move |o, c| {
             o.fail(c, &invalid)?;
             o.hold(c, &held)
@@ -369,8 +367,8 @@ async fn adopt(inner: &Arc<Inner>, st: &mut ShipState, next: Next) -> Result<Opt
         let mut live = lock(&inner.live);
         live.records_failed += sorted.invalid.len() as u64;
         live.records_held += sorted.held.len() as u64;
-        if let Some((_, _, r)) = sorted.invalid.last() {
-            live.last_error = Some(r.clone());
+        if let Some(r) = sorted.invalid.last() {
+            live.last_error = Some(r.reason.clone());
         }
     }
     st.blocked.clear();
@@ -429,11 +427,11 @@ async fn hold_blocked(inner: &Arc<Inner>, st: &mut ShipState, seg: &mut Segment)
         }
         if let Some((w, table, key)) = prepare::held_by(&c, &inner.deps, &empty, &st.blocked) {
             let due = w.due;
-            held.push((
-                c.id,
-                format!("waits for its parent row {table} {key}, which is held back"),
-                due,
-            ));
+            held.push(Setback {
+                id: c.id,
+                reason: format!("waits for its parent row {table} {key}, which is held back"),
+                until: due,
+            });
             st.blocked.insert(
                 row,
                 Waiting {
@@ -475,7 +473,11 @@ async fn charge(inner: &Arc<Inner>, st: &mut ShipState, c: &Change, message: Str
             due: if dead { recheck_at(inner) } else { next_at },
         },
     );
-    let failures = vec![(c.id, message.clone(), next_at)];
+    let failures = vec![Setback {
+        id: c.id,
+        reason: message.clone(),
+        until: next_at,
+    }];
     let max = inner.config.max_attempts;
     db(inner, move |o, conn| o.charge(conn, &failures, max)).await?;
     let mut live = lock(&inner.live);
@@ -488,20 +490,21 @@ async fn charge(inner: &Arc<Inner>, st: &mut ShipState, c: &Change, message: Str
 
 /// The migrations the application's file records and the target lacks (none when the target
 /// cannot tell, or the app's file records none).
-async fn missing_migrations(inner: &Arc<Inner>) -> Result<Vec<String>, TargetError> {
+async fn missing_migrations(inner: &Arc<Inner>) -> Result<Vec<String>, TickEnd> {
     let table = inner.config.migrations_table.clone();
     let local = db(inner, move |_, c| {
         crate::migrate::recorded_local(c, &table).map(|r| r.names)
     })
     .await
-    .map_err(|e| TargetError::Transient(format!("local queue: {e}")))?;
+    .map_err(TickEnd::Local)?;
     if local.is_empty() {
         return Ok(Vec::new());
     }
     let Some(remote) = inner
         .target
         .applied_migrations(&inner.config.migrations_table)
-        .await?
+        .await
+        .map_err(TickEnd::Failed)?
     else {
         return Ok(Vec::new());
     };
