@@ -16,18 +16,8 @@ pub fn apply_migrations(conn: &d1_sync::rusqlite::Connection) -> d1_sync::rusqli
     Ok(())
 }
 
-/// A registry of the seven tables, for a worker.
-pub fn registry() -> d1_sync::Registry {
-    use rows::*;
-    d1_sync::Registry::new()
-        .with::<Message>()
-        .with::<Execution>()
-        .with::<Session>()
-        .with::<LocalConversation>()
-        .with::<ConversationLink>()
-        .with::<RenewalJob>()
-        .with::<BrowserRequestPolicyState>()
-}
+/// A registry of the seven tables, for a worker (generated with the structs).
+pub use rows::registry;
 
 /// The migrations folder, for tools that load it from disk.
 pub fn migrations_dir() -> std::path::PathBuf {

@@ -258,3 +258,15 @@ pub struct BrowserRequestPolicyState {
     /// `INTEGER`, NOT NULL.
     pub updated_at: i64,
 }
+
+/// A registry of every table above, for a worker.
+pub fn registry() -> d1_sync::Registry {
+    d1_sync::Registry::new()
+        .with::<Message>()
+        .with::<Execution>()
+        .with::<Session>()
+        .with::<LocalConversation>()
+        .with::<ConversationLink>()
+        .with::<RenewalJob>()
+        .with::<BrowserRequestPolicyState>()
+}

@@ -171,6 +171,7 @@ pub fn render(schema: &Schema, opts: &Options, inputs_hash: &str) -> Result<Stri
         .collect();
     let mut used_names = HashSet::new();
     let mut items = Vec::new();
+    let mut idents = Vec::new();
     for table in tables {
         if table.primary_key.is_empty() {
             return Err(CodegenError::NoPrimaryKey(table.name.clone()));
@@ -181,7 +182,15 @@ pub fn render(schema: &Schema, opts: &Options, inputs_hash: &str) -> Result<Stri
             used_names.insert(name.clone());
         }
         items.push(render_table(table, &name, opts, &derives)?);
+        idents.push(format_ident!("{}", name));
     }
+    // The worker's registry of every struct above, so that no one writes the list by hand.
+    items.push(quote!(
+        /// A registry of every table above, for a worker.
+        pub fn registry() -> d1_sync::Registry {
+            d1_sync::Registry::new() #( .with::<#idents>() )*
+        }
+    ));
     let mut out = String::new();
     let _ = writeln!(
         out,
