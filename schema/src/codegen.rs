@@ -341,15 +341,7 @@ fn render_column(
 
 /// The Rust type for a column, by affinity (`BOOLEAN` → `bool`).
 pub fn rust_type(col: &Column) -> &'static str {
-    match col.affinity {
-        Affinity::Integer => "i64",
-        Affinity::Real => "f64",
-        Affinity::Text => "String",
-        Affinity::Blob => "Vec<u8>",
-        Affinity::Numeric if col.decl_type.to_ascii_uppercase().contains("BOOL") => "bool",
-        // NUMERIC (DECIMAL, DATETIME, ...) keeps text as text and numbers as numbers.
-        Affinity::Numeric => "d1_sync::Value",
-    }
+    crate::model::rust_type_for(col.affinity, &col.decl_type)
 }
 
 /// `renewal_jobs` → `RenewalJob` (singular when `singular`).

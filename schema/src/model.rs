@@ -303,7 +303,16 @@ pub fn kind_fits(kind: ValueKind, affinity: Affinity, strict: bool) -> bool {
     !matches!((kind, affinity), (K::Integer | K::Real, A::Text))
 }
 
-/// The Rust type to suggest for a column of this affinity.
+/// The Rust type of a column of this affinity: what `d1sync generate` writes, and what the
+/// derive suggests when a field's type does not fit. One map for both.
+///
+/// ```
+/// use d1_sync_schema::{model::rust_type_for, Affinity};
+/// assert_eq!(rust_type_for(Affinity::Integer, "INTEGER"), "i64");
+/// assert_eq!(rust_type_for(Affinity::Numeric, "BOOLEAN"), "bool");
+/// // NUMERIC (DECIMAL, DATETIME, ...) keeps text as text and numbers as numbers.
+/// assert_eq!(rust_type_for(Affinity::Numeric, "DATETIME"), "d1_sync::Value");
+/// ```
 pub fn rust_type_for(affinity: Affinity, decl_type: &str) -> &'static str {
     match affinity {
         Affinity::Integer => "i64",
@@ -311,6 +320,6 @@ pub fn rust_type_for(affinity: Affinity, decl_type: &str) -> &'static str {
         Affinity::Text => "String",
         Affinity::Blob => "Vec<u8>",
         Affinity::Numeric if decl_type.to_ascii_uppercase().contains("BOOL") => "bool",
-        Affinity::Numeric => "i64, f64 or String",
+        Affinity::Numeric => "d1_sync::Value",
     }
 }
