@@ -25,7 +25,7 @@ use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 
 use crate::load::{load_schema, schema_files, SchemaError};
-use crate::model::{Affinity, Column, Schema, Table};
+use crate::model::{Column, Schema, Table};
 
 /// What to generate.
 #[derive(Debug, Clone, PartialEq, Eq)]
