@@ -199,24 +199,11 @@ pub async fn run(a: &DemoArgs) -> Result<ExitCode, CliError> {
     ));
     let t1 = Instant::now();
     worker.start()?;
-    let mut flush = Box::pin(worker.flush());
-    loop {
-        tokio::select! {
-            r = &mut flush => { r?; break; }
-            // Stats count the queue, which walks it: a few times a second is plenty.
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {
-                let s = worker.stats().await?;
-                bar.set_position(s.records_synced.min(total));
-                bar.set_message(format!("queue depth {}", s.queue.pending));
-                if let d1_sync::WorkerState::Paused { reason, .. } = &s.state {
-                    bar.finish_and_clear();
-                    worker.shutdown().await?;
-                    return Err(CliError::Failed(format!("the target refused the demo's requests: {reason}")));
-                }
-            }
-        }
+    if let Err(e) = crate::progress::follow(&worker, &bar, total, &target.describe(), None).await {
+        bar.finish_and_clear();
+        worker.shutdown().await?;
+        return Err(e);
     }
-    drop(flush);
     let drain_time = t1.elapsed();
     let s = worker.stats().await?;
     worker.shutdown().await?;

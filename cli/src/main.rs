@@ -7,6 +7,7 @@ mod error;
 mod generate;
 mod migrate;
 mod outbox_cmds;
+mod progress;
 mod push;
 mod target;
 

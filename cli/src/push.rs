@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use d1_sync::{Registry, SyncWorker, Target, WorkerState};
+use d1_sync::{Registry, SyncWorker, Target};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::ConfigArgs;
@@ -87,58 +87,14 @@ pub async fn push(a: &PushArgs) -> Result<ExitCode, CliError> {
     );
     worker.start()?;
     let started = Instant::now();
-    let mut last_progress = Instant::now();
-    let mut last_synced = 0;
-    let mut flush = Box::pin(worker.flush());
-    let outcome: Result<(), CliError> = loop {
-        tokio::select! {
-            r = &mut flush => break r.map_err(CliError::from),
-            // Stats count the queue, which walks it: a few times a second is plenty.
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {
-                let s = worker.stats().await?;
-                bar.set_position(s.records_synced.min(total));
-                bar.set_message(match &s.state {
-                    WorkerState::BackingOff { until, reason } => format!(
-                        "queue {}; waiting {} s after: {reason}",
-                        s.queue.pending,
-                        until
-                            .duration_since(std::time::SystemTime::now())
-                            .map_or(0, |d| d.as_secs() + 1)
-                    ),
-                    WorkerState::Standby { holder } => {
-                        format!("queue {}; waiting for worker {holder}, which holds the queue", s.queue.pending)
-                    }
-                    _ => format!("queue {}", s.queue.pending),
-                });
-                if s.records_synced != last_synced {
-                    last_synced = s.records_synced;
-                    last_progress = Instant::now();
-                }
-                match &s.state {
-                    WorkerState::Paused { reason, .. } => {
-                        break Err(CliError::Failed(format!("{} cannot take the records now: {reason}", target.describe())));
-                    }
-                    WorkerState::Standby { holder }
-                        if last_progress.elapsed() > Duration::from_secs(a.give_up_after) =>
-                    {
-                        break Err(CliError::Failed(format!(
-                            "another worker ({holder}) is sending this outbox; stop it, or wait for its lease to run out"
-                        )));
-                    }
-                    WorkerState::BackingOff { reason, .. }
-                        if last_progress.elapsed() > Duration::from_secs(a.give_up_after) =>
-                    {
-                        break Err(CliError::Failed(format!(
-                            "gave up after {} s without progress: {reason}",
-                            a.give_up_after
-                        )));
-                    }
-                    _ => {}
-                }
-            }
-        }
-    };
-    drop(flush);
+    let outcome = crate::progress::follow(
+        &worker,
+        &bar,
+        total,
+        &target.describe(),
+        Some(Duration::from_secs(a.give_up_after)),
+    )
+    .await;
     bar.finish_and_clear();
     let s = worker.stats().await?;
     worker.shutdown().await?;
