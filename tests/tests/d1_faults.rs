@@ -399,13 +399,16 @@ async fn a_lost_answer_to_a_child_upsert_and_parent_delete_is_recognised_not_app
     let worker = f.worker().build().unwrap();
     worker.start().unwrap();
     worker.flush().await.unwrap();
-    // Parent P is in D1. Now, in one transaction: a child of P, then P's delete (which
-    // cascades the child away locally, as it will on D1).
+    // Parent P is in D1, and the worker is idle: the next request D1 gets is the one below,
+    // and its answer is lost after D1 commits it. (The fault is set first: a running worker
+    // may send the records as soon as they are written.)
+    D1Peer::shared().set_faults(&db, &["after"]).await;
+    // In one transaction: a child of P, then P's delete (which cascades the child away
+    // locally, as it will on D1).
     f.write(|o, tx| {
         o.save(tx, &link("c", "p")).unwrap();
         o.remove(tx, &conversation("p")).unwrap();
     });
-    D1Peer::shared().set_faults(&db, &["after"]).await;
     worker.flush().await.unwrap();
     let s = worker.stats().await.unwrap();
     worker.shutdown().await.unwrap();
