@@ -416,13 +416,7 @@ async fn bench_d1(peer: &D1Peer, quick: bool) -> Vec<Row> {
         let bare = bare_db.client();
         let (mut with_ledger, mut without) = (Duration::ZERO, Duration::ZERO);
         for (i, (chunk, r, id)) in requests.iter().enumerate() {
-            let stripped: Vec<Statement> = r
-                .statements
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != d1_sync::pack::LEDGER_STATEMENT)
-                .map(|(_, s)| s.clone())
-                .collect();
+            let stripped = r.statements_without_ledger();
             for ledger_first in [i % 2 == 0, i % 2 == 1] {
                 let t = Instant::now();
                 if ledger_first {

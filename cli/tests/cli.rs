@@ -98,26 +98,30 @@ fn demo_refuses_a_folder_it_did_not_make() {
     );
 }
 
-#[test]
-fn demo_against_local_d1() {
-    let peer = D1Peer::shared();
-    let db = peer.database();
+/// `d1sync demo --target d1` against `db` of the local D1, with `extra` arguments.
+fn demo_on_d1(db: &d1_sync_tests::d1peer::TestDb, extra: &[&str]) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
-    let (code, out, err) = run(d1sync()
+    run(d1sync()
         .args([
             "demo",
             "--target",
             "d1",
-            "--changes",
-            "400",
             "--d1-base-url",
-            &peer.base_url,
-            "--dir",
+            &D1Peer::shared().base_url,
         ])
+        .args(extra)
+        .arg("--dir")
         .arg(dir.path().join("d"))
         .env("CLOUDFLARE_ACCOUNT_ID", "test-account")
         .env("CLOUDFLARE_API_TOKEN", "test-token")
-        .env("D1_DATABASE_ID", &db.id));
+        .env("D1_DATABASE_ID", &db.id))
+}
+
+#[test]
+fn demo_against_local_d1() {
+    let peer = D1Peer::shared();
+    let db = peer.database();
+    let (code, out, err) = demo_on_d1(&db, &["--changes", "400"]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("D1 database"), "{out}");
     assert!(out.contains("verified   all 7 tables equal"), "{out}");
@@ -146,24 +150,7 @@ fn demo_against_local_d1_under_a_steady_fifth_of_faults() {
         0.2,
         &["429", "500", "503", "after", "after"],
     ));
-    let dir = tempfile::tempdir().unwrap();
-    let (code, out, err) = run(d1sync()
-        .args([
-            "demo",
-            "--target",
-            "d1",
-            "--changes",
-            "3000",
-            "--batch-size",
-            "100",
-            "--d1-base-url",
-            &peer.base_url,
-            "--dir",
-        ])
-        .arg(dir.path().join("d"))
-        .env("CLOUDFLARE_ACCOUNT_ID", "test-account")
-        .env("CLOUDFLARE_API_TOKEN", "test-token")
-        .env("D1_DATABASE_ID", &db.id));
+    let (code, out, err) = demo_on_d1(&db, &["--changes", "3000", "--batch-size", "100"]);
     let stats = rt.block_on(peer.stats(&db));
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("failed     0 records"), "{out}");

@@ -97,6 +97,16 @@ pub struct Request {
 }
 
 impl Request {
+    /// Its statements without the ledger's write: the request as it was before exactly-once
+    /// delivery, for measuring the ledger's cost and showing why it is needed.
+    pub fn statements_without_ledger(&self) -> Vec<Statement> {
+        let mut statements = self.statements.clone();
+        if statements.len() > LEDGER_STATEMENT {
+            statements.remove(LEDGER_STATEMENT);
+        }
+        statements
+    }
+
     /// Sets the request's id in its ledger statement (the second); a request packed without
     /// SQL has none, and its target writes the ledger itself.
     pub fn stamp(&mut self, id: &crate::ledger::RequestId) {

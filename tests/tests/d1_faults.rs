@@ -471,13 +471,7 @@ async fn a_lost_answer_to_a_child_upsert_and_parent_delete_is_recognised_not_app
     })
     .collect();
     let request = d1_sync::pack::pack(&changes, &d1_sync::target::PackLimits::default()).remove(0);
-    let without_ledger: Vec<_> = request
-        .statements
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != d1_sync::pack::LEDGER_STATEMENT)
-        .map(|(_, s)| s.clone())
-        .collect();
+    let without_ledger = request.statements_without_ledger();
     d1.query(&without_ledger).await.unwrap();
     let again = d1.query(&without_ledger).await.unwrap_err();
     assert!(

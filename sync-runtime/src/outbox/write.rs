@@ -53,8 +53,12 @@ impl Outbox {
         let values = row.values();
         tx.prepare_cached(T::UPSERT_SQL)?
             .execute(rusqlite::params_from_iter(values.iter()))?;
-        let payload = codec::stored_object(T::COLUMNS.iter().copied().zip(values.iter()));
-        self.enqueue::<T>(tx, &row.key_values(), Op::Upsert, payload)
+        self.enqueue::<T>(
+            tx,
+            &row.key_values(),
+            Op::Upsert,
+            upsert_payload::<T>(&values),
+        )
     }
 
     /// Updates the named columns of the row in the local file **and** queues the same
@@ -104,7 +108,8 @@ impl Outbox {
             .collect();
         tx.prepare_cached(&sql)?
             .execute(rusqlite::params_from_iter(params))?;
-        self.enqueue_update(tx, row, columns)
+        let payload = update_payload::<T>(&values, columns);
+        self.enqueue::<T>(tx, &row.key_values(), Op::Update, payload)
     }
 
     /// Deletes the row from the local file (by key) **and** queues its delete for D1, in the
@@ -118,8 +123,7 @@ impl Outbox {
     /// Only queues an upsert of the whole row for D1; writes nothing locally (see
     /// [`Outbox::save`]). For rows you write yourself in the same transaction.
     pub fn enqueue_upsert<T: SyncRow>(&self, tx: &Transaction<'_>, row: &T) -> Result<i64> {
-        let values = row.values();
-        let payload = codec::stored_object(T::COLUMNS.iter().copied().zip(values.iter()));
+        let payload = upsert_payload::<T>(&row.values());
         self.enqueue::<T>(tx, &row.key_values(), Op::Upsert, payload)
     }
 
@@ -133,14 +137,7 @@ impl Outbox {
         columns: &[&str],
     ) -> Result<i64> {
         check_patch::<T>(columns)?;
-        let values = row.values();
-        let payload = codec::stored_object(
-            T::COLUMNS
-                .iter()
-                .copied()
-                .zip(values.iter())
-                .filter(|(c, _)| T::PRIMARY_KEY.contains(c) || columns.contains(c)),
-        );
+        let payload = update_payload::<T>(&row.values(), columns);
         self.enqueue::<T>(tx, &row.key_values(), Op::Update, payload)
     }
 
@@ -167,6 +164,22 @@ impl Outbox {
         let payload = codec::stored_object(T::PRIMARY_KEY.iter().copied().zip(key.iter()));
         self.enqueue::<T>(tx, key, Op::Delete, payload)
     }
+}
+
+/// The stored payload of an upsert: every column.
+fn upsert_payload<T: SyncRow>(values: &[Value]) -> String {
+    codec::stored_object(T::COLUMNS.iter().copied().zip(values.iter()))
+}
+
+/// The stored payload of an update: the key, and the columns set.
+fn update_payload<T: SyncRow>(values: &[Value], columns: &[&str]) -> String {
+    codec::stored_object(
+        T::COLUMNS
+            .iter()
+            .copied()
+            .zip(values.iter())
+            .filter(|(c, _)| T::PRIMARY_KEY.contains(c) || columns.contains(c)),
+    )
 }
 
 /// The columns a patch may set: named, in the whitelist, not key or insert-only.

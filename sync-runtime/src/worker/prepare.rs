@@ -169,36 +169,63 @@ pub(crate) fn sort(
                     reason,
                 });
             }
-            // Waits in the queue behind the earlier record of its row, as it is.
-            Ok(_) if blocked.contains_key(&row) => {}
-            Ok(c) => match held_by(&c, deps, waiting, &blocked) {
-                None => out.changes.push(c),
-                Some((w, table, key)) => {
-                    let due = if w.due == i64::MAX { recheck_at } else { w.due };
-                    out.held.push(Setback {
-                        id: c.id,
-                        reason: format!(
-                            "waits for its parent row {table} {key}, which is held back"
-                        ),
-                        until: due,
-                    });
-                    blocked.insert(
-                        row,
-                        Waiting {
-                            first_id: c.id,
-                            due,
-                        },
-                    );
-                }
+            Ok(c) => match place(&c, row, deps, waiting, &mut blocked, recheck_at) {
+                Place::Send => out.changes.push(c),
+                Place::Wait => {}
+                Place::Hold(h) => out.held.push(h),
             },
         }
     }
     out
 }
 
+/// Where a checked change goes.
+pub(crate) enum Place {
+    /// Out, in this batch.
+    Send,
+    /// Nowhere: it waits in the queue, as it is, behind an earlier record of its row.
+    Wait,
+    /// Held back, uncharged, because its parent row waits.
+    Hold(Setback),
+}
+
+/// Where `c` (of row `row`) goes, given the rows that wait in the queue (`waiting`) and those
+/// held back so far by this batch (`blocked`, which a held change joins). A parent held behind
+/// a dead letter is looked at again after `recheck_at` (ms).
+pub(crate) fn place(
+    c: &Change,
+    row: u64,
+    deps: &Deps,
+    waiting: &HashMap<u64, Waiting>,
+    blocked: &mut HashMap<u64, Waiting>,
+    recheck_at: i64,
+) -> Place {
+    if blocked.contains_key(&row) {
+        return Place::Wait;
+    }
+    let Some((due, table, key)) =
+        held_by(c, deps, waiting, blocked).map(|(w, table, key)| (w.due, table, key))
+    else {
+        return Place::Send;
+    };
+    let due = if due == i64::MAX { recheck_at } else { due };
+    blocked.insert(
+        row,
+        Waiting {
+            first_id: c.id,
+            due,
+        },
+    );
+    Place::Hold(Setback {
+        id: c.id,
+        reason: format!("waits for its parent row {table} {key}, which is held back"),
+        until: due,
+    })
+}
+
 /// The held-back parent row `c` waits for, if any: a row in `waiting` or `blocked` whose first
 /// waiting record came before `c`.
-pub(crate) fn held_by<'a>(
+fn held_by<'a>(
     c: &Change,
     deps: &Deps,
     waiting: &'a HashMap<u64, Waiting>,

@@ -417,31 +417,16 @@ async fn renew(inner: &Arc<Inner>, st: &mut ShipState) -> Option<TickEnd> {
 /// Leaves out of a segment (not yet sent) the changes of rows held back during this plan, and
 /// holds back, uncharged, the changes whose parent row is held. `false` when nothing is left.
 async fn hold_blocked(inner: &Arc<Inner>, st: &mut ShipState, seg: &mut Segment) -> Result<bool> {
-    let empty = HashMap::new();
+    let (empty, recheck) = (HashMap::new(), recheck_at(inner));
     let mut held = Vec::new();
     let mut keep = Vec::with_capacity(seg.changes.len());
     for c in std::mem::take(&mut seg.changes) {
         let row = change::row_digest(&c.table.name, &c.row_key);
-        if st.blocked.contains_key(&row) {
-            continue;
+        match prepare::place(&c, row, &inner.deps, &empty, &mut st.blocked, recheck) {
+            prepare::Place::Send => keep.push(c),
+            prepare::Place::Wait => {}
+            prepare::Place::Hold(h) => held.push(h),
         }
-        if let Some((w, table, key)) = prepare::held_by(&c, &inner.deps, &empty, &st.blocked) {
-            let due = w.due;
-            held.push(Setback {
-                id: c.id,
-                reason: format!("waits for its parent row {table} {key}, which is held back"),
-                until: due,
-            });
-            st.blocked.insert(
-                row,
-                Waiting {
-                    first_id: c.id,
-                    due,
-                },
-            );
-            continue;
-        }
-        keep.push(c);
     }
     if !held.is_empty() {
         let n = held.len() as u64;
