@@ -10,7 +10,7 @@ use crate::error::CliError;
 
 /// Waits for `worker.flush()` while updating `bar` a few times a second (stats count the
 /// queue, which walks it: more often is wasted). Stops with an error when the worker pauses
-/// (`target` cannot take the records now), or, with `give_up_after`, when it made no progress
+/// (the target refuses the credentials, or the registry disagrees with the queue), or, with `give_up_after`, when it made no progress
 /// for that long while backing off or standing by.
 pub async fn follow(
     worker: &SyncWorker,
@@ -38,7 +38,7 @@ pub async fn follow(
         match &s.state {
             WorkerState::Paused { reason, .. } => {
                 return Err(CliError::Failed(format!(
-                    "{target} cannot take the records now: {reason}"
+                    "the worker paused, sending nothing to {target}: {reason}"
                 )));
             }
             WorkerState::Standby { holder } if stalled => {

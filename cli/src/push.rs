@@ -33,9 +33,12 @@ pub struct PushArgs {
     /// The outbox table.
     #[arg(long, default_value = d1_sync::Outbox::DEFAULT_TABLE)]
     queue_table: String,
-    /// Columns never changed by an update.
-    #[arg(long, value_delimiter = ',', default_value = "created_at")]
-    insert_only: Vec<String>,
+    /// Columns never changed by an update. Not needed: records carry the definition of their
+    /// table they were queued under, which says. Given, it must agree with those definitions
+    /// (the worker pauses and names the difference otherwise); it also applies to records
+    /// queued without one (by `Outbox::enqueue_raw`, or by d1-sync before queue version 4).
+    #[arg(long, value_delimiter = ',')]
+    insert_only: Option<Vec<String>>,
     /// `push`: give up when the target stays unreachable this long (seconds).
     #[arg(long, default_value_t = 30)]
     give_up_after: u64,
@@ -43,10 +46,19 @@ pub struct PushArgs {
     config: ConfigArgs,
 }
 
-fn registry(a: &PushArgs, dir: &std::path::Path) -> Result<Registry, CliError> {
+/// The tables of the schema files; their insert-only columns from `--insert-only`, else from
+/// the definitions stored with the queue (`stored`).
+fn registry(
+    a: &PushArgs,
+    dir: &std::path::Path,
+    stored: &[d1_sync::TableDef],
+) -> Result<Registry, CliError> {
     let schema = d1_sync::schema::load_schema(dir).map_err(|e| CliError::Usage(e.to_string()))?;
-    let insert_only: Vec<&str> = a.insert_only.iter().map(String::as_str).collect();
-    let r = Registry::from_schema(&schema, &insert_only);
+    let flag: Vec<&str> = a.insert_only.iter().flatten().map(String::as_str).collect();
+    let mut r = Registry::from_schema(&schema, &flag);
+    if a.insert_only.is_none() {
+        r.adopt_insert_only(stored);
+    }
     if r.is_empty() {
         return Err(CliError::Usage(format!(
             "the schema at `{}` has no table with a primary key to sync",
@@ -58,10 +70,17 @@ fn registry(a: &PushArgs, dir: &std::path::Path) -> Result<Registry, CliError> {
 
 fn worker(a: &PushArgs) -> Result<(SyncWorker, Arc<dyn Target>), CliError> {
     // Refuses a missing file, a non-SQLite file or a too new queue before anything is created.
-    drop(open_app_db(&a.db, &a.queue_table)?);
+    let stored = {
+        let (conn, outbox) = open_app_db(&a.db, &a.queue_table)?;
+        outbox.definitions(&conn).or_else(|e| match e {
+            // A queue older than version 4 has no definitions yet.
+            d1_sync::Error::NotInstalled(_) => Ok(Vec::new()),
+            e => Err(e),
+        })?
+    };
     let project = crate::config::load(&a.config)?;
     let dir = schema_dir(a.schema.as_deref(), project.as_ref());
-    let registry = registry(a, &dir)?;
+    let registry = registry(a, &dir, &stored)?;
     let target = open_target(&a.target, a.d1_base_url.as_deref(), project.as_ref())?;
     let mut w = SyncWorker::builder(&a.db, target.clone()).registry(registry);
     if let Some(p) = &project {

@@ -388,7 +388,7 @@ fn push_to_local_d1_and_the_errors_of_a_bad_token_and_an_unreachable_d1() {
     let (code, _, err) = push("wrong-token", &peer.base_url);
     assert_eq!(code, 1);
     assert!(
-        err.contains("cannot take the records now") && err.contains("Authentication error"),
+        err.contains("the worker paused, sending nothing") && err.contains("Authentication error"),
         "{err}"
     );
 
@@ -759,4 +759,85 @@ fn logs_follow_rust_log_and_can_be_json() {
         .args(["migrate", "--local", "--schema", "db/migrations", "--db"])
         .arg(&app));
     assert_eq!((code, err.as_str()), (0, ""));
+}
+
+/// Records carry the definition of their table they were queued under: `push` applies them
+/// with it (here an insert-only column the CLI could not guess), and refuses, sending
+/// nothing, when told otherwise.
+#[test]
+fn push_applies_records_with_the_definition_they_were_queued_under() {
+    #[derive(d1_sync::D1Sync)]
+    #[d1(table = "notes")]
+    struct Note {
+        #[d1(primary_key)]
+        id: i64,
+        body: String,
+        #[d1(insert_only)]
+        first_seen: i64,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("migrations");
+    std::fs::create_dir(&schema).unwrap();
+    let ddl = "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL, first_seen INTEGER NOT NULL);";
+    std::fs::write(schema.join("0001_notes.sql"), ddl).unwrap();
+    let (app, mirror) = (dir.path().join("app.db"), dir.path().join("mirror.db"));
+    let mut conn = d1_sync::open(&app).unwrap();
+    conn.execute_batch(ddl).unwrap();
+    let m = d1_sync::rusqlite::Connection::open(&mirror).unwrap();
+    m.execute_batch(ddl).unwrap();
+    let save = |conn: &mut d1_sync::rusqlite::Connection, body: &str, first_seen: i64| {
+        let tx = conn.transaction().unwrap();
+        let note = Note {
+            id: 1,
+            body: body.into(),
+            first_seen,
+        };
+        d1_sync::Outbox::new().save(&tx, &note).unwrap();
+        tx.commit().unwrap();
+    };
+    let push = |extra: &[&str]| {
+        run(d1sync()
+            .args(["push", "--db"])
+            .arg(&app)
+            .arg("--schema")
+            .arg(&schema)
+            .arg("--target")
+            .arg(format!("sqlite:{}", mirror.display()))
+            .args(extra))
+    };
+    let in_mirror = || -> (String, i64) {
+        m.query_row("SELECT body, first_seen FROM notes WHERE id = 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap()
+    };
+
+    save(&mut conn, "first", 10);
+    save(&mut conn, "second", 20);
+    let (code, out, err) = push(&[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(
+        in_mirror(),
+        ("second".to_string(), 10),
+        "first_seen is kept"
+    );
+
+    save(&mut conn, "third", 30);
+    let (code, out, err) = push(&["--insert-only", "body"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("the worker paused, sending nothing")
+            && err.contains("table `notes`: insert-only columns: the queued records have first_seen, this registry has body"),
+        "{err}"
+    );
+    assert_eq!(in_mirror(), ("second".to_string(), 10), "nothing was sent");
+    let (code, out, _) = run(d1sync().args(["status", "--db"]).arg(&app));
+    assert!(
+        code == 0 && out.contains("failed      0"),
+        "nothing dead-lettered: {out}"
+    );
+
+    let (code, out, err) = push(&[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(in_mirror(), ("third".to_string(), 10));
 }

@@ -108,12 +108,7 @@ pub fn from_texts(files: &[(&str, &str)]) -> Result<Vec<Migration>, SchemaError>
 
 /// FNV-1a over `bytes`, as 16 hex digits: stable across builds and platforms.
 pub fn checksum(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    format!("{:016x}", crate::definition::fnv1a(bytes))
 }
 
 /// The migrations table exactly as wrangler creates it.

@@ -65,6 +65,8 @@ fn impl_sync_row(
     let ident = &cont.input.ident;
     let (impl_g, ty_g, where_c) = cont.input.generics.split_for_impl();
     let table = &cont.table;
+    let definition = d1_sync_schema::definition::definition_json(table, columns, keys, insert_only);
+    let definition_id = d1_sync_schema::definition::definition_id(&definition);
     let kinds = cont.columns().map(|f| {
         let ty = f.ty;
         quote_spanned! {ty.span()=> <#ty as ::d1_sync::__private::ToValue>::KIND }
@@ -89,6 +91,8 @@ fn impl_sync_row(
                 const COLUMN_KINDS: &'static [::d1_sync::__private::ValueKind] = &[#(#kinds),*];
                 const UPSERT_SQL: &'static str = #upsert;
                 const DELETE_SQL: &'static str = #delete;
+                const DEFINITION: &'static str = #definition;
+                const DEFINITION_ID: i64 = #definition_id;
                 fn values(&self) -> ::d1_sync::__private::Vec<::d1_sync::__private::Value> {
                     ::std::vec![#(#values),*]
                 }

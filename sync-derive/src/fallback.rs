@@ -18,6 +18,8 @@ pub fn stub(input: &syn::DeriveInput) -> TokenStream {
             const COLUMN_KINDS: &'static [::d1_sync::__private::ValueKind] = &[];
             const UPSERT_SQL: &'static str = "";
             const DELETE_SQL: &'static str = "";
+            const DEFINITION: &'static str = "";
+            const DEFINITION_ID: i64 = 0;
             fn values(&self) -> ::d1_sync::__private::Vec<::d1_sync::__private::Value> {
                 ::core::unreachable!()
             }

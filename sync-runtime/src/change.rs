@@ -7,7 +7,7 @@ use std::sync::Arc;
 use d1_sync_schema::limits::{MAX_COLUMNS, MAX_VALUE_BYTES};
 
 use crate::codec;
-use crate::registry::Registry;
+use crate::registry::{Definitions, Registry};
 use crate::row::TableDef;
 use crate::value::Value;
 
@@ -59,6 +59,8 @@ pub struct RawRecord {
     pub payload: Vec<u8>,
     /// Attempts charged so far.
     pub attempts: u32,
+    /// The id of the table definition it was written under, if it was stored with it.
+    pub def: Option<i64>,
 }
 
 /// A 64-bit digest of a row (table and stored key), for sets of rows that are only ever used
@@ -100,29 +102,24 @@ pub struct ColumnsCache {
     by_col: Vec<Option<Result<Value, String>>>,
 }
 
-/// Checks a record; `Err` is the reason it can never ship (it goes to `failed`).
+/// Checks a record against a registry alone; `Err` is the reason it can never ship (it goes
+/// to `failed`).
 pub fn check(record: &RawRecord, registry: &Registry) -> Result<Change, String> {
-    check_with(record, registry, &mut ColumnsCache::default())
+    check_with(
+        record,
+        &Definitions::of(registry),
+        &mut ColumnsCache::default(),
+    )
 }
 
-/// [`check`], sharing column lists through `cache`.
+/// Checks a record against `defs` (the stored definition it was written under, else the
+/// registry's), sharing column lists through `cache`.
 pub fn check_with(
     record: &RawRecord,
-    registry: &Registry,
+    defs: &Definitions<'_>,
     cache: &mut ColumnsCache,
 ) -> Result<Change, String> {
-    let table = registry.get(&record.table).ok_or_else(|| {
-        let known: Vec<&str> = registry.names().collect();
-        format!(
-            "unknown table `{}`: the worker syncs {}",
-            record.table,
-            if known.is_empty() {
-                "no tables".to_string()
-            } else {
-                known.join(", ")
-            }
-        )
-    })?;
+    let table = defs.table(record)?;
     let op = Op::parse(&record.op).ok_or_else(|| {
         format!(
             "unknown operation `{}`: expected `upsert`, `update` or `delete`",
@@ -290,6 +287,7 @@ mod tests {
             op: op.into(),
             payload: payload.as_bytes().to_vec(),
             attempts: 0,
+            def: None,
         }
     }
 
@@ -323,13 +321,13 @@ mod tests {
         // Positions 5 and 133 share a bit modulo 128: they must not share a column list.
         let a = check_with(
             &rec("wide", "upsert", r#"{"c0":1,"c5":"x"}"#),
-            &r,
+            &Definitions::of(&r),
             &mut cache,
         )
         .unwrap();
         let b = check_with(
             &rec("wide", "upsert", r#"{"c0":1,"c133":"y"}"#),
-            &r,
+            &Definitions::of(&r),
             &mut cache,
         )
         .unwrap();

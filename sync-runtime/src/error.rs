@@ -55,6 +55,17 @@ pub enum Error {
         /// Values given.
         got: usize,
     },
+    /// Records in the queue were written under another definition of their table than the
+    /// drainer's registry has, which would send other SQL than the writer meant. Nothing is
+    /// sent or dead-lettered; the worker pauses until it is restarted with a registry that
+    /// agrees.
+    #[error("table `{table}`: {difference}. A drainer applies records as they were written, so it refuses a registry that disagrees: drain these records with the definition they were written under, or fix the registry")]
+    DefinitionMismatch {
+        /// The table.
+        table: String,
+        /// What differs, in words.
+        difference: String,
+    },
     /// Bad configuration.
     #[error("{0}")]
     Config(String),

@@ -44,6 +44,12 @@ pub trait SyncRow {
     const UPSERT_SQL: &'static str;
     /// `DELETE ... WHERE pk = ?1 ...` with the key in `PRIMARY_KEY` order.
     const DELETE_SQL: &'static str;
+    /// The table's definition as stored beside its queued records (see
+    /// [`d1_sync_schema::definition`]): whoever drains the queue applies a record with the
+    /// SQL of the definition it was written under.
+    const DEFINITION: &'static str;
+    /// The id of [`SyncRow::DEFINITION`], which each queued record carries.
+    const DEFINITION_ID: i64;
 
     /// The row's values, in `COLUMNS` order.
     fn values(&self) -> Vec<Value>;
@@ -95,5 +101,103 @@ impl TableDef {
     /// Whether `column` is in the whitelist.
     pub fn has_column(&self, column: &str) -> bool {
         self.columns.iter().any(|c| c == column)
+    }
+
+    /// The definition as stored beside queued records (see [`SyncRow::DEFINITION`]).
+    pub fn definition(&self) -> String {
+        fn names(v: &[String]) -> Vec<&str> {
+            v.iter().map(String::as_str).collect()
+        }
+        d1_sync_schema::definition::definition_json(
+            &self.name,
+            &names(&self.columns),
+            &names(&self.primary_key),
+            &names(&self.insert_only),
+        )
+    }
+
+    /// The id of [`TableDef::definition`].
+    pub fn definition_id(&self) -> i64 {
+        d1_sync_schema::definition::definition_id(&self.definition())
+    }
+
+    /// A definition read back from its stored text; `Err` says what is wrong with it.
+    pub fn from_definition(json: &str) -> Result<TableDef, String> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Stored {
+            table: String,
+            columns: Vec<String>,
+            primary_key: Vec<String>,
+            insert_only: Vec<String>,
+        }
+        let s: Stored = serde_json::from_str(json)
+            .map_err(|e| format!("a stored table definition is not readable: {e}"))?;
+        Ok(TableDef {
+            name: s.table,
+            columns: s.columns,
+            primary_key: s.primary_key,
+            insert_only: s.insert_only,
+        })
+    }
+
+    /// How `stored` (the definition records were queued under) differs from this one in what
+    /// would change the SQL a drainer sends, or `None` when it does not: another key, other
+    /// insert-only columns, or a column this one lacks. A column only this one has is no
+    /// difference: records written before it was added simply do not set it.
+    ///
+    /// ```
+    /// use d1_sync::TableDef;
+    /// let def = |cols: &[&str], io: &[&str]| TableDef {
+    ///     name: "notes".into(),
+    ///     columns: cols.iter().map(|c| c.to_string()).collect(),
+    ///     primary_key: vec!["id".into()],
+    ///     insert_only: io.iter().map(|c| c.to_string()).collect(),
+    /// };
+    /// let now = def(&["id", "body", "created_at"], &["created_at"]);
+    /// assert_eq!(now.difference(&def(&["id", "body"], &[])), Some(
+    ///     "insert-only columns: the queued records have none, this registry has created_at".into()));
+    /// assert_eq!(now.difference(&def(&["id", "body", "created_at"], &["created_at"])), None);
+    /// ```
+    pub fn difference(&self, stored: &TableDef) -> Option<String> {
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        let mut diffs = Vec::new();
+        if self.primary_key != stored.primary_key {
+            diffs.push(format!(
+                "primary key: the queued records have ({}), this registry has ({})",
+                stored.primary_key.join(", "),
+                self.primary_key.join(", ")
+            ));
+        }
+        let mut mine = self.insert_only.clone();
+        let mut theirs = stored.insert_only.clone();
+        mine.sort();
+        theirs.sort();
+        if mine != theirs {
+            diffs.push(format!(
+                "insert-only columns: the queued records have {}, this registry has {}",
+                list(&stored.insert_only),
+                list(&self.insert_only)
+            ));
+        }
+        let missing: Vec<String> = stored
+            .columns
+            .iter()
+            .filter(|c| !self.has_column(c))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            diffs.push(format!(
+                "columns the queued records write and this registry lacks: {}",
+                missing.join(", ")
+            ));
+        }
+        (!diffs.is_empty()).then(|| diffs.join("; "))
     }
 }

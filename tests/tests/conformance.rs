@@ -275,6 +275,7 @@ async fn a_request_applied_before_is_refused_as_a_whole_by_the_ledger(f: Fixture
                 )
                 .into_bytes(),
                 attempts: 0,
+                def: None,
             };
             let changes =
                 vec![d1_sync::change::check(&raw, &d1_sync_tests::fixture::registry()).unwrap()];

@@ -466,6 +466,7 @@ async fn a_lost_answer_to_a_child_upsert_and_parent_delete_is_recognised_not_app
             op: op.into(),
             payload: payload.into_bytes(),
             attempts: 0,
+            def: None,
         };
         d1_sync::change::check(&raw, &d1_sync_tests::fixture::registry()).unwrap()
     })

@@ -11,7 +11,9 @@ use crate::error::{Error, Result};
 /// 2. Synced records move to the slim log `<queue>_synced`.
 /// 3. Requests in flight are journaled in `<queue>_requests`, under the queue's stream id
 ///    (`d1_sync_meta`), for exactly-once delivery.
-pub(super) const QUEUE_VERSION: i64 = 3;
+/// 4. Records carry the id of their table's definition (`def`), stored in `<queue>_tables`.
+///    Records of an older queue have none; a drainer applies them with its registry's.
+pub(super) const QUEUE_VERSION: i64 = 4;
 
 impl Outbox {
     /// Creates the queue table (and its indexes) if missing, or migrates it; refuses a queue
@@ -74,7 +76,8 @@ impl Outbox {
                next_attempt_at INTEGER NOT NULL DEFAULT 0,
                last_error TEXT,
                created_at INTEGER NOT NULL,
-               updated_at INTEGER NOT NULL
+               updated_at INTEGER NOT NULL,
+               def INTEGER
              );
              CREATE INDEX IF NOT EXISTS {blocking} ON {q} (table_name, row_key, id)
                WHERE status = 'failed' OR next_attempt_at > 0;
@@ -93,6 +96,12 @@ impl Outbox {
                owner TEXT NOT NULL,
                until INTEGER NOT NULL
              );
+             CREATE TABLE IF NOT EXISTS {tables} (
+               id INTEGER PRIMARY KEY,
+               table_name TEXT NOT NULL,
+               definition TEXT NOT NULL,
+               created_at INTEGER NOT NULL
+             );
              CREATE TABLE IF NOT EXISTS {journal} (
                seq INTEGER PRIMARY KEY AUTOINCREMENT,
                nonce TEXT NOT NULL,
@@ -101,7 +110,17 @@ impl Outbox {
              );",
             blocking = self.index("blocking"),
             journal = self.journal,
+            tables = self.tables,
         ))?;
+        let has_def: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = 'def'",
+            [&self.table],
+            |r| r.get(0),
+        )?;
+        if !has_def {
+            // Version 3 and before: records without a stored definition.
+            conn.execute_batch(&format!("ALTER TABLE {q} ADD COLUMN def INTEGER"))?;
+        }
         // The queue's stream: the ledger in D1 keeps this queue's requests under it.
         conn.execute(
             "INSERT INTO d1_sync_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO NOTHING",

@@ -18,6 +18,11 @@
 //! Records themselves are only ever written when their state changes: inserted,
 //! acknowledged, charged, held, dead-lettered, purged.
 //!
+//! Each record carries the id of its table's definition (columns, key, insert-only columns),
+//! stored once in `<queue>_tables` when the first record of it is queued: whoever drains the
+//! queue applies the record with the SQL of the definition it was written under, and a
+//! drainer whose registry disagrees pauses with the difference instead of sending other SQL.
+//!
 //! An acknowledged record leaves the queue table: it is deleted there and a slim entry (ids,
 //! table, key, operation, times; no payload) goes to the synced log `<queue>_synced`, which
 //! keeps the newest entries (see [`Outbox::purge`]). The queue table so holds only work
@@ -67,7 +72,10 @@ pub struct Outbox {
     log: String,
     /// The quoted name of the journal of requests in flight.
     journal: String,
+    /// The quoted name of the table definitions records were written under.
+    tables: String,
     insert_sql: String,
+    define_sql: String,
 }
 
 impl Default for Outbox {
@@ -90,16 +98,24 @@ impl Outbox {
         let table = name.into();
         let q = d1_sync_schema::sql::quote_ident(&table);
         let insert_sql = format!(
-            "INSERT INTO {q} (table_name, row_key, op, payload, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)"
+            "INSERT INTO {q} (table_name, row_key, op, payload, created_at, updated_at, def) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)"
         );
         let log = d1_sync_schema::sql::quote_ident(&format!("{table}_synced"));
         let journal = d1_sync_schema::sql::quote_ident(&format!("{table}_requests"));
+        let tables = d1_sync_schema::sql::quote_ident(&format!("{table}_tables"));
+        // Written before each typed record, in its transaction: once the definition is there,
+        // a lookup of its id and nothing written.
+        let define_sql = format!(
+            "INSERT INTO {tables} (id, table_name, definition, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (id) DO NOTHING"
+        );
         Outbox {
             table,
             q,
             log,
             journal,
+            tables,
             insert_sql,
+            define_sql,
         }
     }
 
@@ -116,6 +132,12 @@ impl Outbox {
     /// The journal's name: `<queue>_requests`, the requests that may be in flight.
     pub fn journal_table_name(&self) -> String {
         format!("{}_requests", self.table)
+    }
+
+    /// The definitions' name: `<queue>_tables`, the table definitions records were written
+    /// under (see [`Outbox::definitions`]).
+    pub fn tables_table_name(&self) -> String {
+        format!("{}_tables", self.table)
     }
 
     fn index(&self, suffix: &str) -> String {

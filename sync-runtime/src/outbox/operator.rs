@@ -4,7 +4,8 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{attempts_of, now_ms, sql, text_at, Outbox};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::row::TableDef;
 
 /// Counts of records by status.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -58,6 +59,31 @@ pub enum Selection {
 }
 
 impl Outbox {
+    /// The table definitions records were queued under, oldest first (see
+    /// [`crate::SyncRow::DEFINITION`]). A definition stays while the queue lives; one that
+    /// cannot be read is an [`Error::Config`] naming it.
+    pub fn definitions(&self, conn: &Connection) -> Result<Vec<TableDef>> {
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT id, definition FROM {} ORDER BY created_at, id",
+                self.tables
+            ))
+            .map_err(|e| self.map_missing(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, text_at(r, 1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(id, text)| {
+                TableDef::from_definition(&text).map_err(|e| {
+                    Error::Config(format!(
+                        "{}: definition {id}: {e}",
+                        self.tables_table_name()
+                    ))
+                })
+            })
+            .collect()
+    }
+
     /// Counts by status, and the age of the oldest unsynced record.
     ///
     /// Counting the pending records walks the queue table (about 0.1 s per million records

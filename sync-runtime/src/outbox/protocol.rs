@@ -321,10 +321,32 @@ impl Outbox {
             .collect())
     }
 
+    /// The stored definitions (id, text) that `records` were written under.
+    pub(crate) fn definitions_of(
+        &self,
+        conn: &Connection,
+        records: &[RawRecord],
+    ) -> Result<Vec<(i64, String)>> {
+        let mut ids: Vec<i64> = records.iter().filter_map(|r| r.def).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT id, definition FROM {} WHERE id IN (SELECT value FROM json_each(?1))",
+            self.tables
+        ))?;
+        let rows = stmt
+            .query_map([ids_json(&ids)], |r| Ok((r.get(0)?, text_at(r, 1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
     /// The pending records with these ids, in queue order (what a journaled request carries).
     pub(crate) fn records(&self, conn: &Connection, ids: &[i64]) -> Result<Vec<RawRecord>> {
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT id, table_name, row_key, op, payload, attempts FROM {}
+            "SELECT id, table_name, row_key, op, payload, attempts, def FROM {}
              WHERE id IN (SELECT value FROM json_each(?1)) AND status = 'pending' ORDER BY id",
             self.q
         ))?;
@@ -394,6 +416,10 @@ fn raw_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
         op: text_at(r, 3)?,
         payload: bytes_of(r.get_ref(4)?),
         attempts: attempts_of(r.get_ref(5)?),
+        def: match r.get_ref(6)? {
+            rusqlite::types::ValueRef::Integer(i) => Some(i),
+            _ => None,
+        },
     })
 }
 

@@ -19,7 +19,7 @@ pub(super) fn dead_letters(o: &Outbox) -> String {
 pub(super) fn claim(o: &Outbox) -> String {
     let q = &o.q;
     format!(
-        "SELECT id, table_name, row_key, op, payload, attempts FROM {q} AS r
+        "SELECT id, table_name, row_key, op, payload, attempts, def FROM {q} AS r
          WHERE r.status = 'pending' AND r.next_attempt_at <= ?1 AND r.id > ?3
            AND NOT EXISTS (
              SELECT 1 FROM {q} AS e

@@ -308,6 +308,77 @@ fn a_version_1_queue_is_migrated_without_losing_a_record() {
         c,
         "installing again changes nothing"
     );
+    let defs: Vec<Option<i64>> = column(&conn, "SELECT def FROM d1_sync_queue ORDER BY id");
+    assert_eq!(
+        defs,
+        [None, None],
+        "old records have no stored definition: the drainer's registry applies"
+    );
+}
+
+#[test]
+fn a_typed_record_carries_its_tables_definition_stored_once() {
+    #[derive(crate::D1Sync)]
+    #[d1(table = "notes")]
+    struct Note {
+        #[d1(primary_key)]
+        id: i64,
+        body: String,
+        #[d1(insert_only)]
+        created_at: i64,
+    }
+    let (mut conn, o) = setup();
+    conn.execute_batch(
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT, created_at INTEGER)",
+    )
+    .unwrap();
+    let tx = conn.transaction().unwrap();
+    for id in 0..3 {
+        let note = Note {
+            id,
+            body: "b".into(),
+            created_at: 1,
+        };
+        o.save(&tx, &note).unwrap();
+    }
+    o.enqueue_raw(&tx, "notes", "[9]", "delete", r#"{"id":9}"#)
+        .unwrap();
+    tx.commit().unwrap();
+    let defs: Vec<Option<i64>> = column(&conn, "SELECT def FROM d1_sync_queue ORDER BY id");
+    let id = Some(<Note as crate::SyncRow>::DEFINITION_ID);
+    assert_eq!(defs, [id, id, id, None]);
+    let stored = o.definitions(&conn).unwrap();
+    assert_eq!(stored, [<Note as crate::SyncRow>::table_def()]);
+    assert_eq!(
+        stored[0].definition_id(),
+        <Note as crate::SyncRow>::DEFINITION_ID
+    );
+
+    let raw = o.records(&conn, &[1, 2, 3, 4]).unwrap();
+    let texts = o.definitions_of(&conn, &raw).unwrap();
+    assert_eq!(
+        texts,
+        [(
+            <Note as crate::SyncRow>::DEFINITION_ID,
+            <Note as crate::SyncRow>::DEFINITION.to_string()
+        )]
+    );
+
+    // A rolled-back first write leaves neither the record nor the definition.
+    conn.execute_batch("DELETE FROM d1_sync_queue_tables")
+        .unwrap();
+    let tx = conn.transaction().unwrap();
+    o.save(
+        &tx,
+        &Note {
+            id: 5,
+            body: "b".into(),
+            created_at: 1,
+        },
+    )
+    .unwrap();
+    drop(tx);
+    assert!(o.definitions(&conn).unwrap().is_empty());
 }
 
 #[test]

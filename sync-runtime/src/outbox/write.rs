@@ -12,8 +12,10 @@ use crate::row::SyncRow;
 use crate::value::Value;
 
 impl Outbox {
-    /// Enqueues a record as stored text (no checks). The typed methods below are the normal
-    /// way; this one exists for tools and tests that need to write arbitrary records.
+    /// Enqueues a record as stored text (no checks), without a stored table definition: the
+    /// drainer applies it with its registry's definition of the table. The typed methods
+    /// below are the normal way; this one exists for tools and tests that need to write
+    /// arbitrary records.
     pub fn enqueue_raw(
         &self,
         conn: &Connection,
@@ -22,13 +24,26 @@ impl Outbox {
         op: &str,
         payload: &str,
     ) -> Result<i64> {
+        self.insert(conn, table, row_key, op, payload, None)
+    }
+
+    fn insert(
+        &self,
+        conn: &Connection,
+        table: &str,
+        row_key: &str,
+        op: &str,
+        payload: &str,
+        def: Option<i64>,
+    ) -> Result<i64> {
         let now = now_ms();
         conn.prepare_cached(&self.insert_sql)
-            .and_then(|mut s| s.execute(params![table, row_key, op, payload, now]))
+            .and_then(|mut s| s.execute(params![table, row_key, op, payload, now, def]))
             .map_err(|e| self.map_missing(e))?;
         Ok(conn.last_insert_rowid())
     }
 
+    /// Queues a record of `T`, with `T`'s definition stored (once) beside it.
     fn enqueue<T: SyncRow>(
         &self,
         conn: &Connection,
@@ -36,12 +51,18 @@ impl Outbox {
         op: Op,
         payload: String,
     ) -> Result<i64> {
-        self.enqueue_raw(
+        conn.prepare_cached(&self.define_sql)
+            .and_then(|mut s| {
+                s.execute(params![T::DEFINITION_ID, T::TABLE, T::DEFINITION, now_ms()])
+            })
+            .map_err(|e| self.map_missing(e))?;
+        self.insert(
             conn,
             T::TABLE,
             &codec::stored_array(key),
             op.as_str(),
             &payload,
+            Some(T::DEFINITION_ID),
         )
     }
 

@@ -11,7 +11,7 @@ use rusqlite::Connection;
 use crate::change::{self, Change, Op, RawRecord};
 use crate::codec;
 use crate::outbox::{Refusal, Setback};
-use crate::registry::Registry;
+use crate::registry::{Definitions, Registry};
 use crate::value::Value;
 
 /// A foreign key that points at its parent's primary key: the child's columns, in the order
@@ -141,7 +141,7 @@ pub(crate) struct Sorted {
 /// `recheck_at` (ms).
 pub(crate) fn sort(
     raw: Vec<RawRecord>,
-    registry: &Registry,
+    defs: &Definitions<'_>,
     deps: &Deps,
     waiting: &HashMap<u64, Waiting>,
     recheck_at: i64,
@@ -156,7 +156,7 @@ pub(crate) fn sort(
     for r in &raw {
         let row = change::row_digest(&r.table, &r.row_key);
         out.rows.insert(row);
-        match change::check_with(r, registry, &mut columns) {
+        match change::check_with(r, defs, &mut columns) {
             // A record that can never ship is dead-lettered at once, wherever it stands.
             Err(reason) => {
                 blocked.entry(row).or_insert(Waiting {
@@ -283,6 +283,7 @@ mod tests {
             op: "upsert".into(),
             payload: payload.as_bytes().to_vec(),
             attempts: 0,
+            def: None,
         }
     }
 
@@ -326,7 +327,7 @@ mod tests {
             rec(5, "nope", "x", "{}"),
             rec(6, "nope", "x", "{}"),
         ];
-        let s = sort(raw, &r, &deps, &waiting, 9_999);
+        let s = sort(raw, &Definitions::of(&r), &deps, &waiting, 9_999);
         let sent: Vec<i64> = s.changes.iter().map(|c| c.id).collect();
         assert_eq!(
             sent,
@@ -355,7 +356,7 @@ mod tests {
             rec(1, "p", "p1", r#"{"id":"p1","v":1,"bad":2}"#),
             rec(2, "c", "c1", r#"{"id":"c1","p_id":"p1"}"#),
         ];
-        let s = sort(raw, &r, &deps, &HashMap::new(), 9_999);
+        let s = sort(raw, &Definitions::of(&r), &deps, &HashMap::new(), 9_999);
         assert!(s.changes.is_empty());
         assert_eq!((s.held.len(), s.held[0].id, s.held[0].until), (1, 2, 9_999));
         // A waiting record of the parent *after* the child (a later update) does not hold it.
@@ -369,7 +370,7 @@ mod tests {
         );
         let s = sort(
             vec![rec(2, "c", "c1", r#"{"id":"c1","p_id":"p1"}"#)],
-            &r,
+            &Definitions::of(&r),
             &deps,
             &waiting,
             0,

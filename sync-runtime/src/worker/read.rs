@@ -16,6 +16,7 @@ use crate::change::{self, Change};
 use crate::error::Result;
 use crate::outbox::{now_ms, Claim, Claimant, Outbox};
 use crate::pack::pack_with;
+use crate::registry::Definitions;
 
 /// A batch read, sorted and packed, its first request journaled.
 pub(super) struct Next {
@@ -67,7 +68,8 @@ pub(super) fn read_next(
             .map(|(row, (first_id, due))| (row, Waiting { first_id, due }))
             .collect()
     };
-    let mut sorted = prepare::sort(raw, &r.registry, &r.deps, &waiting, r.recheck);
+    let defs = Definitions::with_stored(&r.registry, o.definitions_of(c, &raw)?)?;
+    let mut sorted = prepare::sort(raw, &defs, &r.deps, &waiting, r.recheck);
     let changes = std::mem::take(&mut sorted.changes);
     let mut segments = segments(changes, &r.limits, r.with_sql);
     if let Some(first) = segments.first_mut() {

@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 
 use super::ship::{self, TickEnd};
 use super::{db, lock, Inner};
+use crate::error::Error;
 use crate::stats::WorkerState;
 use crate::target::TargetError;
 
@@ -61,6 +62,22 @@ pub(super) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
                 hold = false;
                 lock(&inner.live).state = WorkerState::Standby { holder };
                 wake = Some(now + inner.config.poll_interval);
+            }
+            TickEnd::Local(e @ Error::DefinitionMismatch { .. }) => {
+                // A registry that disagrees with the queue stays so until the app is fixed.
+                let delay = inner.config.pause;
+                let reason = e.to_string();
+                {
+                    let mut live = lock(&inner.live);
+                    live.last_error = Some(reason.clone());
+                    live.state = WorkerState::Paused {
+                        until: SystemTime::now() + delay,
+                        reason: reason.clone(),
+                    };
+                }
+                error!(error = %reason, pause_ms = delay.as_millis() as u64, "d1-sync paused: the registry disagrees with the queue; nothing is sent or dead-lettered");
+                hold = true;
+                wake = Some(now + delay);
             }
             TickEnd::Local(e) => {
                 failures = failures.saturating_add(1);

@@ -35,6 +35,7 @@ use crate::error::Result;
 use crate::ledger::{Applied, RequestId};
 use crate::outbox::{now_ms, Claim, Setback};
 use crate::pack::{pack_one, Request};
+use crate::registry::Definitions;
 use crate::target::{Batch, TargetError};
 
 /// One request of the plan.
@@ -298,10 +299,11 @@ async fn plan(inner: &Arc<Inner>, st: &mut ShipState) -> Result<Option<TickEnd>>
         let mut out = Vec::new();
         for (id, ids) in o.journaled(c)? {
             let raw = o.records(c, &ids)?;
+            let defs = Definitions::with_stored(&registry, o.definitions_of(c, &raw)?)?;
             let mut cache = change::ColumnsCache::default();
             let changes: Vec<Change> = raw
                 .iter()
-                .filter_map(|r| change::check_with(r, &registry, &mut cache).ok())
+                .filter_map(|r| change::check_with(r, &defs, &mut cache).ok())
                 .collect();
             if changes.is_empty() {
                 o.unjournal(c, id.seq)?;
