@@ -27,7 +27,7 @@ pub fn derive(input: &syn::DeriveInput) -> TokenStream {
     let upsert = d1_sync_schema::sql::upsert_sql(&cont.table, &columns, &keys, &insert_only);
     let delete = d1_sync_schema::sql::delete_sql(&cont.table, &keys);
 
-    let schema_files = schema_check::check(&mut cx, &cont, &upsert, &delete);
+    let checked = schema_check::check(&mut cx, &cont, &upsert, &delete);
     if cx.has_errors() {
         let stub = fallback::stub(input);
         let errors = cx.into_compile_errors();
@@ -40,7 +40,7 @@ pub fn derive(input: &syn::DeriveInput) -> TokenStream {
         &insert_only,
         &upsert,
         &delete,
-        &schema_files,
+        &checked,
     )
 }
 
@@ -60,7 +60,7 @@ fn impl_sync_row(
     insert_only: &[&str],
     upsert: &str,
     delete: &str,
-    schema_files: &[std::path::PathBuf],
+    checked: &schema_check::Checked,
 ) -> TokenStream {
     let ident = &cont.input.ident;
     let (impl_g, ty_g, where_c) = cont.input.generics.split_for_impl();
@@ -74,7 +74,8 @@ fn impl_sync_row(
     let values = cont.columns().map(value_expr);
     let key_values = cont.key_fields().map(value_expr);
     // Cargo rebuilds a crate when a file it `include_bytes!`es changes.
-    let deps = schema_files.iter().filter_map(|p| p.to_str()).map(|p| {
+    let type_checks = &checked.type_checks;
+    let deps = checked.files.iter().filter_map(|p| p.to_str()).map(|p| {
         quote! { const _: &[u8] = ::core::include_bytes!(#p); }
     });
     quote! {
@@ -82,6 +83,7 @@ fn impl_sync_row(
         #[allow(non_upper_case_globals, unused_attributes, unused_qualifications)]
         const _: () = {
             #(#deps)*
+            #type_checks
             #[automatically_derived]
             impl #impl_g ::d1_sync::__private::SyncRow for #ident #ty_g #where_c {
                 const TABLE: &'static str = #table;

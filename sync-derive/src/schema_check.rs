@@ -7,8 +7,21 @@ use d1_sync_schema::model::{kind_fits, rust_type_for, ValueKind};
 use d1_sync_schema::names::did_you_mean;
 use d1_sync_schema::Table;
 
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+
 use crate::ast::{Container, Field};
 use crate::ctxt::Ctxt;
+
+/// What checking against the schema files gives the expansion.
+#[derive(Default)]
+pub struct Checked {
+    /// The files read: the expansion includes them, so cargo rebuilds when one changes.
+    pub files: Vec<PathBuf>,
+    /// The checks of the fields' types, as constants (see [`type_checks`]).
+    pub type_checks: TokenStream,
+}
 
 /// A second base directory for schema paths, used when the path does not exist under
 /// `CARGO_MANIFEST_DIR`: trybuild compiles test cases in a copy of the crate under
@@ -31,21 +44,24 @@ fn resolve(relative: &str) -> PathBuf {
     }
 }
 
-/// Checks the container against its schema; returns the files read, so the expansion can
-/// make cargo rebuild when one changes.
-pub fn check(cx: &mut Ctxt, cont: &Container, upsert_sql: &str, delete_sql: &str) -> Vec<PathBuf> {
+/// Checks the container against its schema: errors go to `cx`; the files read and the
+/// checks of the fields' types go into the expansion.
+pub fn check(cx: &mut Ctxt, cont: &Container, upsert_sql: &str, delete_sql: &str) -> Checked {
     let Some(lit) = &cont.attrs.schema else {
-        return Vec::new();
+        return Checked::default();
     };
     let path = resolve(&lit.value());
     let schema = match d1_sync_schema::load_schema_cached(&path) {
         Ok(s) => s,
         Err(e) => {
             cx.error_spanned_by(lit, format!("cannot load schema files: {e}"));
-            return Vec::new();
+            return Checked::default();
         }
     };
-    let files = schema.files.clone();
+    let mut checked = Checked {
+        files: schema.files.clone(),
+        type_checks: TokenStream::new(),
+    };
 
     let Some(table) = schema.table(&cont.table) else {
         let names: Vec<&str> = schema.table_names().collect();
@@ -67,12 +83,12 @@ pub fn check(cx: &mut Ctxt, cont: &Container, upsert_sql: &str, delete_sql: &str
                 lit.value()
             ),
         );
-        return files;
+        return checked;
     };
 
     let mut all_fields_are_columns = true;
     for f in cont.columns() {
-        all_fields_are_columns &= check_field(cx, table, f);
+        all_fields_are_columns &= check_field(cx, cont, table, f, &mut checked.type_checks);
     }
 
     let written: BTreeSet<&str> = cont.columns().map(|f| f.column.as_str()).collect();
@@ -138,11 +154,18 @@ pub fn check(cx: &mut Ctxt, cont: &Container, upsert_sql: &str, delete_sql: &str
             }
         }
     }
-    files
+    checked
 }
 
-/// Checks one field against its column; `false` when the table has no such column.
-fn check_field(cx: &mut Ctxt, table: &Table, f: &Field) -> bool {
+/// Checks one field against its column, adding the checks of its type to `checks`; `false`
+/// when the table has no such column.
+fn check_field(
+    cx: &mut Ctxt,
+    cont: &Container,
+    table: &Table,
+    f: &Field,
+    checks: &mut TokenStream,
+) -> bool {
     let Some(col) = table.column(&f.column) else {
         let names = table.columns.iter().map(|c| c.name.as_str());
         let hint = match did_you_mean(&f.column, names) {
@@ -176,106 +199,85 @@ fn check_field(cx: &mut Ctxt, table: &Table, f: &Field) -> bool {
         );
         return true;
     }
-    let ty = TypeInfo::of(f.ty);
-    if ty.nullable && col.not_null {
-        cx.error_spanned_by(
-            f.ty,
-            format!(
-                "column `{}` of `{}` is NOT NULL, but `Option` lets the field be None and the write would fail; use the inner type",
-                col.name, table.name
-            ),
-        );
-    }
-    if let Some(kind) = ty.kind {
-        if !kind_fits(kind, col.affinity, table.strict) {
-            let why = if table.strict {
-                format!("a STRICT table refuses {} values there", kind.as_str())
-            } else {
-                format!("SQLite would store {} values there as text", kind.as_str())
-            };
-            cx.error_spanned_by(
-                f.ty,
-                format!(
-                    "column `{}` of `{}` is `{}`: {why}; use `{}`",
-                    col.name,
-                    table.name,
-                    col.decl_type,
-                    rust_type_for(col.affinity, &col.decl_type)
-                ),
-            );
-        }
-    }
+    checks.extend(type_checks(cont, table, col, f));
     true
 }
 
-/// What the derive can tell of a field's type from its syntax. User types give `kind: None`
-/// (nothing is checked beyond the `ToValue` bound).
-struct TypeInfo {
-    nullable: bool,
-    kind: Option<ValueKind>,
-}
-
-impl TypeInfo {
-    fn of(ty: &syn::Type) -> TypeInfo {
-        match ty {
-            syn::Type::Reference(r) => TypeInfo::of(&r.elem),
-            syn::Type::Paren(p) => TypeInfo::of(&p.elem),
-            syn::Type::Group(g) => TypeInfo::of(&g.elem),
-            syn::Type::Slice(s) if is_ident(&s.elem, "u8") => TypeInfo {
-                nullable: false,
-                kind: Some(ValueKind::Blob),
-            },
-            syn::Type::Path(p) if p.qself.is_none() => {
-                let Some(last) = p.path.segments.last() else {
-                    return TypeInfo {
-                        nullable: false,
-                        kind: None,
-                    };
-                };
-                let name = last.ident.to_string();
-                let arg = match &last.arguments {
-                    syn::PathArguments::AngleBracketed(a) => a.args.iter().find_map(|a| match a {
-                        syn::GenericArgument::Type(t) => Some(t),
-                        _ => None,
-                    }),
-                    _ => None,
-                };
-                let kind = match name.as_str() {
-                    "Option" => {
-                        let inner = arg.map(TypeInfo::of);
-                        return TypeInfo {
-                            nullable: true,
-                            kind: inner.and_then(|i| i.kind),
-                        };
-                    }
-                    "i8" | "i16" | "i32" | "i64" | "u8" | "u16" | "u32" | "isize" | "bool" => {
-                        Some(ValueKind::Integer)
-                    }
-                    "f32" | "f64" => Some(ValueKind::Real),
-                    "String" | "str" => Some(ValueKind::Text),
-                    "Box" | "Cow" | "Rc" | "Arc" => arg.map(TypeInfo::of).and_then(|i| i.kind),
-                    "Vec" if arg.is_some_and(|t| is_ident(t, "u8")) => Some(ValueKind::Blob),
-                    "Value"
-                        if p.path.segments.len() > 1
-                            && p.path.segments[p.path.segments.len() - 2].ident == "serde_json" =>
-                    {
-                        Some(ValueKind::Text)
-                    }
-                    _ => None,
-                };
-                TypeInfo {
-                    nullable: false,
-                    kind,
-                }
-            }
-            _ => TypeInfo {
-                nullable: false,
-                kind: None,
-            },
-        }
+/// The checks of a field's type against its column, as constants the compiler evaluates:
+/// they ask the type itself (`<T as ToValue>::KIND` and `NULLABLE`), so a type alias, a
+/// wrapper or the user's own `ToValue` type is checked as surely as `i64`. A failing one is a
+/// compile error on the field's type that names the column and the type to use. A field whose
+/// type names a generic parameter of the struct is checked at no point before run time.
+fn type_checks(
+    cont: &Container,
+    table: &Table,
+    col: &d1_sync_schema::Column,
+    f: &Field,
+) -> TokenStream {
+    if mentions_generic(f.ty, &cont.input.generics) {
+        return TokenStream::new();
     }
+    let ty = f.ty;
+    let to_value = quote_spanned! {ty.span()=> <#ty as ::d1_sync::__private::ToValue> };
+    let mut out = TokenStream::new();
+    if col.not_null {
+        let msg = format!(
+            "column `{}` of `{}` is NOT NULL, but `Option` lets the field be None and the write would fail; use the inner type",
+            col.name, table.name
+        );
+        out.extend(quote_spanned! {ty.span()=>
+            const _: () = if #to_value::NULLABLE { ::core::panic!(#msg) };
+        });
+    }
+    let arms = [
+        (ValueKind::Integer, quote!(Integer)),
+        (ValueKind::Real, quote!(Real)),
+        (ValueKind::Text, quote!(Text)),
+        (ValueKind::Blob, quote!(Blob)),
+    ]
+    .into_iter()
+    .filter(|(kind, _)| !kind_fits(*kind, col.affinity, table.strict))
+    .map(|(kind, variant)| {
+        let why = if table.strict {
+            format!("a STRICT table refuses {} values there", kind.as_str())
+        } else {
+            format!("SQLite would store {} values there as text", kind.as_str())
+        };
+        let msg = format!(
+            "column `{}` of `{}` is `{}`: {why}; use `{}`",
+            col.name,
+            table.name,
+            col.decl_type,
+            rust_type_for(col.affinity, &col.decl_type)
+        );
+        quote_spanned! {ty.span()=>
+            ::d1_sync::__private::ValueKind::#variant => ::core::panic!(#msg),
+        }
+    })
+    .collect::<Vec<_>>();
+    if !arms.is_empty() {
+        out.extend(quote_spanned! {ty.span()=>
+            const _: () = match #to_value::KIND {
+                #(#arms)*
+                _ => {}
+            };
+        });
+    }
+    out
 }
 
-fn is_ident(ty: &syn::Type, name: &str) -> bool {
-    matches!(ty, syn::Type::Path(p) if p.qself.is_none() && p.path.is_ident(name))
+/// Whether `ty` names one of the type parameters of `generics`.
+fn mentions_generic(ty: &syn::Type, generics: &syn::Generics) -> bool {
+    let params: Vec<&syn::Ident> = generics.type_params().map(|p| &p.ident).collect();
+    if params.is_empty() {
+        return false;
+    }
+    fn walk(ts: TokenStream, params: &[&syn::Ident]) -> bool {
+        ts.into_iter().any(|t| match t {
+            proc_macro2::TokenTree::Ident(i) => params.iter().any(|p| **p == i),
+            proc_macro2::TokenTree::Group(g) => walk(g.stream(), params),
+            _ => false,
+        })
+    }
+    walk(quote!(#ty), &params)
 }
