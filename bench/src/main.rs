@@ -589,13 +589,14 @@ async fn bench_faults(peer: &D1Peer, quick: bool) -> Vec<Row> {
             let (took, stats) = drain(&path, client.clone(), batch_size()).await;
             // The drain's faults (the read-back below meets faults too, and retries them).
             let peer_stats = peer.stats(&db).await;
-            let registry = d1_sync_example::registry();
-            for name in registry.names() {
-                let def = registry.get(name).unwrap();
-                let local = d1_sync::verify::dump_local(&conn, def).unwrap();
-                let remote = d1_sync::verify::dump_d1(&client, def).await.unwrap();
-                assert_eq!(local, remote, "table {name} differs after the drain");
-            }
+            let compared = d1_sync::verify::compare(&conn, &*client, &d1_sync_example::registry())
+                .await
+                .unwrap();
+            assert!(
+                compared.agrees(),
+                "differs after the drain: {:?}",
+                compared.differing
+            );
             assert_eq!(stats.queue.failed, 0);
             results[i].push((
                 rate(stats.records_synced, took),

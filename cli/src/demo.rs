@@ -99,31 +99,6 @@ fn demo_migrations() -> Result<Vec<d1_sync::schema::migrations::Migration>, CliE
         .map_err(|e| CliError::Failed(format!("the demo's migrations: {e}")))
 }
 
-enum Remote {
-    Sqlite(Arc<SqliteTarget>),
-    D1(Arc<d1_sync::D1Http>),
-}
-
-impl Remote {
-    fn target(&self) -> Arc<dyn Target> {
-        match self {
-            Remote::Sqlite(t) => t.clone(),
-            Remote::D1(t) => t.clone(),
-        }
-    }
-
-    async fn dump(&self, table: &d1_sync::TableDef) -> Result<Vec<String>, CliError> {
-        match self {
-            Remote::Sqlite(t) => t
-                .with_connection(|c| d1_sync::verify::dump_local(c, table))
-                .map_err(|e| CliError::Failed(format!("reading `{}` back: {e}", table.name))),
-            Remote::D1(d) => d1_sync::verify::dump_d1(d, table).await.map_err(|e| {
-                CliError::Failed(format!("reading `{}` back from D1: {e}", table.name))
-            }),
-        }
-    }
-}
-
 fn style(template: &str) -> ProgressStyle {
     ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
 }
@@ -143,21 +118,20 @@ pub async fn run(a: &DemoArgs) -> Result<ExitCode, CliError> {
     let table = d1_sync::schema::migrations::DEFAULT_TABLE;
     let mut app = d1_sync::open(&app_path)?;
     d1_sync::migrate::migrate_local(&app, &migrations, table, false)?;
-    let remote = match remote {
+    let target: Arc<dyn Target> = match remote {
         None => {
             let t = SqliteTarget::open(a.dir.join("target.db"))?;
             t.with_connection(|c| d1_sync::migrate::migrate_local(c, &migrations, table, false))?;
-            Remote::Sqlite(Arc::new(t))
+            Arc::new(t)
         }
         Some(d1) => {
             // Set-up requests retry transient failures and rate limits.
             d1_sync::migrate::migrate_d1(&d1, &migrations, table, false)
                 .await
                 .map_err(|e| CliError::Failed(format!("migrating the demo's D1: {e}")))?;
-            Remote::D1(d1)
+            d1
         }
     };
-    let target = remote.target();
     println!(
         "d1sync demo: {} changes from {} to {}",
         a.changes,
@@ -228,34 +202,20 @@ pub async fn run(a: &DemoArgs) -> Result<ExitCode, CliError> {
 
     // 3. Every table on the target equals the local one.
     let registry = d1_sync_example::registry();
-    let mut rows = 0;
-    let mut mismatched = Vec::new();
-    for name in registry.names() {
-        let Some(def) = registry.get(name) else {
-            continue;
-        };
-        let local = d1_sync::verify::dump_local(&app, def)
-            .map_err(|e| CliError::Failed(format!("reading `{name}` locally: {e}")))?;
-        let theirs = remote.dump(def).await?;
-        if local != theirs {
-            mismatched.push(format!(
-                "{name} ({} local rows, {} on the target)",
-                local.len(),
-                theirs.len()
-            ));
-        }
-        rows += local.len();
-    }
-    if !mismatched.is_empty() {
+    let compared = d1_sync::verify::compare(&app, &*target, &registry)
+        .await
+        .map_err(|e| CliError::Failed(format!("reading the tables back: {e}")))?;
+    if !compared.agrees() {
+        let tables: Vec<String> = compared.differing.iter().map(|d| d.to_string()).collect();
         eprintln!(
             "d1sync: error: the target differs from the local database in: {}",
-            mismatched.join(", ")
+            tables.join(", ")
         );
         return Ok(ExitCode::from(1));
     }
     println!(
-        "  verified   all {} tables equal on the target ({rows} rows, every value and storage class)",
-        registry.names().count()
+        "  verified   all {} tables equal on the target ({} rows, every value and storage class)",
+        compared.tables, compared.rows
     );
     if s.queue.failed > 0 {
         return Ok(ExitCode::from(1));

@@ -7,8 +7,107 @@
 
 use rusqlite::Connection;
 
+use crate::error::{Error, Result};
+use crate::registry::Registry;
 use crate::row::TableDef;
-use crate::target::{D1Http, Statement, TargetError};
+use crate::target::{D1Http, Statement, Target, TargetError};
+
+/// What [`compare`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Comparison {
+    /// Tables compared.
+    pub tables: usize,
+    /// Rows in the local file, over those tables.
+    pub rows: usize,
+    /// The tables that differ.
+    pub differing: Vec<TableDifference>,
+}
+
+impl Comparison {
+    /// Whether every table is equal on both sides.
+    pub fn agrees(&self) -> bool {
+        self.differing.is_empty()
+    }
+}
+
+/// A table that differs between the local file and the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableDifference {
+    /// The table.
+    pub table: String,
+    /// Its rows in the local file.
+    pub local_rows: usize,
+    /// Its rows on the target.
+    pub target_rows: usize,
+    /// The first row (in key order) that differs, local then target, as dumped.
+    pub first: (Option<String>, Option<String>),
+}
+
+impl std::fmt::Display for TableDifference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({} local rows, {} on the target)",
+            self.table, self.local_rows, self.target_rows
+        )
+    }
+}
+
+/// Compares every table of `registry` between the local file `app` and `target`, value by
+/// value and storage class by storage class (see [`dump_sql`]). A target that cannot be read
+/// back ([`Target::dump`] gives `None`) is [`Error::Config`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), d1_sync::Error> {
+/// use d1_sync::{D1Sync, Registry, SqliteTarget};
+/// #[derive(D1Sync)]
+/// struct Note { #[d1(primary_key)] id: i64, body: String }
+/// let ddl = "CREATE TABLE note (id INTEGER PRIMARY KEY, body TEXT)";
+/// let app = d1_sync::rusqlite::Connection::open_in_memory()?;
+/// app.execute_batch(ddl)?;
+/// let target = SqliteTarget::open(":memory:")?;
+/// target.with_connection(|c| c.execute_batch(ddl))?;
+/// let registry = Registry::new().with::<Note>();
+/// assert!(d1_sync::verify::compare(&app, &target, &registry).await?.agrees());
+/// app.execute("INSERT INTO note VALUES (1, 'only here')", [])?;
+/// let c = d1_sync::verify::compare(&app, &target, &registry).await?;
+/// assert_eq!(c.differing[0].to_string(), "note (1 local rows, 0 on the target)");
+/// # Ok(()) }
+/// ```
+pub async fn compare(
+    app: &Connection,
+    target: &dyn Target,
+    registry: &Registry,
+) -> Result<Comparison> {
+    let mut out = Comparison::default();
+    for name in registry.names() {
+        let Some(def) = registry.get(name) else {
+            continue;
+        };
+        let local = dump_local(app, def)?;
+        let theirs = target
+            .dump(def)
+            .await?
+            .ok_or_else(|| Error::Config(format!("{} cannot be read back", target.describe())))?;
+        out.tables += 1;
+        out.rows += local.len();
+        if local != theirs {
+            let at = local
+                .iter()
+                .zip(&theirs)
+                .position(|(a, b)| a != b)
+                .unwrap_or(local.len().min(theirs.len()));
+            out.differing.push(TableDifference {
+                table: name.to_string(),
+                local_rows: local.len(),
+                target_rows: theirs.len(),
+                first: (local.get(at).cloned(), theirs.get(at).cloned()),
+            });
+        }
+    }
+    Ok(out)
+}
 
 /// The dump query of `table` (see the module docs).
 pub fn dump_sql(table: &TableDef) -> String {

@@ -147,14 +147,17 @@ impl Fixture {
         );
     }
 
-    /// Asserts every registered table is in step.
+    /// Asserts every registered table is in step (`d1_sync::verify::compare`, as the demo
+    /// checks).
     pub async fn assert_all_in_step(&self) {
-        let r = registry();
-        for name in r.names() {
-            if let Some(def) = r.get(name) {
-                self.assert_in_step(def).await;
-            }
-        }
+        let compared = d1_sync::verify::compare(&self.app, &*self.target.shared(), &registry())
+            .await
+            .expect("compare the tables");
+        assert!(
+            compared.agrees(),
+            "the target differs from the app: {:?}",
+            compared.differing
+        );
     }
 
     /// The queue's counts.

@@ -59,14 +59,11 @@ impl TestTarget {
 
     /// Every row of `table`, exactly (see `d1_sync::verify`).
     pub async fn dump(&self, table: &TableDef) -> Vec<String> {
-        match self {
-            TestTarget::Sqlite(t) => t
-                .with_connection(|c| d1_sync::verify::dump_local(c, table))
-                .expect("dump the target table"),
-            TestTarget::D1(d, _) => d1_sync::verify::dump_d1(d, table)
-                .await
-                .expect("dump the D1 table"),
-        }
+        self.shared()
+            .dump(table)
+            .await
+            .expect("dump the target table")
+            .expect("both test targets can be read back")
     }
 
     /// The target, shared with a worker.

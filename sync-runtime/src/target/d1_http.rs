@@ -12,6 +12,7 @@ use super::{
 use crate::backoff::Backoff;
 use crate::error::Error;
 use crate::ledger;
+use crate::row::TableDef;
 
 /// Where and how to reach a D1 database.
 #[derive(Clone)]
@@ -396,6 +397,13 @@ impl Target for D1Http {
                 Err(e) => Err(e),
             }
         })
+    }
+
+    fn dump<'a>(
+        &'a self,
+        table: &'a TableDef,
+    ) -> BoxFuture<'a, Result<Option<Vec<String>>, TargetError>> {
+        Box::pin(async move { crate::verify::dump_d1(self, table).await.map(Some) })
     }
 }
 

@@ -18,6 +18,7 @@ pub use sqlite::{SqliteMode, SqliteTarget};
 pub use crate::change::Change;
 pub use crate::ledger::{Applied, RequestId};
 pub use crate::pack::{PackLimits, Param, Statement};
+use crate::row::TableDef;
 
 /// A boxed future, so targets can be used as trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -69,6 +70,16 @@ pub trait Target: Send + Sync + 'static {
         let _ = table;
         Box::pin(async { Ok(None) })
     }
+
+    /// Every row of `table` as [`crate::verify::dump_sql`] renders it, to compare with the
+    /// local file ([`crate::verify::compare`]); `None` when the target cannot be read back.
+    fn dump<'a>(
+        &'a self,
+        table: &'a TableDef,
+    ) -> BoxFuture<'a, Result<Option<Vec<String>>, TargetError>> {
+        let _ = table;
+        Box::pin(async { Ok(None) })
+    }
 }
 
 macro_rules! forward_target {
@@ -94,6 +105,12 @@ macro_rules! forward_target {
                 table: &'a str,
             ) -> BoxFuture<'a, Result<Option<Vec<String>>, TargetError>> {
                 (**self).applied_migrations(table)
+            }
+            fn dump<'a>(
+                &'a self,
+                table: &'a TableDef,
+            ) -> BoxFuture<'a, Result<Option<Vec<String>>, TargetError>> {
+                (**self).dump(table)
             }
         }
     };

@@ -13,6 +13,7 @@ use crate::change::{Change, Op};
 use crate::error::Error;
 use crate::ledger;
 use crate::pack::DEFER_FOREIGN_KEYS;
+use crate::row::TableDef;
 
 /// How a [`SqliteTarget`] applies a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -279,6 +280,18 @@ impl Target for SqliteTarget {
         Box::pin(blocking(move || {
             crate::migrate::recorded_local(&lock(&conn), &table)
                 .map(|r| Some(r.names))
+                .map_err(|e| TargetError::Transient(e.to_string()))
+        }))
+    }
+
+    fn dump<'a>(
+        &'a self,
+        table: &'a TableDef,
+    ) -> BoxFuture<'a, Result<Option<Vec<String>>, TargetError>> {
+        let (conn, table) = (self.conn.clone(), table.clone());
+        Box::pin(blocking(move || {
+            crate::verify::dump_local(&lock(&conn), &table)
+                .map(Some)
                 .map_err(|e| TargetError::Transient(e.to_string()))
         }))
     }

@@ -11,6 +11,7 @@
 //! refused credentials pause it, and an SQL error splits the request until the records at
 //! fault are found; only those are charged.
 
+mod plan;
 mod prepare;
 mod read;
 mod run;

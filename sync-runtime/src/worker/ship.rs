@@ -28,14 +28,13 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use super::prepare::{self, Waiting};
-use super::read::{drop_read_ahead, read_next, segments, spawn_read_ahead, Next, Reading};
+use super::read::{drop_read_ahead, segments, spawn_read_ahead, Next};
 use super::{db, lock, Inner};
 use crate::change::{self, Change};
 use crate::error::Result;
 use crate::ledger::{Applied, RequestId};
-use crate::outbox::{now_ms, Claim, Setback};
+use crate::outbox::{now_ms, Setback};
 use crate::pack::{pack_one, Request};
-use crate::registry::Definitions;
 use crate::target::{Batch, TargetError};
 
 /// One request of the plan.
@@ -48,20 +47,20 @@ pub(super) struct Segment {
 }
 
 /// The batch the plan came from: a read-ahead continues after it.
-struct BatchInfo {
-    cursor: i64,
-    rows: HashSet<u64>,
+pub(super) struct BatchInfo {
+    pub(super) cursor: i64,
+    pub(super) rows: HashSet<u64>,
 }
 
 /// What a worker keeps between ticks.
 #[derive(Default)]
 pub(super) struct ShipState {
-    plan: VecDeque<Segment>,
+    pub(super) plan: VecDeque<Segment>,
     /// Rows held back while this plan is sent (charged, or waiting on a charged parent).
-    blocked: HashMap<u64, Waiting>,
-    batch: Option<BatchInfo>,
+    pub(super) blocked: HashMap<u64, Waiting>,
+    pub(super) batch: Option<BatchInfo>,
     /// The next batch, read while the last request of this one was at the target.
-    prefetched: Option<Next>,
+    pub(super) prefetched: Option<Next>,
     /// Writing the last acknowledgement: `true` once written.
     marking: Option<JoinHandle<bool>>,
 }
@@ -81,7 +80,7 @@ impl ShipState {
 
     /// Forgets what was planned (the lease was lost, or the loop ends): the journal keeps
     /// whatever may be in flight.
-    fn forget(&mut self) {
+    pub(super) fn forget(&mut self) {
         self.plan.clear();
         self.blocked.clear();
         self.batch = None;
@@ -112,7 +111,7 @@ fn local(e: crate::Error) -> TickEnd {
 /// One tick: send the next request of the plan (making a plan first if there is none).
 pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool) -> TickEnd {
     if st.plan.is_empty() {
-        match plan(inner, st).await {
+        match super::plan::plan(inner, st).await {
             Ok(Some(end)) => return end,
             Ok(None) => {}
             Err(e) => return local(e),
@@ -286,116 +285,10 @@ pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool
     }
 }
 
-/// Makes a plan: the batch read ahead, else the journal's requests (sent again first), else
-/// a fresh claim. `Some` ends the tick.
-async fn plan(inner: &Arc<Inner>, st: &mut ShipState) -> Result<Option<TickEnd>> {
-    if let Some(next) = st.prefetched.take() {
-        return adopt(inner, st, next).await;
-    }
-    // Records of the last request stay pending until their mark is written.
-    st.settle().await;
-    let registry = inner.registry.clone();
-    let resumed = db(inner, move |o, c| {
-        let mut out = Vec::new();
-        for (id, ids) in o.journaled(c)? {
-            let raw = o.records(c, &ids)?;
-            let defs = Definitions::with_stored(&registry, o.definitions_of(c, &raw)?)?;
-            let mut cache = change::ColumnsCache::default();
-            let changes: Vec<Change> = raw
-                .iter()
-                .filter_map(|r| change::check_with(r, &defs, &mut cache).ok())
-                .collect();
-            if changes.is_empty() {
-                o.unjournal(c, id.seq)?;
-            } else {
-                out.push((id, changes));
-            }
-        }
-        Ok(out)
-    })
-    .await?;
-    if !resumed.is_empty() {
-        debug!(
-            requests = resumed.len(),
-            "sending again the requests journaled as in flight"
-        );
-        st.forget();
-        if let Some(end) = renew(inner, st).await {
-            return Ok(Some(end));
-        }
-        st.plan
-            .extend(resumed.into_iter().map(|(id, changes)| Segment {
-                changes,
-                request: None,
-                id: Some(id),
-            }));
-        return Ok(None);
-    }
-    let r = Reading::of(inner);
-    let claimed = db(inner, move |o, c| {
-        match o.claim(c, &r.owner, now_ms(), r.lease, r.limit)? {
-            Claim::HeldBy(h) => Ok(Err(h)),
-            Claim::Records(raw) if raw.is_empty() => Ok(Ok(None)),
-            Claim::Records(raw) => read_next(o, c, raw, &r).map(Ok),
-        }
-    })
-    .await?;
-    match claimed {
-        Err(holder) => Ok(Some(TickEnd::Standby(holder))),
-        Ok(None) => Ok(Some(TickEnd::Idle)),
-        Ok(Some(next)) => adopt(inner, st, next).await,
-    }
-}
-
-/// Takes a read batch as the plan, after writing its dead letters and held records.
-async fn adopt(inner: &Arc<Inner>, st: &mut ShipState, next: Next) -> Result<Option<TickEnd>> {
-    let Next { sorted, segments } = next;
-    debug!(
-        records = sorted.rows.len(),
-        requests = segments.len(),
-        "claimed"
-    );
-    let wrote = !sorted.invalid.is_empty() || !sorted.held.is_empty();
-    if wrote {
-        for r in &sorted.invalid {
-            warn!(id = r.id, table = %r.table, reason = %r.reason, "dead-lettering a record that can never be sent");
-        }
-        let (invalid, held) = (sorted.invalid.clone(), sorted.held.clone());
-        db(inner, move |o, c| {
-            o.fail(c, &invalid)?;
-            o.hold(c, &held)
-        })
-        .await?;
-        let mut live = lock(&inner.live);
-        live.records_failed += sorted.invalid.len() as u64;
-        live.records_held += sorted.held.len() as u64;
-        if let Some(r) = sorted.invalid.last() {
-            live.last_error = Some(r.reason.clone());
-        }
-    }
-    st.blocked.clear();
-    st.batch = Some(BatchInfo {
-        cursor: sorted.cursor,
-        rows: sorted.rows,
-    });
-    st.plan.extend(segments);
-    if st.plan.is_empty() {
-        st.batch = None;
-        // Records only held back (their parents wait) are not progress: the worker waits for
-        // its next poll rather than claiming again at once.
-        return Ok(Some(if sorted.invalid.is_empty() {
-            TickEnd::Idle
-        } else {
-            TickEnd::Progress { acked: false }
-        }));
-    }
-    Ok(None)
-}
-
 /// Renews the lease before a request of a plan made earlier (one small write, beside a
 /// request's round trip). A lease another worker held meanwhile means this plan's records may
 /// have been sent: the plan is dropped and the journal is read again.
-async fn renew(inner: &Arc<Inner>, st: &mut ShipState) -> Option<TickEnd> {
+pub(super) async fn renew(inner: &Arc<Inner>, st: &mut ShipState) -> Option<TickEnd> {
     let (owner, lease) = (inner.owner.clone(), inner.config.lease);
     let until = now_ms().saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
     match db(inner, move |o, c| o.acquire(c, &owner, now_ms(), until)).await {
