@@ -93,6 +93,10 @@ pub struct Change {
     pub attempts: u32,
 }
 
+fn shorten(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
 /// What checking a batch of records keeps between records: column lists shared between
 /// changes of one shape (so a batch holds one copy of each), and scratch space.
 #[derive(Default)]
@@ -171,13 +175,28 @@ fn check_values(
     }
     let position = |name: &str| table.columns.iter().position(|c| c == name);
     let mut key_positions = Vec::with_capacity(table.primary_key.len());
-    for key in &table.primary_key {
+    let mut row_key: Option<Vec<Result<Value, String>>> = None;
+    for (k, key) in table.primary_key.iter().enumerate() {
         let i = position(key).ok_or_else(|| {
             format!(
                 "primary-key column `{key}` is not a column of table `{}`",
                 table.name
             )
         })?;
+        if by_col[i].is_none() {
+            // The key is stored once, in the row key (in the key's column order); a payload
+            // may repeat it (records of older queues, or written by hand).
+            let values = match &mut row_key {
+                Some(v) => v,
+                None => row_key.insert(
+                    codec::decode_array(record.row_key.as_bytes())
+                        .map_err(|e| format!("row key {}: {e}", shorten(&record.row_key)))?,
+                ),
+            };
+            if values.len() == table.primary_key.len() {
+                by_col[i] = Some(std::mem::replace(&mut values[k], Ok(Value::Null)));
+            }
+        }
         match &by_col[i] {
             None => return Err(format!("payload lacks primary-key column `{key}`")),
             Some(Ok(Value::Null)) => return Err(format!("primary-key column `{key}` is NULL")),
@@ -301,6 +320,12 @@ mod tests {
             (u.op, &*u.columns),
             (Op::Update, ["id".to_string(), "b".to_string()].as_slice())
         );
+        // The key is stored once, in the row key; a payload may repeat it.
+        let k = check(&rec("t", "upsert", r#"{"b":"x"}"#), &registry()).unwrap();
+        assert_eq!(&*k.columns, ["id", "b"]);
+        assert_eq!(k.values, [Value::Integer(1), Value::Text("x".into())]);
+        let d = check(&rec("t", "delete", "{}"), &registry()).unwrap();
+        assert_eq!(d.values, [Value::Integer(1)]);
         let d = check(&rec("t", "delete", r#"{"id":1}"#), &registry()).unwrap();
         assert_eq!(
             (d.op, &*d.columns),
@@ -350,7 +375,18 @@ mod tests {
         assert!(
             reason("t", "upsert", r#"{"id":1,"a; DROP TABLE t":2}"#).contains("is not a column")
         );
-        assert!(reason("t", "upsert", r#"{"a":1}"#).contains("lacks primary-key column `id`"));
+        let keyless = RawRecord {
+            row_key: "[]".into(),
+            ..rec("t", "upsert", r#"{"a":1}"#)
+        };
+        assert!(check(&keyless, &r)
+            .unwrap_err()
+            .contains("lacks primary-key column `id`"));
+        let bad_key = RawRecord {
+            row_key: "[1,".into(),
+            ..rec("t", "upsert", r#"{"a":1}"#)
+        };
+        assert!(check(&bad_key, &r).unwrap_err().contains("row key [1,"));
         assert!(reason("t", "delete", r#"{"id":null}"#).contains("is NULL"));
         assert!(reason("t", "upsert", r#"{"id":1,"a":{"x":1}}"#).contains("column `a`"));
         let big = format!(r#"{{"id":1,"a":"{}"}}"#, "x".repeat(MAX_VALUE_BYTES + 1));

@@ -149,12 +149,20 @@ fn malformed() -> Vec<(String, String, String, Vec<u8>, &'static str)> {
             r#"{"id":"x"}"#,
             "unknown operation",
         ),
+        // The key is stored once, in the row key: one of the wrong arity gives no key.
         r(
             "messages",
-            r#"["x"]"#,
+            r#"["x","y"]"#,
             "upsert",
             r#"{"platform":"web"}"#,
             "lacks primary-key column `id`",
+        ),
+        r(
+            "messages",
+            r#"["x""#,
+            "upsert",
+            r#"{"platform":"web"}"#,
+            "row key [\"x\": not JSON",
         ),
         r(
             "messages",

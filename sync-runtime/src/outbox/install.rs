@@ -11,8 +11,10 @@ use crate::error::{Error, Result};
 /// 2. Synced records move to the slim log `<queue>_synced`.
 /// 3. Requests in flight are journaled in `<queue>_requests`, under the queue's stream id
 ///    (`d1_sync_meta`), for exactly-once delivery.
-/// 4. Records carry the id of their table's definition (`def`), stored in `<queue>_tables`.
-///    Records of an older queue have none; a drainer applies them with its registry's.
+/// 4. Records carry the id of their table's definition (`def`), stored in `<queue>_tables`,
+///    and their payloads no longer repeat the key (it is the row key); infinities are
+///    stored as `±9e999`. Records of an older queue still read: no definition (a drainer
+///    applies them with its registry's), the key in the payload, `{"real": "inf"}`.
 pub(super) const QUEUE_VERSION: i64 = 4;
 
 impl Outbox {

@@ -182,24 +182,31 @@ impl Outbox {
                 got: key.len(),
             });
         }
-        let payload = codec::stored_object(T::PRIMARY_KEY.iter().copied().zip(key.iter()));
-        self.enqueue::<T>(tx, key, Op::Delete, payload)
+        // The key is the record's row key: a delete has nothing else to say.
+        self.enqueue::<T>(tx, key, Op::Delete, "{}".to_string())
     }
 }
 
-/// The stored payload of an upsert: every column.
+/// The stored payload of an upsert: every column but the key, which the record's row key
+/// holds (stored once).
 fn upsert_payload<T: SyncRow>(values: &[Value]) -> String {
-    codec::stored_object(T::COLUMNS.iter().copied().zip(values.iter()))
+    codec::stored_object(
+        T::COLUMNS
+            .iter()
+            .copied()
+            .zip(values.iter())
+            .filter(|(c, _)| !T::PRIMARY_KEY.contains(c)),
+    )
 }
 
-/// The stored payload of an update: the key, and the columns set.
+/// The stored payload of an update: the columns set (the key is the row key).
 fn update_payload<T: SyncRow>(values: &[Value], columns: &[&str]) -> String {
     codec::stored_object(
         T::COLUMNS
             .iter()
             .copied()
             .zip(values.iter())
-            .filter(|(c, _)| T::PRIMARY_KEY.contains(c) || columns.contains(c)),
+            .filter(|(c, _)| columns.contains(c)),
     )
 }
 

@@ -1,14 +1,20 @@
-//! JSON encodings of values: the outbox's stored payloads, and the rows sent to D1.
+//! The one JSON form of values: what the outbox stores (payloads, row keys) and what goes to
+//! D1 in the rows of a `json_each` statement.
 //!
-//! **Stored** (outbox payloads and row keys) must give back exactly the [`Value`] that was
-//! written: integers as JSON integers (read back as `i64`), finite reals always with a `.` or
-//! an exponent (read back as `f64`), text as strings, and the two kinds JSON lacks as tagged
-//! objects: `{"blob": "<hex>"}` and `{"real": "inf" | "-inf" | "nan"}`.
+//! It gives back exactly the [`Value`] that was written, and it is what SQLite reads back with
+//! `json_extract`: `null`; integers as JSON integers (64-bit); finite reals always with a `.`
+//! or an exponent (read back as reals); infinities as `±9e999`, which SQLite (and this
+//! reader) read as ±infinity; NaN as `null`, since SQLite stores NaN as NULL anyway; text as
+//! strings. JSON has no bytes, so a blob is the one tagged value: `{"blob": "<hex>"}` where it
+//! is stored. On the wire the column's statement says it holds blobs
+//! ([`JsonEncoding::Hex`], turned back with `unhex()`), so a blob travels as its hex string
+//! alone. Every other value's stored text *is* its wire text.
 //!
-//! **Wire** (the rows of a `json_each` statement) is what SQLite reads back with
-//! `json_extract`: integers stay 64-bit, reals stay reals, text stays text; blobs go as hex
-//! text turned back with `unhex()` ([`JsonEncoding::Hex`]); infinities as `±9e999`, which
-//! SQLite reads as ±Inf; NaN as `null` (SQLite stores NaN as NULL anyway).
+//! Records of older queues may hold `{"real": "inf" | "-inf" | "nan"}`; they still read.
+
+mod read;
+
+pub(crate) use read::{for_each_element, for_each_pair};
 
 use std::fmt::Write as _;
 
@@ -63,30 +69,15 @@ fn push_finite_real(out: &mut String, f: f64) {
     }
 }
 
-/// Appends the stored form of `v`.
+/// Appends the stored form of `v` (see the module docs).
 pub fn push_stored(out: &mut String, v: &Value) {
     match v {
-        Value::Null => out.push_str("null"),
-        Value::Integer(i) => {
-            let _ = write!(out, "{i}");
-        }
-        Value::Real(f) if f.is_finite() => push_finite_real(out, *f),
-        Value::Real(f) => {
-            let tag = if f.is_nan() {
-                "nan"
-            } else if *f > 0.0 {
-                "inf"
-            } else {
-                "-inf"
-            };
-            let _ = write!(out, "{{\"real\":\"{tag}\"}}");
-        }
-        Value::Text(s) => push_json_string(out, s),
         Value::Blob(b) => {
             out.push_str("{\"blob\":\"");
             push_hex(out, b);
             out.push_str("\"}");
         }
+        other => push_wire(out, other),
     }
 }
 
@@ -118,115 +109,6 @@ pub fn stored_object<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a Value)>) 
     out
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    let digit = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    };
-    s.as_bytes()
-        .chunks(2)
-        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
-        .collect()
-}
-
-/// Reads one stored value back; `Err` says what is wrong with it.
-pub fn parse_stored(v: &serde_json::Value) -> Result<Value, String> {
-    use serde_json::Value as J;
-    match v {
-        J::Null => Ok(Value::Null),
-        J::Bool(b) => Ok(Value::Integer(i64::from(*b))),
-        J::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                Ok(Value::Integer(i))
-            } else if n.is_u64() {
-                Err(format!("integer {n} does not fit in 64 signed bits"))
-            } else {
-                n.as_f64()
-                    .map(Value::Real)
-                    .ok_or_else(|| format!("number {n} is not a 64-bit float"))
-            }
-        }
-        J::String(s) => Ok(Value::Text(s.clone())),
-        J::Object(map) if map.len() == 1 => {
-            if let Some(J::String(hex)) = map.get("blob") {
-                return unhex(hex)
-                    .map(Value::Blob)
-                    .ok_or_else(|| "blob is not an even-length hex string".to_string());
-            }
-            match map.get("real").and_then(J::as_str) {
-                Some("inf") => Ok(Value::Real(f64::INFINITY)),
-                Some("-inf") => Ok(Value::Real(f64::NEG_INFINITY)),
-                Some("nan") => Ok(Value::Real(f64::NAN)),
-                _ => Err(format!("an object value must be {{\"blob\": hex}} or {{\"real\": \"inf\"|\"-inf\"|\"nan\"}}, not {v}")),
-            }
-        }
-        J::Object(_) => Err(format!(
-            "an object value must be {{\"blob\": hex}} or {{\"real\": ...}}, not {v}"
-        )),
-        J::Array(_) => Err("an array is not a column value".to_string()),
-    }
-}
-
-/// One stored value as decoded: the value, or what is wrong with it.
-struct Stored(Result<Value, String>);
-
-impl<'de> serde::Deserialize<'de> for Stored {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StoredVisitor)
-    }
-}
-
-struct StoredVisitor;
-
-impl<'de> serde::de::Visitor<'de> for StoredVisitor {
-    type Value = Stored;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a stored column value")
-    }
-    fn visit_unit<E>(self) -> Result<Stored, E> {
-        Ok(Stored(Ok(Value::Null)))
-    }
-    fn visit_bool<E>(self, b: bool) -> Result<Stored, E> {
-        Ok(Stored(Ok(Value::Integer(i64::from(b)))))
-    }
-    fn visit_i64<E>(self, i: i64) -> Result<Stored, E> {
-        Ok(Stored(Ok(Value::Integer(i))))
-    }
-    fn visit_u64<E>(self, u: u64) -> Result<Stored, E> {
-        Ok(Stored(i64::try_from(u).map(Value::Integer).map_err(|_| {
-            format!("integer {u} does not fit in 64 signed bits")
-        })))
-    }
-    fn visit_f64<E>(self, f: f64) -> Result<Stored, E> {
-        Ok(Stored(Ok(Value::Real(f))))
-    }
-    fn visit_str<E>(self, s: &str) -> Result<Stored, E> {
-        Ok(Stored(Ok(Value::Text(s.to_string()))))
-    }
-    fn visit_string<E>(self, s: String) -> Result<Stored, E> {
-        Ok(Stored(Ok(Value::Text(s))))
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Stored, A::Error> {
-        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-        Ok(Stored(Err("an array is not a column value".to_string())))
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Stored, A::Error> {
-        // Only the two tagged forms: {"blob": hex} and {"real": "inf" | "-inf" | "nan"}.
-        let mut entries: Vec<(String, serde_json::Value)> = Vec::new();
-        while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
-            entries.push((k, v));
-        }
-        let object = serde_json::Value::Object(entries.into_iter().collect());
-        Ok(Stored(parse_stored(&object)))
-    }
-}
-
 /// A column of a decoded payload: its name, and its value or what is wrong with it.
 pub type DecodedColumn = (String, Result<Value, String>);
 
@@ -240,58 +122,12 @@ pub fn decode_payload(bytes: &[u8]) -> Result<Vec<DecodedColumn>, String> {
     Ok(out)
 }
 
-/// [`decode_payload`] without collecting: hands each pair to `f` in document order, the name
-/// borrowed from `bytes` where it has no escapes. `Err` when the bytes are not a JSON object
-/// (after `f` may have seen some pairs).
-pub(crate) fn for_each_pair(
-    bytes: &[u8],
-    f: &mut dyn FnMut(&str, Result<Value, String>),
-) -> Result<(), String> {
-    use serde::de::DeserializeSeed as _;
-
-    struct Pairs<'f>(&'f mut dyn FnMut(&str, Result<Value, String>));
-    impl<'de> serde::de::DeserializeSeed<'de> for Pairs<'_> {
-        type Value = ();
-        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-            d.deserialize_map(self)
-        }
-    }
-    impl<'de> serde::de::Visitor<'de> for Pairs<'_> {
-        type Value = ();
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a JSON object of column values")
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                let v: Stored = map.next_value()?;
-                (self.0)(&k, v.0);
-            }
-            Ok(())
-        }
-    }
-    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-    if first == Some(&b'{') {
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        return Pairs(f)
-            .deserialize(&mut de)
-            .and_then(|()| de.end())
-            .map_err(|e| format!("payload is not JSON: {e}"));
-    }
-    // Not an object: say what it is, or why it is not JSON.
-    match serde_json::from_slice::<serde_json::Value>(bytes) {
-        Ok(v) => Err(format!(
-            "payload must be a JSON object of column values, not {}",
-            match v {
-                serde_json::Value::Null => "null",
-                serde_json::Value::Bool(_) => "a boolean",
-                serde_json::Value::Number(_) => "a number",
-                serde_json::Value::String(_) => "a string",
-                serde_json::Value::Array(_) => "an array",
-                serde_json::Value::Object(_) => "an object",
-            }
-        )),
-        Err(e) => Err(format!("payload is not JSON: {e}")),
-    }
+/// A stored row key: the values of a JSON array, each decoded (or what is wrong with it).
+/// `Err` when the bytes are not a JSON array.
+pub fn decode_array(bytes: &[u8]) -> Result<Vec<Result<Value, String>>, String> {
+    let mut out = Vec::new();
+    for_each_element(bytes, &mut |v| out.push(v))?;
+    Ok(out)
 }
 
 /// Whether SQLite's JSON number parser reads the shortest text of `f` back bit for bit.
@@ -359,13 +195,21 @@ mod tests {
     use super::*;
 
     fn round_trip(v: Value) {
-        let mut s = String::new();
-        push_stored(&mut s, &v);
-        let json: serde_json::Value = serde_json::from_str(&s).unwrap();
-        let back = parse_stored(&json).unwrap();
-        match (&v, &back) {
-            (Value::Real(a), Value::Real(b)) if a.is_nan() => assert!(b.is_nan(), "{s}"),
+        let s = stored_array(std::slice::from_ref(&v));
+        let back = decode_array(s.as_bytes()).unwrap().remove(0).unwrap();
+        match &v {
+            // SQLite stores NaN as NULL: so does the stored form.
+            Value::Real(a) if a.is_nan() => assert_eq!(back, Value::Null, "{s}"),
             _ => assert_eq!(back, v, "{s}"),
+        }
+        if !matches!(v, Value::Blob(_)) {
+            let mut wire = String::new();
+            push_wire(&mut wire, &v);
+            assert_eq!(
+                wire,
+                s[1..s.len() - 1],
+                "one form: the stored text is the wire text"
+            );
         }
     }
 
@@ -457,15 +301,70 @@ mod tests {
 
     #[test]
     fn bad_stored_values_are_reported() {
-        let p = |s: &str| parse_stored(&serde_json::from_str(s).unwrap());
+        let p = |s: &str| decode_array(format!("[{s}]").as_bytes()).unwrap().remove(0);
         assert!(p("18446744073709551615")
             .unwrap_err()
             .contains("64 signed bits"));
         assert!(p(r#"{"blob":"abc"}"#).unwrap_err().contains("hex"));
         assert!(p(r#"{"blob":"zz"}"#).unwrap_err().contains("hex"));
         assert!(p(r#"{"x":1}"#).is_err());
+        assert!(p(r#"{"blob":"00","x":1}"#).is_err());
         assert!(p("[1]").is_err());
         assert_eq!(p("true").unwrap(), Value::Integer(1));
+        // An older queue's reals, and the form this one writes, read alike.
+        assert_eq!(p(r#"{"real":"inf"}"#).unwrap(), Value::Real(f64::INFINITY));
+        assert_eq!(p("-9e999").unwrap(), Value::Real(f64::NEG_INFINITY));
+        assert!(p(r#"{"real":"nan"}"#).is_ok_and(|v| matches!(v, Value::Real(f) if f.is_nan())));
+    }
+
+    #[test]
+    fn not_json_is_refused_as_a_whole() {
+        for bad in [
+            "",
+            "{",
+            "{\"a\"}",
+            "{\"a\":}",
+            "{\"a\":1,}",
+            "{\"a\":01}",
+            "{\"a\":1.}",
+            "{\"a\":\"x}",
+            "{\"a\":\"\\q\"}",
+            "{\"a\":\"\\ud800\"}",
+            "{\"a\":1} x",
+            "{\"a\":nul}",
+            "{\"a\":[1,}",
+            "{\"a\":\"\u{1}\"}",
+        ] {
+            let e = decode_payload(bad.as_bytes()).unwrap_err();
+            assert!(e.contains("not JSON"), "{bad:?}: {e}");
+            assert!(
+                serde_json::from_str::<serde_json::Value>(bad).is_err(),
+                "{bad:?} is JSON"
+            );
+        }
+        assert!(decode_payload(b"{\"a\":\"\xff\"}")
+            .unwrap_err()
+            .contains("UTF-8"));
+        assert!(decode_array(b"{}").unwrap_err().contains("not an object"));
+        let deep = format!("{{\"a\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(decode_payload(deep.as_bytes())
+            .unwrap_err()
+            .contains("nested more than 128"));
+        let fine = format!("{{\"a\":{}{}}}", "[".repeat(100), "]".repeat(100));
+        assert!(decode_payload(fine.as_bytes()).unwrap()[0].1.is_err());
+    }
+
+    #[test]
+    fn strings_read_back_as_serde_json_reads_them() {
+        for t in [
+            r#""plain""#,
+            r#""\u00e9\ud83e\udd80 \/ \b\f\n\r\t \"q\" \\""#,
+            "\"é🦀日本\"",
+        ] {
+            let want: String = serde_json::from_str(t).unwrap();
+            let got = decode_array(format!("[{t}]").as_bytes()).unwrap().remove(0);
+            assert_eq!(got, Ok(Value::Text(want)), "{t}");
+        }
     }
 
     #[test]
