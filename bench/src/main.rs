@@ -62,15 +62,14 @@ impl MessageShape {
 
     /// An upsert of `m` as the worker hands it to a target, without a queue.
     fn upsert(&self, id: i64, m: &Message) -> Change {
-        Change {
+        Change::new(
             id,
-            row_key: String::new(),
-            table: self.table.clone(),
-            op: d1_sync::change::Op::Upsert,
-            columns: self.columns.clone(),
-            values: m.values(),
-            attempts: 0,
-        }
+            String::new(),
+            self.table.clone(),
+            d1_sync::change::Op::Upsert,
+            self.columns.clone(),
+            &m.values(),
+        )
     }
 }
 
@@ -297,24 +296,27 @@ async fn seed_way(
     'batches: while done < n {
         // Batches of 50 (the seed imports its default from a file not in the seed); the size
         // only sets how often the queue is read.
-        let batch: Vec<(i64, String)> = queue
+        let batch: Vec<(i64, String, String)> = queue
             .prepare_cached(
-                "SELECT id, payload FROM d1_sync_queue WHERE status = 'pending' ORDER BY id LIMIT 50",
+                "SELECT id, row_key, payload FROM d1_sync_queue WHERE status = 'pending' ORDER BY id LIMIT 50",
             )
             .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
         if batch.is_empty() {
             break;
         }
-        for (id, payload) in batch {
+        for (id, row_key, payload) in batch {
             if done >= n || deadline.is_some_and(|d| t.elapsed() >= d) {
                 break 'batches;
             }
-            let payload: serde_json::Map<String, serde_json::Value> =
+            let mut payload: serde_json::Map<String, serde_json::Value> =
                 serde_json::from_str(&payload).unwrap();
+            // The queue stores the key once, in the row key (`["<id>"]`).
+            let key: Vec<serde_json::Value> = serde_json::from_str(&row_key).unwrap();
+            payload.insert("id".into(), key[0].clone());
             let params: Vec<d1_sync::target::Param> = Message::COLUMNS
                 .iter()
                 .map(|c| match &payload[*c] {

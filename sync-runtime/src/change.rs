@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use d1_sync_schema::limits::{MAX_COLUMNS, MAX_VALUE_BYTES};
 
-use crate::codec;
+use crate::codec::{self, Raw};
 use crate::registry::{Definitions, Registry};
 use crate::row::TableDef;
 use crate::value::Value;
@@ -73,7 +73,9 @@ pub(crate) fn row_digest(table: &str, row_key: &str) -> u64 {
     h.finish()
 }
 
-/// A checked change: whitelisted columns in the table's order, values decoded.
+/// A checked change: whitelisted columns in the table's order, and its values as one wire row,
+/// copied from the stored text without decoding them (one allocation per change, however
+/// many values it has).
 #[derive(Debug, Clone)]
 pub struct Change {
     /// Queue id.
@@ -87,10 +89,93 @@ pub struct Change {
     /// Upsert: the columns written, in the table's column order. Update: the key columns,
     /// then the columns set. Delete: the key columns. Shared by changes of one shape.
     pub columns: Arc<[String]>,
-    /// The values, in `columns` order.
-    pub values: Vec<Value>,
+    /// The values, in `columns` order, as one wire row: a JSON array in the one JSON form
+    /// (see [`crate::codec`]), a blob as its hex text.
+    pub row: String,
+    /// The values that are not plain JSON on the wire, by position in `columns`: blobs, and
+    /// reals SQLite's JSON parser would not read back exactly. Empty for most changes.
+    pub special: Vec<(usize, Special)>,
     /// Attempts charged so far.
     pub attempts: u32,
+}
+
+/// A value that is not plain JSON on the wire (see [`Change::special`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Special {
+    /// A blob: the row holds its hex text, which the statement turns back with `unhex()`.
+    Blob,
+    /// A real outside the band SQLite's JSON parser reads back exactly: bound on its own.
+    Real(f64),
+}
+
+impl Change {
+    /// A change of `values` (in `columns` order), as [`check`] would make it from a record.
+    pub fn new(
+        id: i64,
+        row_key: String,
+        table: Arc<TableDef>,
+        op: Op,
+        columns: Arc<[String]>,
+        values: &[Value],
+    ) -> Change {
+        let mut row = String::from("[");
+        let mut special = Vec::new();
+        for (n, v) in values.iter().enumerate() {
+            if n > 0 {
+                row.push(',');
+            }
+            codec::push_wire(&mut row, v);
+            match v {
+                Value::Blob(_) => special.push((n, Special::Blob)),
+                Value::Real(f) if !codec::fits_json(v) => special.push((n, Special::Real(*f))),
+                _ => {}
+            }
+        }
+        row.push(']');
+        Change {
+            id,
+            row_key,
+            table,
+            op,
+            columns,
+            row,
+            special,
+            attempts: 0,
+        }
+    }
+
+    /// The stored text of each value (what a row key made of them holds), in `columns` order.
+    pub(crate) fn stored_texts(&self) -> Vec<std::borrow::Cow<'_, str>> {
+        codec::element_spans(&self.row)
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(n, span)| {
+                let blob = self
+                    .special
+                    .iter()
+                    .any(|(i, s)| *i == n && *s == Special::Blob);
+                codec::stored_text(&self.row[span], blob)
+            })
+            .collect()
+    }
+
+    /// The values, decoded from the row (for targets that bind them one by one).
+    pub fn values(&self) -> Vec<Value> {
+        let mut values: Vec<Value> = codec::decode_array(self.row.as_bytes())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.unwrap_or(Value::Null))
+            .collect();
+        for (n, s) in &self.special {
+            if let (Special::Blob, Some(v)) = (s, values.get_mut(*n)) {
+                if let Value::Text(hex) = v {
+                    *v = Value::Blob(codec::unhex(hex).unwrap_or_default());
+                }
+            }
+        }
+        values
+    }
 }
 
 fn shorten(s: &str) -> String {
@@ -103,7 +188,6 @@ fn shorten(s: &str) -> String {
 pub struct ColumnsCache {
     shared: HashMap<(usize, Op, u128), Arc<[String]>>,
     wide: HashMap<(usize, Op, Vec<usize>), Arc<[String]>>,
-    by_col: Vec<Option<Result<Value, String>>>,
 }
 
 /// Checks a record against a registry alone; `Err` is the reason it can never ship (it goes
@@ -130,23 +214,19 @@ pub fn check_with(
             record.op
         )
     })?;
-    // Each value at its column's position in the table (a repeated key: the last one wins).
-    // Decoded in one pass, names borrowed: a batch of records allocates only its values.
-    let mut by_col = std::mem::take(&mut cache.by_col);
-    by_col.clear();
-    by_col.resize(table.columns.len(), None);
-    let checked = check_values(record, table, op, &mut by_col, cache);
-    cache.by_col = by_col;
-    checked
+    // Each value at its column's position in the table (a repeated key: the last one wins),
+    // read in one pass and borrowed from the record: nothing is decoded.
+    let mut by_col = vec![None; table.columns.len()];
+    check_values(record, table, op, &mut by_col, cache)
 }
 
 /// [`check_with`] once the table and operation are known; `by_col` is empty scratch space
 /// with one slot per column of the table.
-fn check_values(
-    record: &RawRecord,
+fn check_values<'a>(
+    record: &'a RawRecord,
     table: &Arc<TableDef>,
     op: Op,
-    by_col: &mut [Option<Result<Value, String>>],
+    by_col: &mut [Option<Result<Raw<'a>, String>>],
     cache: &mut ColumnsCache,
 ) -> Result<Change, String> {
     let mut pairs = 0usize;
@@ -175,7 +255,7 @@ fn check_values(
     }
     let position = |name: &str| table.columns.iter().position(|c| c == name);
     let mut key_positions = Vec::with_capacity(table.primary_key.len());
-    let mut row_key: Option<Vec<Result<Value, String>>> = None;
+    let mut row_key: Option<Vec<Result<Raw<'a>, String>>> = None;
     for (k, key) in table.primary_key.iter().enumerate() {
         let i = position(key).ok_or_else(|| {
             format!(
@@ -188,18 +268,20 @@ fn check_values(
             // may repeat it (records of older queues, or written by hand).
             let values = match &mut row_key {
                 Some(v) => v,
-                None => row_key.insert(
-                    codec::decode_array(record.row_key.as_bytes())
-                        .map_err(|e| format!("row key {}: {e}", shorten(&record.row_key)))?,
-                ),
+                None => {
+                    let mut read = Vec::with_capacity(table.primary_key.len());
+                    codec::for_each_element(record.row_key.as_bytes(), &mut |v| read.push(v))
+                        .map_err(|e| format!("row key {}: {e}", shorten(&record.row_key)))?;
+                    row_key.insert(read)
+                }
             };
             if values.len() == table.primary_key.len() {
-                by_col[i] = Some(std::mem::replace(&mut values[k], Ok(Value::Null)));
+                by_col[i] = Some(std::mem::replace(&mut values[k], Ok(Raw::Null)));
             }
         }
         match &by_col[i] {
             None => return Err(format!("payload lacks primary-key column `{key}`")),
-            Some(Ok(Value::Null)) => return Err(format!("primary-key column `{key}` is NULL")),
+            Some(Ok(Raw::Null)) => return Err(format!("primary-key column `{key}` is NULL")),
             Some(_) => key_positions.push(i),
         }
     }
@@ -225,14 +307,16 @@ fn check_values(
         }
         Op::Delete => key_positions,
     };
-    let mut values = Vec::with_capacity(positions.len());
+    let mut row = String::with_capacity(record.payload.len() + record.row_key.len());
+    row.push('[');
+    let mut special = Vec::new();
     let mut row_bytes = 0usize;
-    for &i in &positions {
+    for (n, &i) in positions.iter().enumerate() {
         let col = &table.columns[i];
         let v = match by_col[i].take() {
             Some(Ok(v)) => v,
             Some(Err(e)) => return Err(format!("column `{col}`: {e}")),
-            None => Value::Null,
+            None => Raw::Null,
         };
         if v.size() > MAX_VALUE_BYTES {
             return Err(format!(
@@ -241,8 +325,17 @@ fn check_values(
             ));
         }
         row_bytes += v.size();
-        values.push(v);
+        if n > 0 {
+            row.push(',');
+        }
+        v.push_wire(&mut row);
+        match v {
+            Raw::Blob { .. } => special.push((n, Special::Blob)),
+            Raw::Real(f) if !codec::real_is_json_exact(f) => special.push((n, Special::Real(f))),
+            _ => {}
+        }
     }
+    row.push(']');
     if row_bytes > MAX_VALUE_BYTES {
         return Err(format!(
             "the row holds {row_bytes} bytes; D1 stores at most {MAX_VALUE_BYTES} bytes in one row"
@@ -278,7 +371,8 @@ fn check_values(
         table: table.clone(),
         op,
         columns,
-        values,
+        row,
+        special,
         attempts: record.attempts,
     })
 }
@@ -314,7 +408,7 @@ mod tests {
     fn good_records_take_the_tables_column_order() {
         let c = check(&rec("t", "upsert", r#"{"b":"x","id":1}"#), &registry()).unwrap();
         assert_eq!(&*c.columns, ["id", "b"]);
-        assert_eq!(c.values, [Value::Integer(1), Value::Text("x".into())]);
+        assert_eq!(c.values(), [Value::Integer(1), Value::Text("x".into())]);
         let u = check(&rec("t", "update", r#"{"b":"x","id":1}"#), &registry()).unwrap();
         assert_eq!(
             (u.op, &*u.columns),
@@ -323,14 +417,55 @@ mod tests {
         // The key is stored once, in the row key; a payload may repeat it.
         let k = check(&rec("t", "upsert", r#"{"b":"x"}"#), &registry()).unwrap();
         assert_eq!(&*k.columns, ["id", "b"]);
-        assert_eq!(k.values, [Value::Integer(1), Value::Text("x".into())]);
+        assert_eq!(k.values(), [Value::Integer(1), Value::Text("x".into())]);
         let d = check(&rec("t", "delete", "{}"), &registry()).unwrap();
-        assert_eq!(d.values, [Value::Integer(1)]);
+        assert_eq!(d.values(), [Value::Integer(1)]);
         let d = check(&rec("t", "delete", r#"{"id":1}"#), &registry()).unwrap();
         assert_eq!(
             (d.op, &*d.columns),
             (Op::Delete, ["id".to_string()].as_slice())
         );
+    }
+
+    #[test]
+    fn the_wire_row_is_the_stored_text_with_blobs_untagged() {
+        let payload = r#"{"a":"line\nbreak \u00e9","b":{"blob":"00ff"}}"#;
+        let c = check(&rec("t", "upsert", payload), &registry()).unwrap();
+        assert_eq!(
+            c.row, r#"[1,"line\nbreak \u00e9","00ff"]"#,
+            "text copied as stored"
+        );
+        assert_eq!(c.special, [(2, Special::Blob)]);
+        let values = [
+            Value::Integer(1),
+            Value::Text("line\nbreak é".into()),
+            Value::Blob(vec![0, 255]),
+        ];
+        assert_eq!(c.values(), values);
+        let made = Change::new(
+            1,
+            "[1]".into(),
+            c.table.clone(),
+            Op::Upsert,
+            c.columns.clone(),
+            &values,
+        );
+        assert_eq!((made.values(), &made.special), (c.values(), &c.special));
+        // A row key made of these values, as the queue stores it: escapes as this writer's.
+        let texts: Vec<String> = c
+            .stored_texts()
+            .into_iter()
+            .map(|t| t.into_owned())
+            .collect();
+        assert_eq!(texts, ["1", r#""line\nbreak é""#, r#"{"blob":"00ff"}"#]);
+        assert_eq!(
+            format!("[{}]", texts.join(",")),
+            codec::stored_array(&values),
+            "the same text a row key of these values has"
+        );
+        // A real SQLite's JSON parser would not read back exactly is bound on its own.
+        let far = check(&rec("t", "upsert", r#"{"a":1e-300}"#), &registry()).unwrap();
+        assert_eq!(far.special, [(1, Special::Real(1e-300))]);
     }
 
     #[test]

@@ -13,9 +13,7 @@ use std::sync::Arc;
 
 use d1_sync_schema::sql::{delete_json_sql, update_json_sql, upsert_json_sql, JsonEncoding};
 
-use crate::change::{Change, Op};
-use crate::codec;
-use crate::value::Value;
+use crate::change::{Change, Op, Special};
 
 /// The first statement of every request.
 pub const DEFER_FOREIGN_KEYS: &str = "PRAGMA defer_foreign_keys = on";
@@ -143,14 +141,17 @@ impl Shape<'_> {
 fn encode_shape(c: &Change, encodings: &mut Vec<JsonEncoding>, bound: &mut Vec<Param>) {
     encodings.clear();
     bound.clear();
-    for v in &c.values {
-        encodings.push(match v {
-            Value::Real(f) if !codec::fits_json(v) => {
-                bound.push(Param::Real(*f));
-                JsonEncoding::Param(u16::try_from(bound.len() + 1).unwrap_or(u16::MAX))
-            }
-            _ => codec::wire_encoding(v),
-        });
+    encodings.resize(c.columns.len(), JsonEncoding::Plain);
+    for (n, s) in &c.special {
+        if let Some(e) = encodings.get_mut(*n) {
+            *e = match s {
+                Special::Blob => JsonEncoding::Hex,
+                Special::Real(f) => {
+                    bound.push(Param::Real(*f));
+                    JsonEncoding::Param(u16::try_from(bound.len() + 1).unwrap_or(u16::MAX))
+                }
+            };
+        }
     }
 }
 
@@ -233,11 +234,10 @@ pub fn pack_with(changes: &[Change], limits: &PackLimits, sql: bool) -> Vec<Requ
     let mut open: Option<Open> = None;
 
     // Scratch buffers, reused for every change.
-    let (mut encodings, mut bound, mut row) = (Vec::new(), Vec::new(), String::new());
+    let (mut encodings, mut bound) = (Vec::new(), Vec::new());
     for (n, c) in changes.iter().enumerate() {
         encode_shape(c, &mut encodings, &mut bound);
-        row.clear();
-        codec::push_wire_row(&mut row, &c.values);
+        let row = &c.row;
         let single_row = encodings
             .iter()
             .any(|e| matches!(e, JsonEncoding::Param(_)));
@@ -301,7 +301,7 @@ pub fn pack_with(changes: &[Change], limits: &PackLimits, sql: bool) -> Vec<Requ
             if o.rows > 0 {
                 o.json.push(',');
             }
-            o.json.push_str(&row);
+            o.json.push_str(row);
             o.rows += 1;
             if o.shape.op == Op::Update {
                 o.keys.insert(&c.row_key);
@@ -372,27 +372,25 @@ mod tests {
     }
 
     fn up(id: i64, t: &Arc<TableDef>, v: Value) -> Change {
-        Change {
+        Change::new(
             id,
-            row_key: format!("[{id}]"),
-            table: t.clone(),
-            op: Op::Upsert,
-            columns: vec!["id".to_string(), "v".to_string()].into(),
-            values: vec![Value::Integer(id), v],
-            attempts: 0,
-        }
+            format!("[{id}]"),
+            t.clone(),
+            Op::Upsert,
+            vec!["id".to_string(), "v".to_string()].into(),
+            &[Value::Integer(id), v],
+        )
     }
 
     fn del(id: i64, t: &Arc<TableDef>) -> Change {
-        Change {
+        Change::new(
             id,
-            row_key: format!("[{id}]"),
-            table: t.clone(),
-            op: Op::Delete,
-            columns: vec!["id".to_string()].into(),
-            values: vec![Value::Integer(id)],
-            attempts: 0,
-        }
+            format!("[{id}]"),
+            t.clone(),
+            Op::Delete,
+            vec!["id".to_string()].into(),
+            &[Value::Integer(id)],
+        )
     }
 
     #[test]
@@ -522,14 +520,15 @@ mod tests {
     #[test]
     fn an_update_statement_never_holds_one_key_twice() {
         let a = table("a");
-        let upd = |id: i64, k: i64| Change {
-            id,
-            row_key: format!("[{k}]"),
-            table: a.clone(),
-            op: Op::Update,
-            columns: vec!["id".to_string(), "v".to_string()].into(),
-            values: vec![Value::Integer(k), Value::Integer(id)],
-            attempts: 0,
+        let upd = |id: i64, k: i64| {
+            Change::new(
+                id,
+                format!("[{k}]"),
+                a.clone(),
+                Op::Update,
+                vec!["id".to_string(), "v".to_string()].into(),
+                &[Value::Integer(k), Value::Integer(id)],
+            )
         };
         let reqs = pack(&[upd(1, 7), upd(2, 8), upd(3, 7)], &PackLimits::default());
         assert_eq!(

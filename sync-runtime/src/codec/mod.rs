@@ -14,7 +14,8 @@
 
 mod read;
 
-pub(crate) use read::{for_each_element, for_each_pair};
+pub use read::Raw;
+pub(crate) use read::{element_spans, for_each_element, for_each_pair, unescape, unhex};
 
 use std::fmt::Write as _;
 
@@ -81,6 +82,24 @@ pub fn push_stored(out: &mut String, v: &Value) {
     }
 }
 
+/// The stored text of a value whose wire text is `wire` (one value of a wire row): the same
+/// text, but for a blob (`blob`: tagged again) and a string with escapes other than this
+/// writer's (written again as this writer writes it).
+pub(crate) fn stored_text(wire: &str, blob: bool) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
+    if blob {
+        return Cow::Owned(format!("{{\"blob\":{wire}}}"));
+    }
+    if wire.starts_with('"') && wire.contains('\\') {
+        if let Some(text) = unescape(wire) {
+            let mut out = String::with_capacity(wire.len());
+            push_json_string(&mut out, &text);
+            return Cow::Owned(out);
+        }
+    }
+    Cow::Borrowed(wire)
+}
+
 /// The stored form of `values` as a JSON array (row keys).
 pub fn stored_array(values: &[Value]) -> String {
     let mut out = String::from("[");
@@ -117,7 +136,7 @@ pub type DecodedColumn = (String, Result<Value, String>);
 pub fn decode_payload(bytes: &[u8]) -> Result<Vec<DecodedColumn>, String> {
     let mut out = Vec::new();
     for_each_pair(bytes, &mut |name, value| {
-        out.push((name.to_string(), value))
+        out.push((name.to_string(), value.map(|r| r.to_value())))
     })?;
     Ok(out)
 }
@@ -126,7 +145,7 @@ pub fn decode_payload(bytes: &[u8]) -> Result<Vec<DecodedColumn>, String> {
 /// `Err` when the bytes are not a JSON array.
 pub fn decode_array(bytes: &[u8]) -> Result<Vec<Result<Value, String>>, String> {
     let mut out = Vec::new();
-    for_each_element(bytes, &mut |v| out.push(v))?;
+    for_each_element(bytes, &mut |v| out.push(v.map(|r| r.to_value())))?;
     Ok(out)
 }
 
@@ -314,7 +333,11 @@ mod tests {
         // An older queue's reals, and the form this one writes, read alike.
         assert_eq!(p(r#"{"real":"inf"}"#).unwrap(), Value::Real(f64::INFINITY));
         assert_eq!(p("-9e999").unwrap(), Value::Real(f64::NEG_INFINITY));
-        assert!(p(r#"{"real":"nan"}"#).is_ok_and(|v| matches!(v, Value::Real(f) if f.is_nan())));
+        assert_eq!(
+            p(r#"{"real":"nan"}"#).unwrap(),
+            Value::Null,
+            "NaN reads as SQLite stores it"
+        );
     }
 
     #[test]

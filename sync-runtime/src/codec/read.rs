@@ -3,19 +3,112 @@
 //!
 //! Two kinds of trouble are kept apart: text that is not JSON at all (the whole payload is
 //! refused), and a well-formed value that is not a column value (that column's `Err`, so the
-//! reason can name it). Names without escapes are borrowed from the input; a value allocates
-//! only what it holds (the text of a string, the bytes of a blob).
+//! reason can name it). Nothing is allocated: a value is handed over as [`Raw`], borrowed
+//! from the input, which the worker copies into a wire row as it is; only a name with escapes
+//! (rare) is unescaped into a string of its own.
 
 use std::borrow::Cow;
+use std::fmt::Write as _;
 
 use crate::value::Value;
 
 /// One value as read: the value, or why it is not a column value.
-pub(crate) type Read = Result<Value, String>;
+pub(crate) type Read<'a> = Result<Raw<'a>, String>;
+
+/// A value in the JSON form, borrowed from the text it was read from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Raw<'a> {
+    /// `null` (and a NaN, which SQLite stores as NULL).
+    Null,
+    /// An integer (`true` and `false` read as 1 and 0).
+    Integer(i64),
+    /// A real.
+    Real(f64),
+    /// A string: its JSON text, quotes and escapes included, and the length in bytes of the
+    /// text it holds.
+    Text {
+        /// The JSON text.
+        json: &'a str,
+        /// The unescaped length.
+        len: usize,
+    },
+    /// A blob: its hex digits (an even number of them).
+    Blob {
+        /// The hex digits.
+        hex: &'a str,
+    },
+}
+
+impl Raw<'_> {
+    /// The bytes it stores, as [`Value::size`] counts them.
+    pub fn size(&self) -> usize {
+        match self {
+            Raw::Null => 0,
+            Raw::Integer(_) | Raw::Real(_) => 8,
+            Raw::Text { len, .. } => *len,
+            Raw::Blob { hex } => hex.len() / 2,
+        }
+    }
+
+    /// The value, decoded.
+    pub fn to_value(&self) -> Value {
+        match *self {
+            Raw::Null => Value::Null,
+            Raw::Integer(i) => Value::Integer(i),
+            Raw::Real(f) => Value::Real(f),
+            Raw::Text { json, len } => {
+                let mut out = String::with_capacity(len);
+                // Checked when it was read: it reads again.
+                let _ = Scan::over(json).string_into(&mut out);
+                Value::Text(out)
+            }
+            Raw::Blob { hex } => Value::Blob(unhex(hex).unwrap_or_default()),
+        }
+    }
+
+    /// Appends its wire text: the JSON form, a blob as its hex text. A string's text is
+    /// copied as it stands; numbers are written afresh, so a real always has the shortest
+    /// text that reads back exactly.
+    pub fn push_wire(&self, out: &mut String) {
+        match *self {
+            Raw::Null => out.push_str("null"),
+            Raw::Integer(i) => {
+                let _ = write!(out, "{i}");
+            }
+            Raw::Real(f) => super::push_wire(out, &Value::Real(f)),
+            Raw::Text { json, .. } => out.push_str(json),
+            Raw::Blob { hex } => {
+                out.push('"');
+                out.push_str(hex);
+                out.push('"');
+            }
+        }
+    }
+}
+
+/// Where unescaped string text goes: a string, or only its length.
+trait Sink {
+    fn put(&mut self, s: &str);
+}
+
+impl Sink for String {
+    fn put(&mut self, s: &str) {
+        self.push_str(s);
+    }
+}
+
+impl Sink for usize {
+    fn put(&mut self, s: &str) {
+        *self += s.len();
+    }
+}
 
 /// Hands each pair of the JSON object `bytes` to `f`, in document order. `Err` when the bytes
 /// are not a JSON object (after `f` may have seen some pairs).
-pub(crate) fn for_each_pair(bytes: &[u8], f: &mut dyn FnMut(&str, Read)) -> Result<(), String> {
+pub(crate) fn for_each_pair<'a>(
+    bytes: &'a [u8],
+    f: &mut dyn FnMut(&str, Read<'a>),
+) -> Result<(), String> {
     let mut s = Scan::new(bytes).map_err(not_json)?;
     s.ws();
     if s.peek() != Some(b'{') {
@@ -47,7 +140,10 @@ pub(crate) fn for_each_pair(bytes: &[u8], f: &mut dyn FnMut(&str, Read)) -> Resu
 
 /// Hands each value of the JSON array `bytes` to `f`, in order. `Err` when the bytes are not
 /// a JSON array.
-pub(crate) fn for_each_element(bytes: &[u8], f: &mut dyn FnMut(Read)) -> Result<(), String> {
+pub(crate) fn for_each_element<'a>(
+    bytes: &'a [u8],
+    f: &mut dyn FnMut(Read<'a>),
+) -> Result<(), String> {
     let mut s = Scan::new(bytes).map_err(not_json_key)?;
     s.ws();
     if s.peek() != Some(b'[') {
@@ -96,12 +192,16 @@ impl<'a> Scan<'a> {
     fn new(bytes: &'a [u8]) -> Result<Scan<'a>, String> {
         let s = std::str::from_utf8(bytes)
             .map_err(|e| format!("invalid UTF-8 at byte {}", e.valid_up_to()))?;
-        Ok(Scan {
+        Ok(Scan::over(s))
+    }
+
+    fn over(s: &'a str) -> Scan<'a> {
+        Scan {
             s,
-            b: bytes,
+            b: s.as_bytes(),
             i: 0,
             depth: 0,
-        })
+        }
     }
 
     fn error(&self, what: &str) -> String {
@@ -172,12 +272,20 @@ impl<'a> Scan<'a> {
 
     /// A value: the outer `Err` is a syntax error, the inner one a value that is no column
     /// value.
-    fn value(&mut self) -> Result<Read, String> {
+    fn value(&mut self) -> Result<Read<'a>, String> {
         match self.peek() {
-            Some(b'n') => self.literal("null").map(|()| Ok(Value::Null)),
-            Some(b't') => self.literal("true").map(|()| Ok(Value::Integer(1))),
-            Some(b'f') => self.literal("false").map(|()| Ok(Value::Integer(0))),
-            Some(b'"') => Ok(Ok(Value::Text(self.string()?.into_owned()))),
+            Some(b'n') => self.literal("null").map(|()| Ok(Raw::Null)),
+            Some(b't') => self.literal("true").map(|()| Ok(Raw::Integer(1))),
+            Some(b'f') => self.literal("false").map(|()| Ok(Raw::Integer(0))),
+            Some(b'"') => {
+                let start = self.i;
+                let mut len = 0usize;
+                self.string_into(&mut len)?;
+                Ok(Ok(Raw::Text {
+                    json: &self.s[start..self.i],
+                    len,
+                }))
+            }
             Some(b'-' | b'0'..=b'9') => self.number(),
             Some(b'{') => self.tagged(),
             Some(b'[') => self
@@ -189,7 +297,7 @@ impl<'a> Scan<'a> {
 
     /// A number: an integer when written without a fraction or exponent, else a real
     /// (`±9e999` reads as ±infinity, as SQLite reads it).
-    fn number(&mut self) -> Result<Read, String> {
+    fn number(&mut self) -> Result<Read<'a>, String> {
         let start = self.i;
         if self.peek() == Some(b'-') {
             self.i += 1;
@@ -230,21 +338,21 @@ impl<'a> Scan<'a> {
         if integer {
             return Ok(text
                 .parse::<i64>()
-                .map(Value::Integer)
+                .map(Raw::Integer)
                 .map_err(|_| format!("integer {text} does not fit in 64 signed bits")));
         }
         Ok(text
             .parse::<f64>()
-            .map(Value::Real)
+            .map(|f| if f.is_nan() { Raw::Null } else { Raw::Real(f) })
             .map_err(|e| format!("number {text}: {e}")))
     }
 
     /// An object in value position: `{"blob": "<hex>"}`, or a real of an older queue,
     /// `{"real": "inf" | "-inf" | "nan"}`.
-    fn tagged(&mut self) -> Result<Read, String> {
+    fn tagged(&mut self) -> Result<Read<'a>, String> {
         self.i += 1;
         let mut pairs = 0;
-        let mut found: Option<Read> = None;
+        let mut found: Option<Read<'a>> = None;
         self.ws();
         if self.peek() == Some(b'}') {
             self.i += 1;
@@ -258,13 +366,12 @@ impl<'a> Scan<'a> {
                 pairs += 1;
                 if self.peek() == Some(b'"') && (key == "blob" || key == "real") {
                     let text = self.string()?;
-                    found = Some(match (&*key, &*text) {
-                        ("blob", hex) => unhex(hex)
-                            .map(Value::Blob)
-                            .ok_or_else(|| "blob is not an even-length hex string".to_string()),
-                        (_, "inf") => Ok(Value::Real(f64::INFINITY)),
-                        (_, "-inf") => Ok(Value::Real(f64::NEG_INFINITY)),
-                        (_, "nan") => Ok(Value::Real(f64::NAN)),
+                    found = Some(match (&*key, text) {
+                        ("blob", Cow::Borrowed(hex)) if is_hex(hex) => Ok(Raw::Blob { hex }),
+                        ("blob", _) => Err("blob is not an even-length hex string".to_string()),
+                        (_, t) if t == "inf" => Ok(Raw::Real(f64::INFINITY)),
+                        (_, t) if t == "-inf" => Ok(Raw::Real(f64::NEG_INFINITY)),
+                        (_, t) if t == "nan" => Ok(Raw::Null),
                         (_, other) => Err(format!("unknown real `{other}`")),
                     });
                 } else {
@@ -336,25 +443,35 @@ impl<'a> Scan<'a> {
 
     /// A string, borrowed when it has no escapes.
     fn string(&mut self) -> Result<Cow<'a, str>, String> {
-        self.expect(b'"')?;
-        let start = self.i;
-        while let Some(c) = self.peek() {
-            match c {
-                b'"' => {
-                    self.i += 1;
-                    return Ok(Cow::Borrowed(&self.s[start..self.i - 1]));
-                }
-                b'\\' => break,
-                0..=0x1f => return Err(self.error("a control character in a string")),
-                _ => self.i += 1,
-            }
+        let start = self.i + 1;
+        let plain = self.b[start.min(self.b.len())..]
+            .iter()
+            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+            .filter(|&n| self.b[start + n] == b'"');
+        if let (Some(b'"'), Some(n)) = (self.peek(), plain) {
+            self.i = start + n + 1;
+            return Ok(Cow::Borrowed(&self.s[start..start + n]));
         }
-        let mut out = String::from(&self.s[start..self.i]);
+        let mut out = String::new();
+        self.string_into(&mut out)?;
+        Ok(Cow::Owned(out))
+    }
+
+    /// Reads a string, handing its text, unescaped, to `sink` in pieces.
+    fn string_into<S: Sink>(&mut self, sink: &mut S) -> Result<(), String> {
+        self.expect(b'"')?;
+        let mut start = self.i;
         loop {
-            match self.next() {
+            match self.peek() {
                 None => return Err(self.error("an unterminated string")),
-                Some(b'"') => return Ok(Cow::Owned(out)),
+                Some(b'"') => {
+                    sink.put(&self.s[start..self.i]);
+                    self.i += 1;
+                    return Ok(());
+                }
                 Some(b'\\') => {
+                    sink.put(&self.s[start..self.i]);
+                    self.i += 1;
                     let c = match self.next() {
                         Some(b'"') => '"',
                         Some(b'\\') => '\\',
@@ -367,17 +484,11 @@ impl<'a> Scan<'a> {
                         Some(b'u') => self.unicode_escape()?,
                         _ => return Err(self.error("an unknown escape")),
                     };
-                    out.push(c);
+                    sink.put(c.encode_utf8(&mut [0; 4]));
+                    start = self.i;
                 }
                 Some(0..=0x1f) => return Err(self.error("a control character in a string")),
-                Some(_) => {
-                    // Copy the whole UTF-8 sequence that starts here.
-                    let from = self.i - 1;
-                    while self.i < self.b.len() && !self.s.is_char_boundary(self.i) {
-                        self.i += 1;
-                    }
-                    out.push_str(&self.s[from..self.i]);
-                }
+                Some(_) => self.i += 1,
             }
         }
     }
@@ -411,7 +522,45 @@ impl<'a> Scan<'a> {
     }
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
+/// Where each value of the JSON array `text` stands in it.
+pub(crate) fn element_spans(text: &str) -> Result<Vec<std::ops::Range<usize>>, String> {
+    let mut s = Scan::over(text);
+    let mut out = Vec::new();
+    s.ws();
+    s.expect(b'[')?;
+    s.ws();
+    if s.peek() == Some(b']') {
+        return Ok(out);
+    }
+    loop {
+        s.ws();
+        let start = s.i;
+        s.skip()?;
+        out.push(start..s.i);
+        s.ws();
+        match s.next() {
+            Some(b',') => continue,
+            Some(b']') => return Ok(out),
+            _ => return Err(s.error("expected `,` or `]`")),
+        }
+    }
+}
+
+/// The text of the JSON string `json` (quotes included), unescaped; `None` if it is not one.
+pub(crate) fn unescape(json: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut s = Scan::over(json);
+    s.string_into(&mut out).ok()?;
+    s.end().ok()?;
+    Some(out)
+}
+
+fn is_hex(s: &str) -> bool {
+    s.len().is_multiple_of(2) && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The bytes of even-length hex text.
+pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }

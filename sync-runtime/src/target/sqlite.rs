@@ -206,7 +206,7 @@ fn apply_rows(
         }
         prev = Some(c);
         let mut stmt = tx.prepare_cached(&sql).map_err(classify)?;
-        stmt.execute(params_from_iter(c.values.iter()))
+        stmt.execute(params_from_iter(c.values()))
             .map_err(classify)?;
     }
     tx.commit().map_err(classify)?;

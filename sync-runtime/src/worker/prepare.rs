@@ -9,10 +9,8 @@ use std::collections::{HashMap, HashSet};
 use rusqlite::Connection;
 
 use crate::change::{self, Change, Op, RawRecord};
-use crate::codec;
 use crate::outbox::{Refusal, Setback};
 use crate::registry::{Definitions, Registry};
-use crate::value::Value;
 
 /// A foreign key that points at its parent's primary key: the child's columns, in the order
 /// of the parent's key, and the parent table.
@@ -92,20 +90,26 @@ impl Deps {
             return Vec::new();
         };
         let mut out = Vec::new();
+        let texts = c.stored_texts();
         'keys: for k in keys {
-            let mut values: Vec<Value> = Vec::with_capacity(k.columns.len());
-            for col in &k.columns {
+            let mut key = String::from("[");
+            for (n, col) in k.columns.iter().enumerate() {
                 match c
                     .columns
                     .iter()
                     .position(|x| x == col)
-                    .map(|i| &c.values[i])
+                    .and_then(|i| texts.get(i))
                 {
-                    Some(Value::Null) | None => continue 'keys,
-                    Some(v) => values.push(v.clone()),
+                    Some(t) if t != "null" => {
+                        if n > 0 {
+                            key.push(',');
+                        }
+                        key.push_str(t);
+                    }
+                    _ => continue 'keys,
                 }
             }
-            let key = codec::stored_array(&values);
+            key.push(']');
             out.push((change::row_digest(&k.parent, &key), k.parent.clone(), key));
         }
         out
