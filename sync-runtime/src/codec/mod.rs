@@ -12,6 +12,7 @@
 //!
 //! Records of older queues may hold `{"real": "inf" | "-inf" | "nan"}`; they still read.
 
+mod raw;
 mod read;
 
 pub use read::Raw;
