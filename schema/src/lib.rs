@@ -7,6 +7,7 @@
 //! - [`sql`]: pure builders of every SQL statement d1-sync sends (identifiers always quoted,
 //!   upserts with `ON CONFLICT (pk) DO UPDATE`, deletes by primary key only, and the
 //!   many-rows-per-statement `json_each` forms the worker ships to D1);
+//! - [`capture`]: the triggers that capture raw SQL writes into the outbox;
 //! - [`definition`]: a table's definition as stored beside queued records, and its id;
 //! - [`limits`]: D1's documented limits, which the derive and the runtime respect;
 //! - [`load`]: schema files (D1 migrations) applied to an in-memory SQLite and read back
@@ -26,6 +27,7 @@
 //! assert_eq!(sql::delete_sql("items", &["id"]), r#"DELETE FROM "items" WHERE "id" = ?1"#);
 //! ```
 
+pub mod capture;
 pub mod definition;
 pub mod ledger;
 pub mod limits;

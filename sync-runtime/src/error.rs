@@ -66,6 +66,14 @@ pub enum Error {
         /// What differs, in words.
         difference: String,
     },
+    /// Capture cannot be installed on a table.
+    #[error("cannot capture writes to `{table}`: {reason}")]
+    Capture {
+        /// The table.
+        table: String,
+        /// Why not.
+        reason: String,
+    },
     /// Bad configuration.
     #[error("{0}")]
     Config(String),

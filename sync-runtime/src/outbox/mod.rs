@@ -28,6 +28,7 @@
 //! keeps the newest entries (see [`Outbox::purge`]). The queue table so holds only work
 //! (pending records and dead letters), and an acknowledgement never rewrites a payload.
 
+mod capture;
 mod install;
 mod operator;
 mod protocol;

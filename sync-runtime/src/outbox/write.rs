@@ -67,13 +67,17 @@ impl Outbox {
     }
 
     /// Writes the row to the local file (upsert) **and** queues its upsert for D1, in the
-    /// caller's transaction.
+    /// caller's transaction. Returns the record's queue id.
     ///
     /// Locally it runs `T::UPSERT_SQL` (insert-only columns kept on update); D1 gets the same.
+    /// On a captured table ([`Outbox::capture`]) the trigger queues the record, once.
     pub fn save<T: SyncRow>(&self, tx: &Transaction<'_>, row: &T) -> Result<i64> {
         let values = row.values();
         tx.prepare_cached(T::UPSERT_SQL)?
             .execute(rusqlite::params_from_iter(values.iter()))?;
+        if self.captured::<T>(tx, 0)? {
+            return self.newest(tx);
+        }
         self.enqueue::<T>(
             tx,
             &row.key_values(),
@@ -83,7 +87,8 @@ impl Outbox {
     }
 
     /// Updates the named columns of the row in the local file **and** queues the same
-    /// `UPDATE` for D1, in the caller's transaction.
+    /// `UPDATE` for D1, in the caller's transaction. On a captured table the trigger queues
+    /// an upsert of the row instead (nothing when no column changed).
     ///
     /// Other columns are left alone on both sides, and a row that does not exist is not
     /// created. Key and insert-only columns cannot be set; at least one other column must be.
@@ -129,16 +134,30 @@ impl Outbox {
             .collect();
         tx.prepare_cached(&sql)?
             .execute(rusqlite::params_from_iter(params))?;
+        if self.captured::<T>(tx, 1)? {
+            return self.newest(tx);
+        }
         let payload = update_payload::<T>(&values, columns);
         self.enqueue::<T>(tx, &row.key_values(), Op::Update, payload)
     }
 
     /// Deletes the row from the local file (by key) **and** queues its delete for D1, in the
-    /// caller's transaction. Foreign keys cascade locally as they will on D1.
+    /// caller's transaction. Foreign keys cascade locally as they will on D1. On a captured
+    /// table the trigger queues the record, once.
     pub fn remove<T: SyncRow>(&self, tx: &Transaction<'_>, row: &T) -> Result<i64> {
         tx.prepare_cached(T::DELETE_SQL)?
             .execute(rusqlite::params_from_iter(row.key_values()))?;
+        if self.captured::<T>(tx, 2)? {
+            return self.newest(tx);
+        }
         self.enqueue_delete(tx, row)
+    }
+
+    /// The newest record's id (on a captured table, the one its trigger wrote).
+    fn newest(&self, conn: &Connection) -> Result<i64> {
+        Ok(conn
+            .prepare_cached(&format!("SELECT coalesce(max(id), 0) FROM {}", self.q))?
+            .query_row([], |r| r.get(0))?)
     }
 
     /// Only queues an upsert of the whole row for D1; writes nothing locally (see

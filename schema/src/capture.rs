@@ -1,0 +1,309 @@
+//! The triggers that capture raw SQL writes into the outbox: `AFTER INSERT`, `AFTER UPDATE`
+//! and `AFTER DELETE` on a table, each writing queue records in the queue's own format (the
+//! row key as a JSON array, the other whitelisted columns as a JSON object in the one JSON
+//! form, the id of the table's definition).
+//!
+//! - An insert queues an upsert of the new row.
+//! - An update queues an upsert of the new row, or nothing when no whitelisted column changed;
+//!   one that changes the key queues a delete of the old key first.
+//! - A delete queues a delete of the old key. A delete that cascades locally fires the child
+//!   table's trigger too; D1 cascades the same way, and the child's delete is then a no-op.
+//! - While the queue's row in `d1_sync_capture_paused` exists (in the writer's own
+//!   transaction), nothing is captured: rows that came from D1 are written that way.
+//!
+//! A real is written with 17 significant digits, which read back exactly for magnitudes from
+//! 1e-70 to 1e100 (the band the tests check); beyond it SQLite's own formatting may be one unit
+//! in the last place off. Insert-only columns stay insert-only: a raw `UPDATE` of one is
+//! queued, but D1 keeps its first value, as it does for a typed write.
+//!
+//! The trigger names carry the definition's id, so installing the triggers of a changed
+//! definition replaces the old ones (see [`trigger_prefix`]).
+//!
+//! ```
+//! use d1_sync_schema::capture::{create_triggers_sql, Capture};
+//! let c = Capture {
+//!     queue: "d1_sync_queue",
+//!     table: "notes",
+//!     columns: &["id", "body"],
+//!     primary_key: &["id"],
+//!     definition_id: 7,
+//! };
+//! let sql = create_triggers_sql(&c);
+//! assert_eq!(sql.len(), 3);
+//! assert!(sql[0].starts_with(r#"CREATE TRIGGER "d1_sync_capture_d1_sync_queue_notes_0000000000000007_insert" AFTER INSERT ON "notes""#));
+//! ```
+
+use crate::sql::{quote_ident, quote_literal};
+
+/// The table that pauses capture: a row for a queue means its triggers write nothing.
+pub const PAUSED_TABLE: &str = "d1_sync_capture_paused";
+
+/// What the triggers of one table are built from.
+#[derive(Debug, Clone, Copy)]
+pub struct Capture<'a> {
+    /// The queue table the records go to.
+    pub queue: &'a str,
+    /// The captured table.
+    pub table: &'a str,
+    /// Its whitelisted columns, in the definition's order.
+    pub columns: &'a [&'a str],
+    /// Its primary-key columns, in key order.
+    pub primary_key: &'a [&'a str],
+    /// The id of the table's definition (stored in `<queue>_tables`), which every record
+    /// carries.
+    pub definition_id: i64,
+}
+
+/// The start of the name of every capture trigger of `table` into `queue`, whatever its
+/// definition: `d1_sync_capture_<queue>_<table>_`.
+pub fn trigger_prefix(queue: &str, table: &str) -> String {
+    format!("d1_sync_capture_{queue}_{table}_")
+}
+
+/// The names of the three triggers: insert, update, delete.
+pub fn trigger_names(c: &Capture<'_>) -> [String; 3] {
+    let base = format!(
+        "{}{:016x}",
+        trigger_prefix(c.queue, c.table),
+        c.definition_id
+    );
+    ["insert", "update", "delete"].map(|w| format!("{base}_{w}"))
+}
+
+/// `CREATE TABLE IF NOT EXISTS` of [`PAUSED_TABLE`].
+pub fn create_paused_table_sql() -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {} (queue TEXT PRIMARY KEY NOT NULL)",
+        quote_ident(PAUSED_TABLE)
+    )
+}
+
+/// A column value of `row` (`NEW` or `OLD`) in the one JSON form: a blob as
+/// `{"blob": "<hex>"}`, an infinity as `±9e999`, a real with the 17 significant digits that
+/// read back exactly (SQLite's JSON writes 15), anything else as SQLite's JSON writes it.
+fn json_value(row: &str, column: &str) -> String {
+    let v = format!("{row}.{}", quote_ident(column));
+    format!(
+        "CASE typeof({v}) WHEN 'blob' THEN json_object('blob', lower(hex({v}))) \
+         WHEN 'real' THEN CASE WHEN {v} > 1.7976931348623157e308 THEN json('9e999') \
+         WHEN {v} < -1.7976931348623157e308 THEN json('-9e999') \
+         ELSE json(printf('%!.17g', {v})) END ELSE {v} END"
+    )
+}
+
+/// The record insert: `SELECT`ed, so a `WHERE` can make it conditional.
+fn record(c: &Capture<'_>, op: &str, row: &str, with_payload: bool) -> String {
+    let key: Vec<String> = c.primary_key.iter().map(|k| json_value(row, k)).collect();
+    let payload = if with_payload {
+        let pairs: Vec<String> = c
+            .columns
+            .iter()
+            .filter(|col| !c.primary_key.contains(col))
+            .map(|col| format!("{}, {}", quote_literal(col), json_value(row, col)))
+            .collect();
+        format!("json_object({})", pairs.join(", "))
+    } else {
+        "'{}'".to_string()
+    };
+    let now = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
+    format!(
+        "INSERT INTO {q} (table_name, row_key, op, payload, created_at, updated_at, def) \
+         SELECT {table}, json_array({key}), '{op}', {payload}, {now}, {now}, {def}",
+        q = quote_ident(c.queue),
+        table = quote_literal(c.table),
+        key = key.join(", "),
+        def = c.definition_id,
+    )
+}
+
+/// The three `CREATE TRIGGER` statements.
+pub fn create_triggers_sql(c: &Capture<'_>) -> Vec<String> {
+    let [ins, upd, del] = trigger_names(c);
+    let t = quote_ident(c.table);
+    let not_paused = format!(
+        "NOT EXISTS (SELECT 1 FROM {} WHERE queue = {})",
+        quote_ident(PAUSED_TABLE),
+        quote_literal(c.queue)
+    );
+    let changed: Vec<String> = c
+        .columns
+        .iter()
+        .map(|col| {
+            let q = quote_ident(col);
+            format!("NEW.{q} IS NOT OLD.{q}")
+        })
+        .collect();
+    let key_changed: Vec<String> = c
+        .primary_key
+        .iter()
+        .map(|col| {
+            let q = quote_ident(col);
+            format!("NEW.{q} IS NOT OLD.{q}")
+        })
+        .collect();
+    vec![
+        format!(
+            "CREATE TRIGGER {} AFTER INSERT ON {t} WHEN {not_paused} BEGIN {}; END",
+            quote_ident(&ins),
+            record(c, "upsert", "NEW", true)
+        ),
+        format!(
+            "CREATE TRIGGER {} AFTER UPDATE ON {t} WHEN {not_paused} AND ({}) BEGIN {} WHERE {}; {}; END",
+            quote_ident(&upd),
+            changed.join(" OR "),
+            record(c, "delete", "OLD", false),
+            key_changed.join(" OR "),
+            record(c, "upsert", "NEW", true)
+        ),
+        format!(
+            "CREATE TRIGGER {} AFTER DELETE ON {t} WHEN {not_paused} BEGIN {}; END",
+            quote_ident(&del),
+            record(c, "delete", "OLD", false)
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::Connection;
+
+    fn queue(conn: &Connection) {
+        conn.execute_batch(&format!(
+            "CREATE TABLE q (id INTEGER PRIMARY KEY, table_name TEXT, row_key TEXT, op TEXT,
+               payload TEXT, created_at INTEGER, updated_at INTEGER, def INTEGER);
+             {};",
+            create_paused_table_sql()
+        ))
+        .unwrap();
+    }
+
+    fn records(conn: &Connection) -> Vec<(String, String, String)> {
+        let mut s = conn
+            .prepare("SELECT row_key, op, payload FROM q ORDER BY id")
+            .unwrap();
+        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn raw_writes_become_records_in_the_queues_format() {
+        let conn = Connection::open_in_memory().unwrap();
+        queue(&conn);
+        conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b BLOB, r REAL)")
+            .unwrap();
+        let c = Capture {
+            queue: "q",
+            table: "t",
+            columns: &["id", "a", "b", "r"],
+            primary_key: &["id"],
+            definition_id: 42,
+        };
+        for sql in create_triggers_sql(&c) {
+            conn.execute_batch(&sql).unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO t VALUES (1, 'x\"y', x'00ff', 1e999);
+             UPDATE t SET a = 'z' WHERE id = 1;
+             UPDATE t SET a = 'z' WHERE id = 1;
+             UPDATE t SET id = 2 WHERE id = 1;
+             DELETE FROM t;",
+        )
+        .unwrap();
+        let got = records(&conn);
+        let want = [
+            (
+                "[1]",
+                "upsert",
+                r#"{"a":"x\"y","b":{"blob":"00ff"},"r":9e999}"#,
+            ),
+            (
+                "[1]",
+                "upsert",
+                r#"{"a":"z","b":{"blob":"00ff"},"r":9e999}"#,
+            ),
+            ("[1]", "delete", "{}"),
+            (
+                "[2]",
+                "upsert",
+                r#"{"a":"z","b":{"blob":"00ff"},"r":9e999}"#,
+            ),
+            ("[2]", "delete", "{}"),
+        ];
+        let norm = |s: &str| s.replace("9.0e+999", "9e999");
+        let got: Vec<(String, String, String)> =
+            got.into_iter().map(|(k, o, p)| (k, o, norm(&p))).collect();
+        let want: Vec<(String, String, String)> = want
+            .iter()
+            .map(|(k, o, p)| (k.to_string(), o.to_string(), p.to_string()))
+            .collect();
+        assert_eq!(got, want, "an update that changes nothing queues nothing");
+        // Reals keep every bit where SQLite's printf is exact (the band of the JSON form,
+        // 1e-70 to 1e100), whatever the digits.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut checked = 0;
+        for i in 0..20_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let exp = (i % 170) as i32 - 70;
+            let r = (1.0 + (x >> 11) as f64 / (1u64 << 53) as f64) * 10f64.powi(exp);
+            let r = if x & 1 == 0 { -r } else { r };
+            if !(1e-70..1e100).contains(&r.abs()) {
+                continue;
+            }
+            let text: String = conn
+                .query_row(
+                    "SELECT json_object('r', json(printf('%!.17g', ?1)))",
+                    [r],
+                    |row| row.get(0),
+                )
+                .unwrap();
+            let back: f64 = text[5..text.len() - 1].parse().unwrap();
+            assert_eq!(back.to_bits(), r.to_bits(), "{text}");
+            checked += 1;
+        }
+        assert!(checked > 15_000);
+        let defs: Vec<i64> = conn
+            .prepare("SELECT DISTINCT def FROM q")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(defs, [42]);
+    }
+
+    #[test]
+    fn nothing_is_captured_while_paused() {
+        let conn = Connection::open_in_memory().unwrap();
+        queue(&conn);
+        conn.execute_batch("CREATE TABLE t (k TEXT, n INTEGER, PRIMARY KEY (k, n))")
+            .unwrap();
+        let c = Capture {
+            queue: "q",
+            table: "t",
+            columns: &["k", "n"],
+            primary_key: &["k", "n"],
+            definition_id: 1,
+        };
+        for sql in create_triggers_sql(&c) {
+            conn.execute_batch(&sql).unwrap();
+        }
+        conn.execute_batch(&format!(
+            "INSERT INTO {PAUSED_TABLE} VALUES ('q'); INSERT INTO t VALUES ('a', 1);
+             DELETE FROM {PAUSED_TABLE}; INSERT INTO t VALUES ('b', 2);"
+        ))
+        .unwrap();
+        assert_eq!(
+            records(&conn),
+            [(
+                "[\"b\",2]".to_string(),
+                "upsert".to_string(),
+                "{}".to_string()
+            )]
+        );
+    }
+}

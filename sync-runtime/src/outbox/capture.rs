@@ -1,0 +1,234 @@
+//! Capture: triggers that queue raw SQL writes (another tool, a data migration, `execute`),
+//! built by the schema crate from the same table definition the derive uses.
+
+use rusqlite::{params, Connection};
+
+use super::{now_ms, Outbox};
+use crate::error::{Error, Result};
+use crate::registry::Registry;
+use crate::row::{SyncRow, TableDef};
+use d1_sync_schema::capture::{self, Capture};
+use d1_sync_schema::sql::quote_ident;
+
+impl Outbox {
+    /// Installs `AFTER INSERT/UPDATE/DELETE` triggers on `T`'s table, so that any write to it,
+    /// raw SQL included, queues its record. Typed writes to a captured table are queued once,
+    /// by the trigger. Installing again is a no-op; installing after `T`'s definition changed
+    /// replaces the triggers.
+    ///
+    /// Refused, with the reason, when the table is missing, has no primary key or another
+    /// one, or has writable columns `T` does not write (a raw write to them would not reach
+    /// D1).
+    ///
+    /// ```
+    /// use d1_sync::{D1Sync, Outbox};
+    /// # fn main() -> Result<(), d1_sync::Error> {
+    /// #[derive(D1Sync)]
+    /// #[d1(table = "notes")]
+    /// struct Note { #[d1(primary_key)] id: i64, body: String }
+    ///
+    /// let conn = d1_sync::open(":memory:")?;
+    /// conn.execute_batch("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")?;
+    /// let outbox = Outbox::new();
+    /// outbox.capture::<Note>(&conn)?;
+    /// conn.execute("INSERT INTO notes VALUES (1, 'written by hand')", [])?;
+    /// assert_eq!(outbox.counts(&conn)?.pending, 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn capture<T: SyncRow>(&self, conn: &Connection) -> Result<()> {
+        self.capture_table(conn, &T::table_def())
+    }
+
+    /// Installs capture on every table of `registry` (see [`Outbox::capture`]).
+    pub fn capture_all(&self, conn: &Connection, registry: &Registry) -> Result<()> {
+        for name in registry.names() {
+            if let Some(def) = registry.get(name) {
+                self.capture_table(conn, def)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Installs capture on the table `def` describes (see [`Outbox::capture`]).
+    pub fn capture_table(&self, conn: &Connection, def: &TableDef) -> Result<()> {
+        self.install(conn)?;
+        check_capturable(conn, def)?;
+        let columns: Vec<&str> = def.columns.iter().map(String::as_str).collect();
+        let key: Vec<&str> = def.primary_key.iter().map(String::as_str).collect();
+        let c = Capture {
+            queue: &self.table,
+            table: &def.name,
+            columns: &columns,
+            primary_key: &key,
+            definition_id: def.definition_id(),
+        };
+        let names = capture::trigger_names(&c);
+        let prefix = capture::trigger_prefix(&self.table, &def.name);
+        conn.execute_batch("SAVEPOINT d1_sync_capture")?;
+        let done = (|| -> Result<()> {
+            conn.execute_batch(&capture::create_paused_table_sql())?;
+            conn.execute(
+                &self.define_sql,
+                params![c.definition_id, def.name, def.definition(), now_ms()],
+            )?;
+            let existing = triggers_with_prefix(conn, &def.name, &prefix)?;
+            for old in existing.iter().filter(|n| !names.contains(n)) {
+                conn.execute_batch(&format!("DROP TRIGGER {}", quote_ident(old)))?;
+            }
+            if !names.iter().all(|n| existing.contains(n)) {
+                for n in &names {
+                    conn.execute_batch(&format!("DROP TRIGGER IF EXISTS {}", quote_ident(n)))?;
+                }
+                for sql in capture::create_triggers_sql(&c) {
+                    conn.execute_batch(&sql)?;
+                }
+            }
+            Ok(())
+        })();
+        match done {
+            Ok(()) => conn.execute_batch("RELEASE d1_sync_capture")?,
+            Err(_) => conn.execute_batch("ROLLBACK TO d1_sync_capture; RELEASE d1_sync_capture")?,
+        }
+        done
+    }
+
+    /// Removes the capture triggers of `table` (any definition). Writes to it are then queued
+    /// only by the typed methods.
+    pub fn uncapture(&self, conn: &Connection, table: &str) -> Result<()> {
+        let prefix = capture::trigger_prefix(&self.table, table);
+        for name in triggers_with_prefix(conn, table, &prefix)? {
+            conn.execute_batch(&format!("DROP TRIGGER {}", quote_ident(&name)))?;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` with capture paused for this queue, in the caller's transaction: for rows that
+    /// came from D1 and must not go back to it. Other connections never see the pause (it is
+    /// written and removed inside the transaction).
+    ///
+    /// ```
+    /// use d1_sync::{D1Sync, Outbox};
+    /// # fn main() -> Result<(), d1_sync::Error> {
+    /// # #[derive(D1Sync)]
+    /// # #[d1(table = "notes")]
+    /// # struct Note { #[d1(primary_key)] id: i64, body: String }
+    /// let mut conn = d1_sync::open(":memory:")?;
+    /// conn.execute_batch("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")?;
+    /// let outbox = Outbox::new();
+    /// outbox.capture::<Note>(&conn)?;
+    /// let tx = conn.transaction()?;
+    /// outbox.without_capture(&tx, |tx| {
+    ///     tx.execute("INSERT INTO notes VALUES (1, 'pulled from D1')", [])?;
+    ///     Ok(())
+    /// })?;
+    /// tx.commit()?;
+    /// assert_eq!(outbox.counts(&conn)?.pending, 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn without_capture<R>(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R>,
+    ) -> Result<R> {
+        let paused = quote_ident(capture::PAUSED_TABLE);
+        tx.execute_batch(&capture::create_paused_table_sql())?;
+        tx.execute(
+            &format!("INSERT INTO {paused} (queue) VALUES (?1) ON CONFLICT DO NOTHING"),
+            [&self.table],
+        )?;
+        let out = f(tx);
+        tx.execute(
+            &format!("DELETE FROM {paused} WHERE queue = ?1"),
+            [&self.table],
+        )?;
+        out
+    }
+
+    /// Whether writes to `T`'s table are captured under `T`'s current definition (so a typed
+    /// write leaves queueing to the trigger). Triggers of an older definition do not count:
+    /// the typed write then queues its record as well, which is harmless.
+    pub(super) fn captured<T: SyncRow>(&self, conn: &Connection, which: usize) -> Result<bool> {
+        let names = capture::trigger_names(&Capture {
+            queue: &self.table,
+            table: T::TABLE,
+            columns: &[],
+            primary_key: &[],
+            definition_id: T::DEFINITION_ID,
+        });
+        Ok(conn
+            .prepare_cached(
+                "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'trigger' AND name = ?1",
+            )?
+            .query_row([&names[which]], |r| r.get(0))?)
+    }
+}
+
+fn triggers_with_prefix(conn: &Connection, table: &str, prefix: &str) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare(
+        "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1
+         AND substr(name, 1, length(?2)) = ?2",
+    )?;
+    let names = stmt
+        .query_map(params![table, prefix], |r| r.get(0))?
+        .collect::<Result<Vec<String>, _>>()?;
+    Ok(names)
+}
+
+/// The table exists, has `def`'s key, and every writable column of it is in the whitelist.
+fn check_capturable(conn: &Connection, def: &TableDef) -> Result<()> {
+    let refuse = |reason: String| Error::Capture {
+        table: def.name.clone(),
+        reason,
+    };
+    let mut stmt = conn.prepare("SELECT name, pk, hidden FROM pragma_table_xinfo(?1)")?;
+    let cols: Vec<(String, i64, i64)> = stmt
+        .query_map([&def.name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    if cols.is_empty() {
+        return Err(refuse("no such table in this database".into()));
+    }
+    let mut key: Vec<(i64, &str)> = cols
+        .iter()
+        .filter(|c| c.1 > 0)
+        .map(|c| (c.1, c.0.as_str()))
+        .collect();
+    key.sort();
+    let key: Vec<&str> = key.into_iter().map(|k| k.1).collect();
+    if key.is_empty() {
+        return Err(refuse(
+            "it has no primary key, so a captured delete could not say which row it removes".into(),
+        ));
+    }
+    if key != def.primary_key {
+        return Err(refuse(format!(
+            "its primary key is ({}), the definition's is ({})",
+            key.join(", "),
+            def.primary_key.join(", ")
+        )));
+    }
+    // Hidden 0: an ordinary column; 1: hidden (virtual tables); 2, 3: generated.
+    let missing: Vec<&str> = cols
+        .iter()
+        .filter(|c| c.2 == 0 && !def.has_column(&c.0))
+        .map(|c| c.0.as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Err(refuse(format!(
+            "the whitelist lacks its column(s) {}: a raw write to them would never reach D1; add them to the struct (or the registry)",
+            missing.join(", ")
+        )));
+    }
+    let unknown: Vec<&str> = def
+        .columns
+        .iter()
+        .filter(|c| !cols.iter().any(|t| t.2 == 0 && &t.0 == *c))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(refuse(format!(
+            "the whitelist names column(s) {} that the table lacks",
+            unknown.join(", ")
+        )));
+    }
+    Ok(())
+}
