@@ -1,6 +1,7 @@
 //! `d1sync`: generate row structs from D1 migrations, inspect and operate an outbox, push it
 //! to D1, and run the demo.
 
+mod capture;
 mod config;
 mod demo;
 mod error;
@@ -90,6 +91,12 @@ enum Command {
         after_help = "Examples:\n  d1sync demo\n  d1sync demo --changes 100000 --dir /tmp/demo\n  d1sync demo --target d1   # with CLOUDFLARE_ACCOUNT_ID, CLOUDFLARE_API_TOKEN, D1_DATABASE_ID"
     )]
     Demo(demo::DemoArgs),
+    /// Install triggers that queue raw SQL writes to the schema's tables (other tools, data
+    /// migrations), or remove them with --remove.
+    #[command(
+        after_help = "Examples:\n  d1sync capture --db app.db --schema migrations --insert-only created_at\n  d1sync capture --db app.db --tables messages,sessions\n  d1sync capture --db app.db --remove"
+    )]
+    Capture(capture::CaptureArgs),
 }
 
 /// The database and queue an operator command works on.
@@ -121,6 +128,7 @@ fn main() -> ExitCode {
         Command::Run(a) => runtime().and_then(|rt| rt.block_on(push::run(&a))),
         Command::Demo(a) => runtime().and_then(|rt| rt.block_on(demo::run(&a))),
         Command::Migrate(a) => runtime().and_then(|rt| rt.block_on(migrate::run(&a))),
+        Command::Capture(a) => capture::run(&a),
     };
     match result {
         Ok(code) => code,

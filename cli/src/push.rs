@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use d1_sync::{Registry, SyncWorker, Target};
+use d1_sync::{SyncWorker, Target};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::ConfigArgs;
 use crate::error::CliError;
 use crate::outbox_cmds::human;
-use crate::target::{open_app_db, open_target, schema_dir, TargetSpec};
+use crate::target::{open_app_db, open_target, schema_dir, schema_registry, TargetSpec};
 
 #[derive(Args)]
 pub struct PushArgs {
@@ -46,28 +46,6 @@ pub struct PushArgs {
     config: ConfigArgs,
 }
 
-/// The tables of the schema files; their insert-only columns from `--insert-only`, else from
-/// the definitions stored with the queue (`stored`).
-fn registry(
-    a: &PushArgs,
-    dir: &std::path::Path,
-    stored: &[d1_sync::TableDef],
-) -> Result<Registry, CliError> {
-    let schema = d1_sync::schema::load_schema(dir).map_err(|e| CliError::Usage(e.to_string()))?;
-    let flag: Vec<&str> = a.insert_only.iter().flatten().map(String::as_str).collect();
-    let mut r = Registry::from_schema(&schema, &flag);
-    if a.insert_only.is_none() {
-        r.adopt_insert_only(stored);
-    }
-    if r.is_empty() {
-        return Err(CliError::Usage(format!(
-            "the schema at `{}` has no table with a primary key to sync",
-            dir.display()
-        )));
-    }
-    Ok(r)
-}
-
 fn worker(a: &PushArgs) -> Result<(SyncWorker, Arc<dyn Target>), CliError> {
     // Refuses a missing file, a non-SQLite file or a too new queue before anything is created.
     let stored = {
@@ -80,7 +58,7 @@ fn worker(a: &PushArgs) -> Result<(SyncWorker, Arc<dyn Target>), CliError> {
     };
     let project = crate::config::load(&a.config)?;
     let dir = schema_dir(a.schema.as_deref(), project.as_ref());
-    let registry = registry(a, &dir, &stored)?;
+    let registry = schema_registry(&dir, a.insert_only.as_deref(), &stored)?;
     let target = open_target(&a.target, a.d1_base_url.as_deref(), project.as_ref())?;
     let mut w = SyncWorker::builder(&a.db, target.clone()).registry(registry);
     if let Some(p) = &project {

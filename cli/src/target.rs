@@ -119,6 +119,33 @@ pub fn d1_client(
 
 /// The migrations folder: the one given, else the project's `migrations_dir`, else
 /// `migrations`.
+/// The tables of the schema files at `dir` that have a primary key; their insert-only columns
+/// from `insert_only` (`--insert-only`), else from `stored`, the definitions stored with the
+/// queue.
+pub fn schema_registry(
+    dir: &Path,
+    insert_only: Option<&[String]>,
+    stored: &[d1_sync::TableDef],
+) -> Result<d1_sync::Registry, CliError> {
+    let schema = d1_sync::schema::load_schema(dir).map_err(|e| CliError::Usage(e.to_string()))?;
+    let flag: Vec<&str> = insert_only
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    let mut r = d1_sync::Registry::from_schema(&schema, &flag);
+    if insert_only.is_none() {
+        r.adopt_insert_only(stored);
+    }
+    if r.is_empty() {
+        return Err(CliError::Usage(format!(
+            "the schema at `{}` has no table with a primary key to sync",
+            dir.display()
+        )));
+    }
+    Ok(r)
+}
+
 pub fn schema_dir(given: Option<&Path>, project: Option<&crate::config::Database>) -> PathBuf {
     given
         .map(Path::to_path_buf)

@@ -42,6 +42,7 @@ fn every_command_has_help_with_an_example() {
         vec!["run"],
         vec!["demo"],
         vec!["migrate"],
+        vec!["capture"],
     ] {
         let (code, out, _) = run(d1sync().args(&cmd).arg("--help"));
         assert_eq!(code, 0, "{cmd:?}");
@@ -840,4 +841,66 @@ fn push_applies_records_with_the_definition_they_were_queued_under() {
     let (code, out, err) = push(&[]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(in_mirror(), ("third".to_string(), 10));
+}
+
+/// `capture` makes raw SQL writes by any tool reach the target; `--remove` stops it.
+#[test]
+fn capture_queues_raw_writes_that_push_then_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, mirror) = (dir.path().join("app.db"), dir.path().join("mirror.db"));
+    let conn = d1_sync::rusqlite::Connection::open(&app).unwrap();
+    d1_sync_example::apply_migrations(&conn).unwrap();
+    let m = d1_sync::rusqlite::Connection::open(&mirror).unwrap();
+    d1_sync_example::apply_migrations(&m).unwrap();
+    let schema = d1_sync_example::migrations_dir();
+    let capture = |extra: &[&str]| {
+        run(d1sync()
+            .args(["capture", "--db"])
+            .arg(&app)
+            .arg("--schema")
+            .arg(&schema)
+            .args(extra))
+    };
+    let (code, out, err) = capture(&["--insert-only", "created_at"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("capturing writes to 7 table(s)"), "{out}");
+    let (code, _, err) = capture(&["--tables", "nope"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no table `nope`"), "{err}");
+
+    // Another tool writes with plain SQL.
+    conn.execute_batch(
+        "INSERT INTO browser_request_policy_state VALUES ('a', '{}', 1);
+         INSERT INTO browser_request_policy_state VALUES ('b', '[]', 2);
+         UPDATE browser_request_policy_state SET value_json = '{\"x\":1}' WHERE state_key = 'a';
+         DELETE FROM browser_request_policy_state WHERE state_key = 'b';",
+    )
+    .unwrap();
+    let (code, out, err) = run(d1sync()
+        .args(["push", "--db"])
+        .arg(&app)
+        .arg("--schema")
+        .arg(&schema)
+        .arg("--target")
+        .arg(format!("sqlite:{}", mirror.display())));
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("pushed 4 rows"), "{out}");
+    let rows: Vec<(String, String)> = m
+        .prepare("SELECT state_key, value_json FROM browser_request_policy_state")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows, [("a".to_string(), "{\"x\":1}".to_string())]);
+
+    let (code, out, _) = capture(&["--remove"]);
+    assert!(code == 0 && out.contains("no longer capturing"), "{out}");
+    conn.execute(
+        "INSERT INTO browser_request_policy_state VALUES ('c', '{}', 3)",
+        [],
+    )
+    .unwrap();
+    let (_, out, _) = run(d1sync().args(["status", "--db"]).arg(&app));
+    assert!(out.contains("pending     0"), "{out}");
 }

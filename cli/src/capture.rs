@@ -1,0 +1,89 @@
+//! `d1sync capture`: installs (or, with `--remove`, removes) the triggers that queue raw SQL
+//! writes to the schema's tables, so writes by other tools reach D1 too.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use d1_sync::rusqlite::{Connection, OpenFlags};
+
+use crate::config::ConfigArgs;
+use crate::error::CliError;
+use crate::target::{schema_dir, schema_registry};
+
+#[derive(Args)]
+pub struct CaptureArgs {
+    /// The application's SQLite file.
+    #[arg(long)]
+    db: PathBuf,
+    /// Schema files (a `.sql` file or a folder of migrations): the tables to capture
+    /// (default: the wrangler configuration's migrations_dir, else `migrations`).
+    #[arg(long)]
+    schema: Option<PathBuf>,
+    /// Only these tables.
+    #[arg(long, value_delimiter = ',')]
+    tables: Vec<String>,
+    /// Columns never changed by an update, as the app's structs mark them (default: from the
+    /// definitions stored with the queue, else none). The app's worker refuses records whose
+    /// definition disagrees with its own, so say the same here.
+    #[arg(long, value_delimiter = ',')]
+    insert_only: Option<Vec<String>>,
+    /// The outbox table.
+    #[arg(long, default_value = d1_sync::Outbox::DEFAULT_TABLE)]
+    queue_table: String,
+    /// Remove the capture triggers instead.
+    #[arg(long)]
+    remove: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+pub fn run(a: &CaptureArgs) -> Result<ExitCode, CliError> {
+    if !a.db.is_file() {
+        return Err(CliError::Usage(format!(
+            "no database at `{}`",
+            a.db.display()
+        )));
+    }
+    let conn = Connection::open_with_flags(&a.db, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(|e| CliError::Failed(format!("cannot open `{}`: {e}", a.db.display())))?;
+    let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
+    let outbox = d1_sync::Outbox::with_table(&a.queue_table);
+    let stored = outbox.definitions(&conn).or_else(|e| match e {
+        d1_sync::Error::NotInstalled(_) => Ok(Vec::new()),
+        e => Err(e),
+    })?;
+    let project = crate::config::load(&a.config)?;
+    let dir = schema_dir(a.schema.as_deref(), project.as_ref());
+    let registry = schema_registry(&dir, a.insert_only.as_deref(), &stored)?;
+    let mut names: Vec<String> = registry.names().map(str::to_string).collect();
+    if !a.tables.is_empty() {
+        if let Some(t) = a.tables.iter().find(|t| registry.get(t).is_none()) {
+            return Err(CliError::Usage(format!(
+                "the schema at `{}` has no table `{t}` with a primary key; it has {}",
+                dir.display(),
+                names.join(", ")
+            )));
+        }
+        names.retain(|n| a.tables.contains(n));
+    }
+    for name in &names {
+        if a.remove {
+            outbox.uncapture(&conn, name)?;
+        } else if let Some(def) = registry.get(name) {
+            outbox.capture_table(&conn, def)?;
+        }
+    }
+    println!(
+        "{} writes to {} table(s) into `{}`: {}",
+        if a.remove {
+            "no longer capturing"
+        } else {
+            "capturing"
+        },
+        names.len(),
+        a.queue_table,
+        names.join(", ")
+    );
+    Ok(ExitCode::SUCCESS)
+}
