@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release -p d1-sync-bench               # all of them (a few minutes)
 //! cargo run --release -p d1-sync-bench -- --quick    # smaller sizes
-//! cargo run --release -p d1-sync-bench -- enqueue drain d1 production latency memory schema
+//! cargo run --release -p d1-sync-bench -- enqueue capture drain d1 production latency memory schema
 //! D1SYNC_BENCH_BATCH=2000 cargo run --release -p d1-sync-bench -- drain   # another batch size
 //! ```
 
@@ -168,6 +168,65 @@ fn bench_enqueue(quick: bool) -> Vec<Row> {
             baseline: format!("{} (row write alone)", fmt_rate(rate(n, wo))),
             ratio: format!("{:.2}x the time", w.as_secs_f64() / wo.as_secs_f64()),
             target: "≤ 1.5x",
+        });
+    }
+    rows
+}
+
+/// 1b. A raw write to a captured table (the trigger queues its record) against the same write
+/// to the table uncaptured, one durable commit per write and 1,000 per commit.
+fn bench_capture(quick: bool) -> Vec<Row> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows = Vec::new();
+    for (label, n, per_tx, target) in [
+        (
+            "captured raw write, 1 durable commit per write",
+            if quick { 300 } else { 1_000 },
+            1u64,
+            "≤ 1.5x",
+        ),
+        (
+            "captured raw write, 1,000 writes per commit",
+            if quick { 20_000 } else { 100_000 },
+            1_000u64,
+            "≤ 2.5x",
+        ),
+    ] {
+        let (mut with, mut without) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            for captured in [false, true] {
+                let (_, mut conn) =
+                    app_db(dir.path(), &format!("cap-{per_tx}-{round}-{captured}.db"));
+                if captured {
+                    Outbox::new().capture::<Message>(&conn).unwrap();
+                }
+                let t = Instant::now();
+                let mut i = 0;
+                while i < n {
+                    let tx = conn.transaction().unwrap();
+                    for _ in 0..per_tx {
+                        tx.prepare_cached(Message::UPSERT_SQL)
+                            .unwrap()
+                            .execute(params_from_iter(message(i).values()))
+                            .unwrap();
+                        i += 1;
+                    }
+                    tx.commit().unwrap();
+                }
+                if captured {
+                    with.push(t.elapsed())
+                } else {
+                    without.push(t.elapsed())
+                }
+            }
+        }
+        let (w, wo) = (median(with), median(without));
+        rows.push(Row {
+            name: label,
+            measured: fmt_rate(rate(n, w)),
+            baseline: format!("{} (the same write, not captured)", fmt_rate(rate(n, wo))),
+            ratio: format!("{:.2}x the time", w.as_secs_f64() / wo.as_secs_f64()),
+            target,
         });
     }
     rows
@@ -973,6 +1032,7 @@ async fn main() {
         }
     };
     run("enqueue", &mut || bench_enqueue(quick));
+    run("capture", &mut || bench_capture(quick));
     let handle = tokio::runtime::Handle::current();
     run("drain", &mut || {
         tokio::task::block_in_place(|| handle.block_on(bench_drain(quick)))
