@@ -87,6 +87,7 @@ impl Registry {
     }
 }
 
+#[doc(hidden)]
 /// The definitions a batch of records is checked against: the drainer's registry, and the
 /// definitions stored with the records, which decide their SQL.
 #[derive(Debug)]
