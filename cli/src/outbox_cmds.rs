@@ -64,6 +64,8 @@ struct StatusReport {
     oldest_unsynced_age_ms: Option<i64>,
     last_error: Option<String>,
     lease: Option<d1_sync::outbox::Lease>,
+    /// Tables whose raw SQL writes are captured into this queue.
+    captured_tables: Vec<String>,
 }
 
 pub fn status(a: &DbArgs) -> Result<ExitCode, CliError> {
@@ -79,6 +81,7 @@ pub fn status(a: &DbArgs) -> Result<ExitCode, CliError> {
         counts,
         last_error: outbox.last_error(&conn).map_err(fail)?,
         lease: outbox.lease(&conn).map_err(fail)?,
+        captured_tables: outbox.captured_tables(&conn).map_err(fail)?,
     };
     if a.json {
         println!(
@@ -115,6 +118,14 @@ pub fn status(a: &DbArgs) -> Result<ExitCode, CliError> {
                 human(left)
             );
         }
+    }
+    if report.captured_tables.is_empty() {
+        println!("  capture: off (only typed writes are queued)");
+    } else {
+        println!(
+            "  capture: raw SQL writes to {} are queued",
+            report.captured_tables.join(", ")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

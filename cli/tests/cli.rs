@@ -864,6 +864,13 @@ fn capture_queues_raw_writes_that_push_then_sends() {
     let (code, out, err) = capture(&["--insert-only", "created_at"]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("capturing writes to 7 table(s)"), "{out}");
+    let (_, out, _) = run(d1sync().args(["status", "--db"]).arg(&app));
+    assert!(
+        out.contains(
+            "capture: raw SQL writes to browser_request_policy_state, conversation_links,"
+        ),
+        "{out}"
+    );
     let (code, _, err) = capture(&["--tables", "nope"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no table `nope`"), "{err}");
@@ -902,5 +909,8 @@ fn capture_queues_raw_writes_that_push_then_sends() {
     )
     .unwrap();
     let (_, out, _) = run(d1sync().args(["status", "--db"]).arg(&app));
-    assert!(out.contains("pending     0"), "{out}");
+    assert!(
+        out.contains("pending     0") && out.contains("capture: off"),
+        "{out}"
+    );
 }

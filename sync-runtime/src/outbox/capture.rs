@@ -102,6 +102,20 @@ impl Outbox {
         Ok(())
     }
 
+    /// The tables whose writes are captured into this queue (under any definition), sorted.
+    pub fn captured_tables(&self, conn: &Connection) -> Result<Vec<String>> {
+        let prefix = format!("d1_sync_capture_{}_", self.table);
+        let mut stmt = conn.prepare(
+            "SELECT DISTINCT tbl_name FROM sqlite_schema WHERE type = 'trigger'
+             AND substr(name, 1, length(?1)) = ?1 AND name LIKE '%\\_insert' ESCAPE '\\'
+             ORDER BY tbl_name",
+        )?;
+        let names = stmt
+            .query_map([&prefix], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(names)
+    }
+
     /// Runs `f` with capture paused for this queue, in the caller's transaction: for rows that
     /// came from D1 and must not go back to it. Other connections never see the pause (it is
     /// written and removed inside the transaction).
