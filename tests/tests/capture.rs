@@ -282,26 +282,38 @@ async fn a_typed_write_to_a_captured_table_is_queued_once() {
         .expect("installing again is a no-op");
     f.write(|o, tx| o.save(tx, &message("m1", "once", 1)).expect("save"));
     assert_eq!(f.counts().pending, 1);
-    f.write(|o, tx| o.save(tx, &message("m1", "once", 1)).expect("save"));
+    f.write(|o, tx| o.save(tx, &message("m1", "twice", 1)).expect("save"));
     assert_eq!(
         f.counts().pending,
-        1,
+        2,
+        "each typed write queued once, by the trigger"
+    );
+    f.app
+        .execute(
+            "UPDATE messages SET raw_text = raw_text WHERE id = 'm1'",
+            [],
+        )
+        .expect("raw update");
+    assert_eq!(
+        f.counts().pending,
+        2,
         "an update that changes nothing queues nothing"
     );
     f.write(|o, tx| o.remove(tx, &message("m1", "", 1)).expect("remove"));
-    assert_eq!(f.counts().pending, 2);
+    assert_eq!(f.counts().pending, 3);
     // Rows that came from D1: written without capture, they are not sent back.
     f.write(|o, tx| {
         o.without_capture(tx, |tx| {
             tx.execute(
-                "INSERT INTO browser_request_policy_state VALUES ('from-d1', '{}', 1)",
+                "INSERT INTO messages (id, platform, role, observed_at, created_at)
+                 VALUES ('from-d1', 'web', 'user', 1, 1)",
                 [],
             )?;
             Ok(())
         })
         .expect("without capture")
     });
-    assert_eq!(f.counts().pending, 2);
+    assert_eq!(f.counts().pending, 3);
 }
 
 #[tokio::test]
@@ -356,4 +368,49 @@ async fn capture_is_refused_with_the_reason() {
     );
     f.outbox.uncapture(&f.app, "wider").expect("uncapture");
     assert!(triggers(&f.app).is_empty());
+}
+
+/// Only a child table captured: a typed delete of its (uncaptured) parent changes the child
+/// (`ON DELETE SET NULL`), whose trigger queues a record; that record does not stand in for
+/// the parent's own, which the typed write still queues.
+#[tokio::test]
+async fn a_cascade_into_a_captured_child_does_not_stand_in_for_the_parents_record() {
+    let mut f = Fixture::new(TestTarget::sqlite).await;
+    f.outbox
+        .capture::<d1_sync_example::rows::Execution>(&f.app)
+        .expect("capture the child");
+    f.write(|o, tx| o.save(tx, &message("m1", "parent", 1)).expect("save"));
+    f.app
+        .execute(
+            "INSERT INTO executions (instruction_id, message_id, target, tool, executed_at, created_at)
+             VALUES ('e1', 'm1', 't', 'tool', 1, 1)",
+            [],
+        )
+        .expect("raw child");
+    assert_eq!(f.counts().pending, 2);
+    f.write(|o, tx| o.remove(tx, &message("m1", "", 1)).expect("remove"));
+    let ops: Vec<(String, String)> = f
+        .app
+        .prepare("SELECT table_name, op FROM d1_sync_queue ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let s = |a: &str, b: &str| (a.to_string(), b.to_string());
+    assert_eq!(
+        ops,
+        [
+            s("messages", "upsert"),
+            s("executions", "upsert"),
+            s("executions", "upsert"),
+            s("messages", "delete"),
+        ],
+        "the child's SET NULL, then the parent's own delete"
+    );
+    let worker = f.worker().build().expect("worker");
+    worker.start().expect("start");
+    worker.flush().await.expect("flush");
+    worker.shutdown().await.expect("shutdown");
+    f.assert_all_in_step().await;
 }

@@ -157,24 +157,6 @@ impl Outbox {
         )?;
         out
     }
-
-    /// Whether writes to `T`'s table are captured under `T`'s current definition (so a typed
-    /// write leaves queueing to the trigger). Triggers of an older definition do not count:
-    /// the typed write then queues its record as well, which is harmless.
-    pub(super) fn captured<T: SyncRow>(&self, conn: &Connection, which: usize) -> Result<bool> {
-        let names = capture::trigger_names(&Capture {
-            queue: &self.table,
-            table: T::TABLE,
-            columns: &[],
-            primary_key: &[],
-            definition_id: T::DEFINITION_ID,
-        });
-        Ok(conn
-            .prepare_cached(
-                "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'trigger' AND name = ?1",
-            )?
-            .query_row([&names[which]], |r| r.get(0))?)
-    }
 }
 
 fn triggers_with_prefix(conn: &Connection, table: &str, prefix: &str) -> Result<Vec<String>> {

@@ -77,6 +77,9 @@ pub struct Outbox {
     tables: String,
     insert_sql: String,
     define_sql: String,
+    /// The newest record's id, and the record a capture trigger queued for a row after an id.
+    newest_sql: String,
+    by_trigger_sql: String,
 }
 
 impl Default for Outbox {
@@ -109,6 +112,10 @@ impl Outbox {
         let define_sql = format!(
             "INSERT INTO {tables} (id, table_name, definition, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (id) DO NOTHING"
         );
+        let newest_sql = format!("SELECT coalesce(max(id), 0) FROM {q}");
+        let by_trigger_sql = format!(
+            "SELECT id FROM {q} WHERE id > ?1 AND table_name = ?2 AND row_key = ?3 LIMIT 1"
+        );
         Outbox {
             table,
             q,
@@ -117,6 +124,8 @@ impl Outbox {
             tables,
             insert_sql,
             define_sql,
+            newest_sql,
+            by_trigger_sql,
         }
     }
 

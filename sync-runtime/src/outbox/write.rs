@@ -47,7 +47,7 @@ impl Outbox {
     fn enqueue<T: SyncRow>(
         &self,
         conn: &Connection,
-        key: &[Value],
+        row_key: &str,
         op: Op,
         payload: String,
     ) -> Result<i64> {
@@ -59,7 +59,7 @@ impl Outbox {
         self.insert(
             conn,
             T::TABLE,
-            &codec::stored_array(key),
+            row_key,
             op.as_str(),
             &payload,
             Some(T::DEFINITION_ID),
@@ -73,17 +73,14 @@ impl Outbox {
     /// On a captured table ([`Outbox::capture`]) the trigger queues the record, once.
     pub fn save<T: SyncRow>(&self, tx: &Transaction<'_>, row: &T) -> Result<i64> {
         let values = row.values();
+        let key = codec::stored_array(&row.key_values());
+        let before = self.newest(tx)?;
         tx.prepare_cached(T::UPSERT_SQL)?
             .execute(rusqlite::params_from_iter(values.iter()))?;
-        if self.captured::<T>(tx, 0)? {
-            return self.newest(tx);
+        if let Some(id) = self.queued_by_trigger::<T>(tx, before, &key)? {
+            return Ok(id);
         }
-        self.enqueue::<T>(
-            tx,
-            &row.key_values(),
-            Op::Upsert,
-            upsert_payload::<T>(&values),
-        )
+        self.enqueue::<T>(tx, &key, Op::Upsert, upsert_payload::<T>(&values))
     }
 
     /// Updates the named columns of the row in the local file **and** queues the same
@@ -126,6 +123,8 @@ impl Outbox {
             .collect();
         let sql = d1_sync_schema::sql::update_sql(T::TABLE, T::PRIMARY_KEY, &set);
         let values = row.values();
+        let key = codec::stored_array(&row.key_values());
+        let before = self.newest(tx)?;
         let value_of = |c: &str| T::COLUMNS.iter().position(|x| *x == c).map(|i| &values[i]);
         let params: Vec<&Value> = T::PRIMARY_KEY
             .iter()
@@ -134,37 +133,58 @@ impl Outbox {
             .collect();
         tx.prepare_cached(&sql)?
             .execute(rusqlite::params_from_iter(params))?;
-        if self.captured::<T>(tx, 1)? {
-            return self.newest(tx);
+        if let Some(id) = self.queued_by_trigger::<T>(tx, before, &key)? {
+            return Ok(id);
         }
         let payload = update_payload::<T>(&values, columns);
-        self.enqueue::<T>(tx, &row.key_values(), Op::Update, payload)
+        self.enqueue::<T>(tx, &key, Op::Update, payload)
     }
 
     /// Deletes the row from the local file (by key) **and** queues its delete for D1, in the
     /// caller's transaction. Foreign keys cascade locally as they will on D1. On a captured
     /// table the trigger queues the record, once.
     pub fn remove<T: SyncRow>(&self, tx: &Transaction<'_>, row: &T) -> Result<i64> {
+        let key = row.key_values();
+        let stored = codec::stored_array(&key);
+        let before = self.newest(tx)?;
         tx.prepare_cached(T::DELETE_SQL)?
-            .execute(rusqlite::params_from_iter(row.key_values()))?;
-        if self.captured::<T>(tx, 2)? {
-            return self.newest(tx);
+            .execute(rusqlite::params_from_iter(key.iter()))?;
+        if let Some(id) = self.queued_by_trigger::<T>(tx, before, &stored)? {
+            return Ok(id);
         }
-        self.enqueue_delete(tx, row)
+        self.enqueue::<T>(tx, &stored, Op::Delete, "{}".to_string())
     }
 
-    /// The newest record's id (on a captured table, the one its trigger wrote).
+    /// The newest record's id: a seek to the end of the queue.
     fn newest(&self, conn: &Connection) -> Result<i64> {
+        conn.prepare_cached(&self.newest_sql)
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(|e| self.map_missing(e))
+    }
+
+    /// The record a capture trigger queued for this row during the local write just done
+    /// (after record `before`), if one did: the typed write then queues nothing more. Asked
+    /// every time, never cached, so a trigger dropped by hand can never leave a write
+    /// unqueued; records of other rows (a cascade into a captured child table) do not count.
+    fn queued_by_trigger<T: SyncRow>(
+        &self,
+        conn: &Connection,
+        before: i64,
+        row_key: &str,
+    ) -> Result<Option<i64>> {
+        use rusqlite::OptionalExtension;
         Ok(conn
-            .prepare_cached(&format!("SELECT coalesce(max(id), 0) FROM {}", self.q))?
-            .query_row([], |r| r.get(0))?)
+            .prepare_cached(&self.by_trigger_sql)?
+            .query_row(params![before, T::TABLE, row_key], |r| r.get(0))
+            .optional()?)
     }
 
     /// Only queues an upsert of the whole row for D1; writes nothing locally (see
     /// [`Outbox::save`]). For rows you write yourself in the same transaction.
     pub fn enqueue_upsert<T: SyncRow>(&self, tx: &Transaction<'_>, row: &T) -> Result<i64> {
         let payload = upsert_payload::<T>(&row.values());
-        self.enqueue::<T>(tx, &row.key_values(), Op::Upsert, payload)
+        let key = codec::stored_array(&row.key_values());
+        self.enqueue::<T>(tx, &key, Op::Upsert, payload)
     }
 
     /// Only queues an `UPDATE` of some columns for D1; writes nothing locally (see
@@ -178,7 +198,8 @@ impl Outbox {
     ) -> Result<i64> {
         check_patch::<T>(columns)?;
         let payload = update_payload::<T>(&row.values(), columns);
-        self.enqueue::<T>(tx, &row.key_values(), Op::Update, payload)
+        let key = codec::stored_array(&row.key_values());
+        self.enqueue::<T>(tx, &key, Op::Update, payload)
     }
 
     /// Only queues a delete of the row for D1; deletes nothing locally (see
@@ -202,7 +223,7 @@ impl Outbox {
             });
         }
         // The key is the record's row key: a delete has nothing else to say.
-        self.enqueue::<T>(tx, key, Op::Delete, "{}".to_string())
+        self.enqueue::<T>(tx, &codec::stored_array(key), Op::Delete, "{}".to_string())
     }
 }
 
