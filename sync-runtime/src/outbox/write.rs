@@ -43,6 +43,19 @@ impl Outbox {
         Ok(conn.last_insert_rowid())
     }
 
+    /// Stores `T`'s definition if it is not stored yet. An `INSERT`, so it also makes the
+    /// caller's transaction a write transaction before anything in it is read: a read first
+    /// would pin a snapshot that a concurrent writer (the worker) can make stale, and the
+    /// write after it would fail with `SQLITE_BUSY_SNAPSHOT` instead of waiting its turn.
+    fn define<T: SyncRow>(&self, conn: &Connection) -> Result<()> {
+        conn.prepare_cached(&self.define_sql)
+            .and_then(|mut s| {
+                s.execute(params![T::DEFINITION_ID, T::TABLE, T::DEFINITION, now_ms()])
+            })
+            .map_err(|e| self.map_missing(e))?;
+        Ok(())
+    }
+
     /// Queues a record of `T`, with `T`'s definition stored (once) beside it.
     fn enqueue<T: SyncRow>(
         &self,
@@ -51,11 +64,18 @@ impl Outbox {
         op: Op,
         payload: String,
     ) -> Result<i64> {
-        conn.prepare_cached(&self.define_sql)
-            .and_then(|mut s| {
-                s.execute(params![T::DEFINITION_ID, T::TABLE, T::DEFINITION, now_ms()])
-            })
-            .map_err(|e| self.map_missing(e))?;
+        self.define::<T>(conn)?;
+        self.record::<T>(conn, row_key, op, payload)
+    }
+
+    /// Queues a record of `T` whose definition is stored already.
+    fn record<T: SyncRow>(
+        &self,
+        conn: &Connection,
+        row_key: &str,
+        op: Op,
+        payload: String,
+    ) -> Result<i64> {
         self.insert(
             conn,
             T::TABLE,
@@ -74,13 +94,14 @@ impl Outbox {
     pub fn save<T: SyncRow>(&self, tx: &Transaction<'_>, row: &T) -> Result<i64> {
         let values = row.values();
         let key = codec::stored_array(&row.key_values());
+        self.define::<T>(tx)?;
         let before = self.newest(tx)?;
         tx.prepare_cached(T::UPSERT_SQL)?
             .execute(rusqlite::params_from_iter(values.iter()))?;
         if let Some(id) = self.queued_by_trigger::<T>(tx, before, &key)? {
             return Ok(id);
         }
-        self.enqueue::<T>(tx, &key, Op::Upsert, upsert_payload::<T>(&values))
+        self.record::<T>(tx, &key, Op::Upsert, upsert_payload::<T>(&values))
     }
 
     /// Updates the named columns of the row in the local file **and** queues the same
@@ -124,6 +145,7 @@ impl Outbox {
         let sql = d1_sync_schema::sql::update_sql(T::TABLE, T::PRIMARY_KEY, &set);
         let values = row.values();
         let key = codec::stored_array(&row.key_values());
+        self.define::<T>(tx)?;
         let before = self.newest(tx)?;
         let value_of = |c: &str| T::COLUMNS.iter().position(|x| *x == c).map(|i| &values[i]);
         let params: Vec<&Value> = T::PRIMARY_KEY
@@ -137,7 +159,7 @@ impl Outbox {
             return Ok(id);
         }
         let payload = update_payload::<T>(&values, columns);
-        self.enqueue::<T>(tx, &key, Op::Update, payload)
+        self.record::<T>(tx, &key, Op::Update, payload)
     }
 
     /// Deletes the row from the local file (by key) **and** queues its delete for D1, in the
@@ -146,13 +168,14 @@ impl Outbox {
     pub fn remove<T: SyncRow>(&self, tx: &Transaction<'_>, row: &T) -> Result<i64> {
         let key = row.key_values();
         let stored = codec::stored_array(&key);
+        self.define::<T>(tx)?;
         let before = self.newest(tx)?;
         tx.prepare_cached(T::DELETE_SQL)?
             .execute(rusqlite::params_from_iter(key.iter()))?;
         if let Some(id) = self.queued_by_trigger::<T>(tx, before, &stored)? {
             return Ok(id);
         }
-        self.enqueue::<T>(tx, &stored, Op::Delete, "{}".to_string())
+        self.record::<T>(tx, &stored, Op::Delete, "{}".to_string())
     }
 
     /// The newest record's id: a seek to the end of the queue.
