@@ -93,6 +93,18 @@ pub fn status(a: &DbArgs) -> Result<ExitCode, CliError> {
     let c = &report.counts;
     println!("outbox `{}` in {}", report.queue_table, report.database);
     println!("  pending     {}", c.pending);
+    if c.waiting > 0 {
+        println!(
+            "    waiting   {} (in backoff, or held behind a parent that waits)",
+            c.waiting
+        );
+    }
+    if c.in_flight > 0 {
+        println!(
+            "    in flight {} (in requests sent or about to be; sent again until D1 answers)",
+            c.in_flight
+        );
+    }
     println!(
         "  synced      {} (the newest, kept in the synced log)",
         c.synced

@@ -12,6 +12,12 @@ use crate::row::TableDef;
 pub struct Counts {
     /// Waiting to be sent (including records in backoff and records held behind one).
     pub pending: u64,
+    /// Of `pending`, those not due now: in backoff after a refusal, or held behind a parent
+    /// row that waits.
+    pub waiting: u64,
+    /// Of `pending`, those in requests journaled as in flight: sent, or about to be, and sent
+    /// again unchanged until D1's answer is known.
+    pub in_flight: u64,
     /// Entries in the synced log: the newest acknowledged records, kept for reference (see
     /// [`Outbox::purge`]).
     pub synced: u64,
@@ -101,6 +107,15 @@ impl Outbox {
             .query_row([], |r| r.get(0))?;
         c.failed = u64::try_from(failed).unwrap_or(0);
         c.pending = u64::try_from(total - failed).unwrap_or(0);
+        let waiting: i64 = conn
+            .prepare_cached(&sql::waiting(self))?
+            .query_row([now_ms()], |r| r.get(0))?;
+        c.waiting = u64::try_from(waiting).unwrap_or(0);
+        let in_flight: i64 = conn
+            .prepare_cached(&sql::in_flight(self))
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(|e| self.map_missing(e))?;
+        c.in_flight = u64::try_from(in_flight).unwrap_or(0);
         c.synced = conn
             .prepare_cached(&format!("SELECT count(*) FROM {}", self.log))
             .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))

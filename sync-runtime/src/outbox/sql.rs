@@ -105,3 +105,22 @@ pub(super) fn drop_failed(o: &Outbox) -> String {
         dead_letters(o)
     )
 }
+
+/// Pending records not due at `?1` (in backoff, or held behind a parent that waits), read
+/// through the partial index that holds them.
+pub(super) fn waiting(o: &Outbox) -> String {
+    format!(
+        "SELECT count(*) FROM {} INDEXED BY {} WHERE (status = 'failed' OR next_attempt_at > 0)
+           AND status = 'pending' AND next_attempt_at > ?1",
+        o.q,
+        o.index("blocking")
+    )
+}
+
+/// The records of the requests journaled as in flight.
+pub(super) fn in_flight(o: &Outbox) -> String {
+    format!(
+        "SELECT coalesce(sum(json_array_length(ids)), 0) FROM {}",
+        o.journal
+    )
+}

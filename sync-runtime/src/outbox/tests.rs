@@ -433,6 +433,7 @@ fn the_hot_queries_walk_indexes_without_sorting() {
         sql::retry(&o),
         sql::drop_failed(&o),
         sql::waiting_rows(&o),
+        sql::waiting(&o),
     ] {
         let dead = plan(&conn, &dead);
         assert!(
@@ -482,4 +483,31 @@ fn a_newer_queue_is_refused_and_a_missing_one_explained() {
     let err = o.counts(&other).unwrap_err();
     assert!(matches!(err, Error::NotInstalled(_)), "{err}");
     assert!(matches!(o.check(&other), Err(Error::NotInstalled(_))));
+}
+
+#[test]
+fn counts_say_how_many_wait_and_how_many_are_in_flight() {
+    let (mut conn, o) = setup();
+    let a = put(&conn, &o, "a");
+    let b = put(&conn, &o, "b");
+    let c = put(&conn, &o, "c");
+    let d = put(&conn, &o, "d");
+    o.charge(&mut conn, &[setback(a, "boom", now_ms() + 60_000)], 10)
+        .unwrap();
+    o.hold(&mut conn, &[setback(b, "parent waits", now_ms() + 60_000)])
+        .unwrap();
+    let request = o.journal(&conn, &[c, d]).unwrap();
+    let counts = o.counts(&conn).unwrap();
+    assert_eq!(
+        (counts.pending, counts.waiting, counts.in_flight),
+        (4, 2, 2),
+        "{counts:?}"
+    );
+    o.mark_synced(&mut conn, &[c, d], Some(request.seq))
+        .unwrap();
+    let counts = o.counts(&conn).unwrap();
+    assert_eq!(
+        (counts.pending, counts.waiting, counts.in_flight),
+        (2, 2, 0)
+    );
 }
