@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use d1_sync::change::Change;
-use d1_sync::rusqlite::{params_from_iter, Connection};
+use d1_sync::rusqlite::{params_from_iter, Connection, Transaction};
 use d1_sync::target::{Applied, Batch, BoxFuture, PackLimits, Statement};
 use d1_sync::{D1Http, Outbox, SqliteTarget, SyncRow, SyncWorker, Target, TargetError};
 use d1_sync_example::rows::Message;
@@ -114,122 +114,130 @@ fn median_f64(mut v: Vec<f64>) -> f64 {
 /// baseline run, so one noisy second on this shared machine does not decide it.
 const ROUNDS: usize = 3;
 
+/// `n` writes of the `messages` workload, `per_tx` to a commit, on a fresh app file, timed
+/// with and without a variant ([`ROUNDS`] of each, in turns): `setup(on, conn)` prepares the
+/// file, `write(on, outbox, tx, i)` makes write `i`. The row reports the medians.
+fn write_ratio(
+    dir: &Path,
+    tag: &str,
+    (name, baseline, target): (&'static str, &str, &'static str),
+    n: u64,
+    per_tx: u64,
+    setup: impl Fn(bool, &Connection),
+    write: impl Fn(bool, &Outbox, &Transaction<'_>, u64),
+) -> Row {
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        for on in [false, true] {
+            let (_, mut conn) = app_db(dir, &format!("{tag}-{per_tx}-{round}-{on}.db"));
+            setup(on, &conn);
+            let outbox = Outbox::new();
+            let t = Instant::now();
+            let mut i = 0;
+            while i < n {
+                let tx = conn.transaction().unwrap();
+                for _ in 0..per_tx {
+                    write(on, &outbox, &tx, i);
+                    i += 1;
+                }
+                tx.commit().unwrap();
+            }
+            if on {
+                with.push(t.elapsed())
+            } else {
+                without.push(t.elapsed())
+            }
+        }
+    }
+    let (w, wo) = (median(with), median(without));
+    Row {
+        name,
+        measured: fmt_rate(rate(n, w)),
+        baseline: format!("{} ({baseline})", fmt_rate(rate(n, wo))),
+        ratio: format!("{:.2}x the time", w.as_secs_f64() / wo.as_secs_f64()),
+        target,
+    }
+}
+
+/// The row write alone: the baseline of the write benchmarks.
+fn bare_write(tx: &Transaction<'_>, i: u64) {
+    tx.prepare_cached(Message::UPSERT_SQL)
+        .unwrap()
+        .execute(params_from_iter(message(i).values()))
+        .unwrap();
+}
+
 /// 1. The application's row write plus its outbox record, against the row write alone.
 fn bench_enqueue(quick: bool) -> Vec<Row> {
     let dir = tempfile::tempdir().unwrap();
-    let mut rows = Vec::new();
-    for (label, n, per_tx) in [
+    [
         (
             "enqueue, 1 durable commit per change",
             if quick { 300 } else { 1_000 },
-            1u64,
+            1,
         ),
         (
             "enqueue, 1,000 changes per commit",
             if quick { 20_000 } else { 100_000 },
-            1_000u64,
+            1_000,
         ),
-    ] {
-        let (mut with, mut without) = (Vec::new(), Vec::new());
-        for round in 0..3 {
-            for outbox_on in [false, true] {
-                let (_, mut conn) =
-                    app_db(dir.path(), &format!("enq-{per_tx}-{round}-{outbox_on}.db"));
-                let outbox = Outbox::new();
-                let t = Instant::now();
-                let mut i = 0;
-                while i < n {
-                    let tx = conn.transaction().unwrap();
-                    for _ in 0..per_tx {
-                        let m = message(i);
-                        if outbox_on {
-                            outbox.save(&tx, &m).unwrap();
-                        } else {
-                            tx.prepare_cached(Message::UPSERT_SQL)
-                                .unwrap()
-                                .execute(params_from_iter(m.values()))
-                                .unwrap();
-                        }
-                        i += 1;
-                    }
-                    tx.commit().unwrap();
-                }
-                if outbox_on {
-                    with.push(t.elapsed())
+    ]
+    .into_iter()
+    .map(|(name, n, per_tx)| {
+        write_ratio(
+            dir.path(),
+            "enq",
+            (name, "row write alone", "≤ 1.5x"),
+            n,
+            per_tx,
+            |_, _| {},
+            |on, outbox, tx, i| {
+                if on {
+                    outbox.save(tx, &message(i)).unwrap();
                 } else {
-                    without.push(t.elapsed())
+                    bare_write(tx, i);
                 }
-            }
-        }
-        let (w, wo) = (median(with), median(without));
-        rows.push(Row {
-            name: label,
-            measured: fmt_rate(rate(n, w)),
-            baseline: format!("{} (row write alone)", fmt_rate(rate(n, wo))),
-            ratio: format!("{:.2}x the time", w.as_secs_f64() / wo.as_secs_f64()),
-            target: "≤ 1.5x",
-        });
-    }
-    rows
+            },
+        )
+    })
+    .collect()
 }
 
 /// 1b. A raw write to a captured table (the trigger queues its record) against the same write
 /// to the table uncaptured, one durable commit per write and 1,000 per commit.
 fn bench_capture(quick: bool) -> Vec<Row> {
     let dir = tempfile::tempdir().unwrap();
-    let mut rows = Vec::new();
-    for (label, n, per_tx, target) in [
+    [
         (
             "captured raw write, 1 durable commit per write",
             if quick { 300 } else { 1_000 },
-            1u64,
+            1,
             "≤ 1.5x",
         ),
         (
             "captured raw write, 1,000 writes per commit",
             if quick { 20_000 } else { 100_000 },
-            1_000u64,
+            1_000,
             "≤ 2.5x",
         ),
-    ] {
-        let (mut with, mut without) = (Vec::new(), Vec::new());
-        for round in 0..ROUNDS {
-            for captured in [false, true] {
-                let (_, mut conn) =
-                    app_db(dir.path(), &format!("cap-{per_tx}-{round}-{captured}.db"));
-                if captured {
-                    Outbox::new().capture::<Message>(&conn).unwrap();
+    ]
+    .into_iter()
+    .map(|(name, n, per_tx, target)| {
+        write_ratio(
+            dir.path(),
+            "cap",
+            (name, "the same write, not captured", target),
+            n,
+            per_tx,
+            |on, conn| {
+                if on {
+                    Outbox::new().capture::<Message>(conn).unwrap();
                 }
-                let t = Instant::now();
-                let mut i = 0;
-                while i < n {
-                    let tx = conn.transaction().unwrap();
-                    for _ in 0..per_tx {
-                        tx.prepare_cached(Message::UPSERT_SQL)
-                            .unwrap()
-                            .execute(params_from_iter(message(i).values()))
-                            .unwrap();
-                        i += 1;
-                    }
-                    tx.commit().unwrap();
-                }
-                if captured {
-                    with.push(t.elapsed())
-                } else {
-                    without.push(t.elapsed())
-                }
-            }
-        }
-        let (w, wo) = (median(with), median(without));
-        rows.push(Row {
-            name: label,
-            measured: fmt_rate(rate(n, w)),
-            baseline: format!("{} (the same write, not captured)", fmt_rate(rate(n, wo))),
-            ratio: format!("{:.2}x the time", w.as_secs_f64() / wo.as_secs_f64()),
-            target,
-        });
-    }
-    rows
+            },
+            |_, _, tx, i| bare_write(tx, i),
+        )
+    })
+    .collect()
 }
 
 fn backlog(conn: &mut Connection, n: u64) {

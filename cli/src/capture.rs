@@ -5,11 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use d1_sync::rusqlite::{Connection, OpenFlags};
 
 use crate::config::ConfigArgs;
 use crate::error::CliError;
-use crate::target::{schema_dir, schema_registry};
+use crate::target::{open_db, schema_dir, schema_registry};
 
 #[derive(Args)]
 pub struct CaptureArgs {
@@ -39,20 +38,9 @@ pub struct CaptureArgs {
 }
 
 pub fn run(a: &CaptureArgs) -> Result<ExitCode, CliError> {
-    if !a.db.is_file() {
-        return Err(CliError::Usage(format!(
-            "no database at `{}`",
-            a.db.display()
-        )));
-    }
-    let conn = Connection::open_with_flags(&a.db, OpenFlags::SQLITE_OPEN_READ_WRITE)
-        .map_err(|e| CliError::Failed(format!("cannot open `{}`: {e}", a.db.display())))?;
-    let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
+    let conn = open_db(&a.db)?;
     let outbox = d1_sync::Outbox::with_table(&a.queue_table);
-    let stored = outbox.definitions(&conn).or_else(|e| match e {
-        d1_sync::Error::NotInstalled(_) => Ok(Vec::new()),
-        e => Err(e),
-    })?;
+    let stored = outbox.definitions(&conn)?;
     let project = crate::config::load(&a.config)?;
     let dir = schema_dir(a.schema.as_deref(), project.as_ref());
     let registry = schema_registry(&dir, a.insert_only.as_deref(), &stored)?;

@@ -50,11 +50,7 @@ fn worker(a: &PushArgs) -> Result<(SyncWorker, Arc<dyn Target>), CliError> {
     // Refuses a missing file, a non-SQLite file or a too new queue before anything is created.
     let stored = {
         let (conn, outbox) = open_app_db(&a.db, &a.queue_table)?;
-        outbox.definitions(&conn).or_else(|e| match e {
-            // A queue older than version 4 has no definitions yet.
-            d1_sync::Error::NotInstalled(_) => Ok(Vec::new()),
-            e => Err(e),
-        })?
+        outbox.definitions(&conn)?
     };
     let project = crate::config::load(&a.config)?;
     let dir = schema_dir(a.schema.as_deref(), project.as_ref());

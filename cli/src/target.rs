@@ -11,6 +11,21 @@ use crate::error::CliError;
 /// Opens an existing application database for the outbox commands: no file is created, and a
 /// file that is not SQLite or has no (or a too new) outbox is a clear error.
 pub fn open_app_db(path: &Path, queue_table: &str) -> Result<(Connection, Outbox), CliError> {
+    let conn = open_db(path)?;
+    let outbox = Outbox::with_table(queue_table);
+    outbox.check(&conn).map_err(|e| match e {
+        d1_sync::Error::NotInstalled(t) => CliError::Failed(format!(
+            "`{}` has no outbox table `{t}`: nothing was ever enqueued there with d1-sync (or pass --queue-table)",
+            path.display()
+        )),
+        other => CliError::Failed(format!("`{}`: {other}", path.display())),
+    })?;
+    Ok((conn, outbox))
+}
+
+/// Opens an existing SQLite file: no file is created, and one that is not SQLite is a clear
+/// error.
+pub fn open_db(path: &Path) -> Result<Connection, CliError> {
     if !path.is_file() {
         return Err(CliError::Usage(format!(
             "no database at `{}`",
@@ -32,15 +47,7 @@ pub fn open_app_db(path: &Path, queue_table: &str) -> Result<(Connection, Outbox
             path.display()
         ))
     })?;
-    let outbox = Outbox::with_table(queue_table);
-    outbox.check(&conn).map_err(|e| match e {
-        d1_sync::Error::NotInstalled(t) => CliError::Failed(format!(
-            "`{}` has no outbox table `{t}`: nothing was ever enqueued there with d1-sync (or pass --queue-table)",
-            path.display()
-        )),
-        other => CliError::Failed(format!("`{}`: {other}", path.display())),
-    })?;
-    Ok((conn, outbox))
+    Ok(conn)
 }
 
 /// Where to send changes: `d1` (the REST API, configured from the environment) or

@@ -23,6 +23,19 @@ fn text(o: &[u8]) -> String {
     String::from_utf8_lossy(o).into_owned()
 }
 
+/// `d1sync push` of the app file `app`, with the schema files `schema`, to the SQLite file
+/// `mirror`.
+fn push_to_sqlite(app: &Path, schema: &Path, mirror: &Path) -> Command {
+    let mut c = d1sync();
+    c.args(["push", "--db"])
+        .arg(app)
+        .arg("--schema")
+        .arg(schema)
+        .arg("--target")
+        .arg(format!("sqlite:{}", mirror.display()));
+    c
+}
+
 fn run(c: &mut Command) -> (i32, String, String) {
     let o: Output = c.output().unwrap();
     (
@@ -291,13 +304,7 @@ fn push_status_and_dead_letters() {
     drop(conn);
     let schema = d1_sync_example::migrations_dir();
 
-    let (code, out, err) = run(d1sync()
-        .args(["push", "--db"])
-        .arg(&app)
-        .arg("--schema")
-        .arg(&schema)
-        .arg("--target")
-        .arg(format!("sqlite:{}", mirror.display())));
+    let (code, out, err) = run(&mut push_to_sqlite(&app, &schema, &mirror));
     assert_eq!(code, 1, "a dead letter makes push fail:\n{out}\n{err}");
     assert!(out.contains("pushed 2 rows"), "{out}");
     assert!(err.contains("1 record(s) failed"), "{err}");
@@ -332,14 +339,7 @@ fn push_status_and_dead_letters() {
     assert_eq!(code, 2, "--id or --all is required: {err}");
 
     // Retried, it fails again on the next push; then it is dropped for good.
-    let mut push = d1sync();
-    push.args(["push", "--db"])
-        .arg(&app)
-        .arg("--schema")
-        .arg(&schema)
-        .arg("--target")
-        .arg(format!("sqlite:{}", mirror.display()));
-    assert_eq!(run(&mut push).0, 1);
+    assert_eq!(run(&mut push_to_sqlite(&app, &schema, &mirror)).0, 1);
     let (code, out, _) = run(d1sync().args(["failed", "drop", "--all", "--db"]).arg(&app));
     assert_eq!((code, out.trim()), (0, "dropped 1 dead letter"));
     let (code, out, _) = run(d1sync().args(["failed", "list", "--db"]).arg(&app));
@@ -796,16 +796,7 @@ fn push_applies_records_with_the_definition_they_were_queued_under() {
         d1_sync::Outbox::new().save(&tx, &note).unwrap();
         tx.commit().unwrap();
     };
-    let push = |extra: &[&str]| {
-        run(d1sync()
-            .args(["push", "--db"])
-            .arg(&app)
-            .arg("--schema")
-            .arg(&schema)
-            .arg("--target")
-            .arg(format!("sqlite:{}", mirror.display()))
-            .args(extra))
-    };
+    let push = |extra: &[&str]| run(push_to_sqlite(&app, &schema, &mirror).args(extra));
     let in_mirror = || -> (String, i64) {
         m.query_row("SELECT body, first_seen FROM notes WHERE id = 1", [], |r| {
             Ok((r.get(0)?, r.get(1)?))
@@ -883,13 +874,7 @@ fn capture_queues_raw_writes_that_push_then_sends() {
          DELETE FROM browser_request_policy_state WHERE state_key = 'b';",
     )
     .unwrap();
-    let (code, out, err) = run(d1sync()
-        .args(["push", "--db"])
-        .arg(&app)
-        .arg("--schema")
-        .arg(&schema)
-        .arg("--target")
-        .arg(format!("sqlite:{}", mirror.display())));
+    let (code, out, err) = run(&mut push_to_sqlite(&app, &schema, &mirror));
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("pushed 4 rows"), "{out}");
     let rows: Vec<(String, String)> = m

@@ -54,10 +54,15 @@ pub struct Capture<'a> {
     pub definition_id: i64,
 }
 
+/// The start of the name of every capture trigger into `queue`: `d1_sync_capture_<queue>_`.
+pub fn queue_prefix(queue: &str) -> String {
+    format!("d1_sync_capture_{queue}_")
+}
+
 /// The start of the name of every capture trigger of `table` into `queue`, whatever its
 /// definition: `d1_sync_capture_<queue>_<table>_`.
 pub fn trigger_prefix(queue: &str, table: &str) -> String {
-    format!("d1_sync_capture_{queue}_{table}_")
+    format!("{}{table}_", queue_prefix(queue))
 }
 
 /// The names of the three triggers: insert, update, delete.
@@ -125,22 +130,17 @@ pub fn create_triggers_sql(c: &Capture<'_>) -> Vec<String> {
         quote_ident(PAUSED_TABLE),
         quote_literal(c.queue)
     );
-    let changed: Vec<String> = c
-        .columns
-        .iter()
-        .map(|col| {
-            let q = quote_ident(col);
-            format!("NEW.{q} IS NOT OLD.{q}")
-        })
-        .collect();
-    let key_changed: Vec<String> = c
-        .primary_key
-        .iter()
-        .map(|col| {
-            let q = quote_ident(col);
-            format!("NEW.{q} IS NOT OLD.{q}")
-        })
-        .collect();
+    // Whether any of `columns` differs between OLD and NEW.
+    let differs = |columns: &[&str]| -> String {
+        columns
+            .iter()
+            .map(|col| {
+                let q = quote_ident(col);
+                format!("NEW.{q} IS NOT OLD.{q}")
+            })
+            .collect::<Vec<_>>()
+            .join(" OR ")
+    };
     vec![
         format!(
             "CREATE TRIGGER {} AFTER INSERT ON {t} WHEN {not_paused} BEGIN {}; END",
@@ -150,9 +150,9 @@ pub fn create_triggers_sql(c: &Capture<'_>) -> Vec<String> {
         format!(
             "CREATE TRIGGER {} AFTER UPDATE ON {t} WHEN {not_paused} AND ({}) BEGIN {} WHERE {}; {}; END",
             quote_ident(&upd),
-            changed.join(" OR "),
+            differs(c.columns),
             record(c, "delete", "OLD", false),
-            key_changed.join(" OR "),
+            differs(c.primary_key),
             record(c, "upsert", "NEW", true)
         ),
         format!(

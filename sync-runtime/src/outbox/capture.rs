@@ -104,7 +104,7 @@ impl Outbox {
 
     /// The tables whose writes are captured into this queue (under any definition), sorted.
     pub fn captured_tables(&self, conn: &Connection) -> Result<Vec<String>> {
-        let prefix = format!("d1_sync_capture_{}_", self.table);
+        let prefix = capture::queue_prefix(&self.table);
         let mut stmt = conn.prepare(
             "SELECT DISTINCT tbl_name FROM sqlite_schema WHERE type = 'trigger'
              AND substr(name, 1, length(?1)) = ?1 AND name LIKE '%\\_insert' ESCAPE '\\'

@@ -67,14 +67,21 @@ pub enum Selection {
 impl Outbox {
     /// The table definitions records were queued under, oldest first (see
     /// [`crate::SyncRow::DEFINITION`]). A definition stays while the queue lives; one that
-    /// cannot be read is an [`Error::Config`] naming it.
+    /// cannot be read is an [`Error::Config`] naming it. None when nothing was stored: no
+    /// queue yet, or one written before queue version 4, which stored no definitions.
     pub fn definitions(&self, conn: &Connection) -> Result<Vec<TableDef>> {
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT id, definition FROM {} ORDER BY created_at, id",
-                self.tables
-            ))
-            .map_err(|e| self.map_missing(e))?;
+        let stored: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [self.tables_table_name()],
+            |r| r.get(0),
+        )?;
+        if !stored {
+            return Ok(Vec::new());
+        }
+        let mut stmt = conn.prepare(&format!(
+            "SELECT id, definition FROM {} ORDER BY created_at, id",
+            self.tables
+        ))?;
         let rows = stmt
             .query_map([], |r| Ok((r.get::<_, i64>(0)?, text_at(r, 1)?)))?
             .collect::<Result<Vec<_>, _>>()?;

@@ -94,14 +94,38 @@ impl Outbox {
     pub fn save<T: SyncRow>(&self, tx: &Transaction<'_>, row: &T) -> Result<i64> {
         let values = row.values();
         let key = codec::stored_array(&row.key_values());
+        self.write_and_queue::<T>(
+            tx,
+            &key,
+            |tx| {
+                tx.prepare_cached(T::UPSERT_SQL)?
+                    .execute(rusqlite::params_from_iter(values.iter()))
+            },
+            Op::Upsert,
+            || upsert_payload::<T>(&values),
+        )
+    }
+
+    /// Runs the local write `write` and queues its record (`op`, `payload`) for the row
+    /// `row_key`, unless a capture trigger queued one for that row during the write.
+    ///
+    /// The definition is stored first: an `INSERT`, so the caller's transaction is a write
+    /// transaction before the capture check reads (see [`Outbox::define`]).
+    fn write_and_queue<T: SyncRow>(
+        &self,
+        tx: &Transaction<'_>,
+        row_key: &str,
+        write: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<usize>,
+        op: Op,
+        payload: impl FnOnce() -> String,
+    ) -> Result<i64> {
         self.define::<T>(tx)?;
         let before = self.newest(tx)?;
-        tx.prepare_cached(T::UPSERT_SQL)?
-            .execute(rusqlite::params_from_iter(values.iter()))?;
-        if let Some(id) = self.queued_by_trigger::<T>(tx, before, &key)? {
+        write(tx)?;
+        if let Some(id) = self.queued_by_trigger::<T>(tx, before, row_key)? {
             return Ok(id);
         }
-        self.record::<T>(tx, &key, Op::Upsert, upsert_payload::<T>(&values))
+        self.record::<T>(tx, row_key, op, payload())
     }
 
     /// Updates the named columns of the row in the local file **and** queues the same
@@ -145,21 +169,22 @@ impl Outbox {
         let sql = d1_sync_schema::sql::update_sql(T::TABLE, T::PRIMARY_KEY, &set);
         let values = row.values();
         let key = codec::stored_array(&row.key_values());
-        self.define::<T>(tx)?;
-        let before = self.newest(tx)?;
         let value_of = |c: &str| T::COLUMNS.iter().position(|x| *x == c).map(|i| &values[i]);
         let params: Vec<&Value> = T::PRIMARY_KEY
             .iter()
             .chain(set.iter())
             .filter_map(|c| value_of(c))
             .collect();
-        tx.prepare_cached(&sql)?
-            .execute(rusqlite::params_from_iter(params))?;
-        if let Some(id) = self.queued_by_trigger::<T>(tx, before, &key)? {
-            return Ok(id);
-        }
-        let payload = update_payload::<T>(&values, columns);
-        self.record::<T>(tx, &key, Op::Update, payload)
+        self.write_and_queue::<T>(
+            tx,
+            &key,
+            |tx| {
+                tx.prepare_cached(&sql)?
+                    .execute(rusqlite::params_from_iter(params))
+            },
+            Op::Update,
+            || update_payload::<T>(&values, columns),
+        )
     }
 
     /// Deletes the row from the local file (by key) **and** queues its delete for D1, in the
@@ -167,15 +192,17 @@ impl Outbox {
     /// table the trigger queues the record, once.
     pub fn remove<T: SyncRow>(&self, tx: &Transaction<'_>, row: &T) -> Result<i64> {
         let key = row.key_values();
-        let stored = codec::stored_array(&key);
-        self.define::<T>(tx)?;
-        let before = self.newest(tx)?;
-        tx.prepare_cached(T::DELETE_SQL)?
-            .execute(rusqlite::params_from_iter(key.iter()))?;
-        if let Some(id) = self.queued_by_trigger::<T>(tx, before, &stored)? {
-            return Ok(id);
-        }
-        self.record::<T>(tx, &stored, Op::Delete, "{}".to_string())
+        self.write_and_queue::<T>(
+            tx,
+            &codec::stored_array(&key),
+            |tx| {
+                tx.prepare_cached(T::DELETE_SQL)?
+                    .execute(rusqlite::params_from_iter(key.iter()))
+            },
+            Op::Delete,
+            // The key is the record's row key: a delete has nothing else to say.
+            || "{}".to_string(),
+        )
     }
 
     /// The newest record's id: a seek to the end of the queue.
@@ -245,7 +272,6 @@ impl Outbox {
                 got: key.len(),
             });
         }
-        // The key is the record's row key: a delete has nothing else to say.
         self.enqueue::<T>(tx, &codec::stored_array(key), Op::Delete, "{}".to_string())
     }
 }
