@@ -7,6 +7,7 @@ use std::time::Duration;
 use d1_sync::rusqlite::{params_from_iter, Connection};
 use d1_sync::schema::{Affinity, Schema, Table};
 use d1_sync::Value;
+use d1_sync_tests::d1peer::D1Peer;
 use d1_sync_tests::fixture::{message, registry, Fixture};
 use d1_sync_tests::targets::TestTarget;
 use rand::rngs::StdRng;
@@ -240,7 +241,17 @@ async fn raw_and_typed_writes_reach_the_target(target: fn(&std::path::Path) -> T
     }
     let pending = f.counts().pending;
     assert!(pending > 0, "the writes were captured");
-    let worker = f.worker().build().expect("worker");
+    // Against the local D1: a fifth of the requests fail, for the whole drain and the read-back,
+    // answers lost after D1 committed included; small batches make many requests.
+    let faults = if let Some(db) = f.target.test_db() {
+        D1Peer::shared()
+            .set_random_faults(db, 0.2, &["429", "500", "503", "after", "after"])
+            .await;
+        Some(db.clone())
+    } else {
+        None
+    };
+    let worker = f.worker().batch_size(50).build().expect("worker");
     worker.start().expect("start");
     tokio::time::timeout(Duration::from_secs(120), worker.flush())
         .await
@@ -255,9 +266,16 @@ async fn raw_and_typed_writes_reach_the_target(target: fn(&std::path::Path) -> T
     );
     assert_eq!(stats.queue.pending, 0);
     f.assert_all_in_step().await;
+    let served = match &faults {
+        Some(db) => D1Peer::shared().stats(db).await.faults.values().sum(),
+        None => 0,
+    };
+    if faults.is_some() {
+        assert!(served > 0, "the faults were on");
+    }
     println!(
-        "capture: {ops} writes (seed {seed}), {pending} records captured, {} requests",
-        stats.requests
+        "capture: {ops} writes (seed {seed}), {pending} records captured, {} requests, {served} faults, {} replays recognised",
+        stats.requests, stats.requests_replayed
     );
 }
 
