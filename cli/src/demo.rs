@@ -159,6 +159,11 @@ pub async fn run(a: &DemoArgs) -> Result<ExitCode, CliError> {
         written.deletes,
         write_time.as_secs_f64()
     );
+    let queued = outbox.counts(&app)?.pending;
+    println!(
+        "  queued     {queued} records ({} changes coalesced into their row's pending record)",
+        written.total().saturating_sub(queued)
+    );
 
     // 2. The worker drains.
     let worker = SyncWorker::builder(&app_path, target.clone())

@@ -27,12 +27,14 @@
 //!     columns: &["id", "body"],
 //!     primary_key: &["id"],
 //!     definition_id: 7,
+//!     coalesce: true,
 //! };
 //! let sql = create_triggers_sql(&c);
 //! assert_eq!(sql.len(), 3);
-//! assert!(sql[0].starts_with(r#"CREATE TRIGGER "d1_sync_capture_d1_sync_queue_notes_0000000000000007_insert" AFTER INSERT ON "notes""#));
+//! assert!(sql[0].starts_with(r#"CREATE TRIGGER "d1_sync_capture_d1_sync_queue_notes_0000000000000007_v2c_insert" AFTER INSERT ON "notes""#));
 //! ```
 
+use crate::queue::{self, Enqueue};
 use crate::sql::{quote_ident, quote_literal};
 
 /// The table that pauses capture: a row for a queue means its triggers write nothing.
@@ -52,6 +54,8 @@ pub struct Capture<'a> {
     /// The id of the table's definition (stored in `<queue>_tables`), which every record
     /// carries.
     pub definition_id: i64,
+    /// Whether a record coalesces into the row's pending one (see [`crate::queue`]).
+    pub coalesce: bool,
 }
 
 /// The start of the name of every capture trigger into `queue`: `d1_sync_capture_<queue>_`.
@@ -65,12 +69,15 @@ pub fn trigger_prefix(queue: &str, table: &str) -> String {
     format!("{}{table}_", queue_prefix(queue))
 }
 
-/// The names of the three triggers: insert, update, delete.
+/// The names of the three triggers: insert, update, delete. They carry the definition's id
+/// and the triggers' form (`v2`: through [`crate::queue::enqueue_sql`], `c` when coalescing),
+/// so installing after either changed replaces the triggers.
 pub fn trigger_names(c: &Capture<'_>) -> [String; 3] {
     let base = format!(
-        "{}{:016x}",
+        "{}{:016x}_v2{}",
         trigger_prefix(c.queue, c.table),
-        c.definition_id
+        c.definition_id,
+        if c.coalesce { "c" } else { "" }
     );
     ["insert", "update", "delete"].map(|w| format!("{base}_{w}"))
 }
@@ -96,8 +103,9 @@ fn json_value(row: &str, column: &str) -> String {
     )
 }
 
-/// The record insert: `SELECT`ed, so a `WHERE` can make it conditional.
-fn record(c: &Capture<'_>, op: &str, row: &str, with_payload: bool) -> String {
+/// The record's enqueue (see [`crate::queue`]): queued only `when` holds, coalesced into the
+/// row's pending record when `c.coalesce` says so and the rules allow.
+fn record(c: &Capture<'_>, op: &str, row: &str, with_payload: bool, when: &str) -> String {
     let key: Vec<String> = c.primary_key.iter().map(|k| json_value(row, k)).collect();
     let payload = if with_payload {
         let pairs: Vec<String> = c
@@ -110,15 +118,21 @@ fn record(c: &Capture<'_>, op: &str, row: &str, with_payload: bool) -> String {
     } else {
         "'{}'".to_string()
     };
-    let now = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
-    format!(
-        "INSERT INTO {q} (table_name, row_key, op, payload, created_at, updated_at, def) \
-         SELECT {table}, json_array({key}), '{op}', {payload}, {now}, {now}, {def}",
-        q = quote_ident(c.queue),
-        table = quote_literal(c.table),
-        key = key.join(", "),
-        def = c.definition_id,
-    )
+    let table = quote_literal(c.table);
+    let key = format!("json_array({})", key.join(", "));
+    let op = format!("'{op}'");
+    let def = c.definition_id.to_string();
+    queue::enqueue_sql(&Enqueue {
+        queue: c.queue,
+        table: &table,
+        row_key: &key,
+        op: &op,
+        payload: &payload,
+        def: &def,
+        now: "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+        when,
+        coalesce: c.coalesce,
+    })
 }
 
 /// The three `CREATE TRIGGER` statements.
@@ -145,20 +159,19 @@ pub fn create_triggers_sql(c: &Capture<'_>) -> Vec<String> {
         format!(
             "CREATE TRIGGER {} AFTER INSERT ON {t} WHEN {not_paused} BEGIN {}; END",
             quote_ident(&ins),
-            record(c, "upsert", "NEW", true)
+            record(c, "upsert", "NEW", true, "true")
         ),
         format!(
-            "CREATE TRIGGER {} AFTER UPDATE ON {t} WHEN {not_paused} AND ({}) BEGIN {} WHERE {}; {}; END",
+            "CREATE TRIGGER {} AFTER UPDATE ON {t} WHEN {not_paused} AND ({}) BEGIN {}; {}; END",
             quote_ident(&upd),
             differs(c.columns),
-            record(c, "delete", "OLD", false),
-            differs(c.primary_key),
-            record(c, "upsert", "NEW", true)
+            record(c, "delete", "OLD", false, &differs(c.primary_key)),
+            record(c, "upsert", "NEW", true, "true")
         ),
         format!(
             "CREATE TRIGGER {} AFTER DELETE ON {t} WHEN {not_paused} BEGIN {}; END",
             quote_ident(&del),
-            record(c, "delete", "OLD", false)
+            record(c, "delete", "OLD", false, "true")
         ),
     ]
 }
@@ -170,10 +183,14 @@ mod tests {
 
     fn queue(conn: &Connection) {
         conn.execute_batch(&format!(
-            "CREATE TABLE q (id INTEGER PRIMARY KEY, table_name TEXT, row_key TEXT, op TEXT,
-               payload TEXT, created_at INTEGER, updated_at INTEGER, def INTEGER);
-             {};",
-            create_paused_table_sql()
+            "CREATE TABLE d1_sync_meta (key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);
+             CREATE TABLE q (id INTEGER PRIMARY KEY, table_name TEXT, row_key TEXT, op TEXT,
+               payload TEXT, status TEXT NOT NULL DEFAULT 'pending', created_at INTEGER,
+               updated_at INTEGER, def INTEGER);
+             CREATE TABLE q_tables (id INTEGER PRIMARY KEY, definition TEXT);
+             {}; {}",
+            create_paused_table_sql(),
+            crate::queue::create_tails_sql("q"),
         ))
         .unwrap();
     }
@@ -200,6 +217,7 @@ mod tests {
             columns: &["id", "a", "b", "r"],
             primary_key: &["id"],
             definition_id: 42,
+            coalesce: false,
         };
         for sql in create_triggers_sql(&c) {
             conn.execute_batch(&sql).unwrap();
@@ -288,6 +306,7 @@ mod tests {
             columns: &["k", "n"],
             primary_key: &["k", "n"],
             definition_id: 1,
+            coalesce: true,
         };
         for sql in create_triggers_sql(&c) {
             conn.execute_batch(&sql).unwrap();

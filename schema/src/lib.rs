@@ -8,6 +8,7 @@
 //!   upserts with `ON CONFLICT (pk) DO UPDATE`, deletes by primary key only, and the
 //!   many-rows-per-statement `json_each` forms the worker ships to D1);
 //! - [`capture`]: the triggers that capture raw SQL writes into the outbox;
+//! - [`queue`]: the statement that queues a record, coalescing it into the row's pending one;
 //! - [`definition`]: a table's definition as stored beside queued records, and its id;
 //! - [`limits`]: D1's documented limits, which the derive and the runtime respect;
 //! - [`load`]: schema files (D1 migrations) applied to an in-memory SQLite and read back
@@ -35,6 +36,7 @@ pub mod load;
 pub mod migrations;
 pub mod model;
 pub mod names;
+pub mod queue;
 pub mod sql;
 
 #[cfg(feature = "codegen")]

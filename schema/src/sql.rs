@@ -113,6 +113,40 @@ pub fn upsert_sql(
     )
 }
 
+/// The local form of [`upsert_sql`]: its update changes the row only when a value differs,
+/// so a save that changes nothing writes nothing (SQLite then reports no change, fires no
+/// trigger, and the outbox queues nothing).
+///
+/// ```
+/// use d1_sync_schema::sql::save_sql;
+/// assert_eq!(
+///     save_sql("t", &["k", "v", "w"], &["k"], &[]),
+///     r#"INSERT INTO "t" ("k", "v", "w") VALUES (?1, ?2, ?3) ON CONFLICT ("k") DO UPDATE SET "v" = excluded."v", "w" = excluded."w" WHERE "t"."v" IS NOT excluded."v" OR "t"."w" IS NOT excluded."w""#
+/// );
+/// ```
+pub fn save_sql(
+    table: &str,
+    columns: &[&str],
+    primary_key: &[&str],
+    insert_only: &[&str],
+) -> String {
+    let upsert = upsert_sql(table, columns, primary_key, insert_only);
+    let updates = update_columns(columns, primary_key, insert_only);
+    if updates.is_empty() {
+        return upsert;
+    }
+    let t = quote_ident(table);
+    let differs = updates
+        .iter()
+        .map(|c| {
+            let q = quote_ident(c);
+            format!("{t}.{q} IS NOT excluded.{q}")
+        })
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    format!("{upsert} WHERE {differs}")
+}
+
 /// One-row delete by primary key, parameters `?1..?K` in key order.
 ///
 /// ```
@@ -155,6 +189,26 @@ pub fn update_sql(table: &str, primary_key: &[&str], set: &[&str]) -> String {
         numbered_assignments(set, primary_key.len() + 1, ", "),
         numbered_assignments(primary_key, 1, " AND ")
     )
+}
+
+/// The local form of [`update_sql`]: it changes the row only when a value differs, so a
+/// patch that changes nothing writes nothing.
+///
+/// ```
+/// assert_eq!(
+///     d1_sync_schema::sql::update_changed_sql("t", &["k"], &["a", "b"]),
+///     r#"UPDATE "t" SET "a" = ?2, "b" = ?3 WHERE "k" = ?1 AND ("a" IS NOT ?2 OR "b" IS NOT ?3)"#
+/// );
+/// ```
+pub fn update_changed_sql(table: &str, primary_key: &[&str], set: &[&str]) -> String {
+    let first = primary_key.len() + 1;
+    let differs = set
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{} IS NOT ?{}", quote_ident(c), first + i))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    format!("{} AND ({differs})", update_sql(table, primary_key, set))
 }
 
 /// How a column's values travel in the `json_each` forms.

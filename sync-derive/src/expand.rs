@@ -67,6 +67,7 @@ fn impl_sync_row(
     let table = &cont.table;
     let definition = d1_sync_schema::definition::definition_json(table, columns, keys, insert_only);
     let definition_id = d1_sync_schema::definition::definition_id(&definition);
+    let save = d1_sync_schema::sql::save_sql(table, columns, keys, insert_only);
     let kinds = cont.columns().map(|f| {
         let ty = f.ty;
         quote_spanned! {ty.span()=> <#ty as ::d1_sync::__private::ToValue>::KIND }
@@ -92,6 +93,7 @@ fn impl_sync_row(
                 const INSERT_ONLY: &'static [&'static str] = &[#(#insert_only),*];
                 const COLUMN_KINDS: &'static [::d1_sync::__private::ValueKind] = &[#(#kinds),*];
                 const UPSERT_SQL: &'static str = #upsert;
+                const SAVE_SQL: &'static str = #save;
                 const DELETE_SQL: &'static str = #delete;
                 const DEFINITION: &'static str = #definition;
                 const DEFINITION_ID: i64 = #definition_id;

@@ -17,6 +17,7 @@ pub fn stub(input: &syn::DeriveInput) -> TokenStream {
             const INSERT_ONLY: &'static [&'static str] = &[];
             const COLUMN_KINDS: &'static [::d1_sync::__private::ValueKind] = &[];
             const UPSERT_SQL: &'static str = "";
+            const SAVE_SQL: &'static str = "";
             const DELETE_SQL: &'static str = "";
             const DEFINITION: &'static str = "";
             const DEFINITION_ID: i64 = 0;

@@ -42,6 +42,10 @@ pub trait SyncRow {
     const COLUMN_KINDS: &'static [ValueKind];
     /// `INSERT ... ON CONFLICT (pk) DO UPDATE ...` with `?1..?N` in `COLUMNS` order.
     const UPSERT_SQL: &'static str;
+    /// The local write of [`Outbox::save`](crate::Outbox::save): `UPSERT_SQL` whose update
+    /// changes the row only when a value differs, so a save that changes nothing writes and
+    /// queues nothing.
+    const SAVE_SQL: &'static str;
     /// `DELETE ... WHERE pk = ?1 ...` with the key in `PRIMARY_KEY` order.
     const DELETE_SQL: &'static str;
     /// The table's definition as stored beside its queued records (see

@@ -292,6 +292,8 @@ async fn raw_sql_and_typed_writes_reach_d1_whole() {
 #[tokio::test]
 async fn a_typed_write_to_a_captured_table_is_queued_once() {
     let mut f = Fixture::new(TestTarget::sqlite).await;
+    // Without coalescing, so each record the trigger queues stays one record.
+    f.outbox = d1_sync::Outbox::new().coalescing(false);
     f.outbox
         .capture::<d1_sync_example::rows::Message>(&f.app)
         .expect("capture");
@@ -305,6 +307,12 @@ async fn a_typed_write_to_a_captured_table_is_queued_once() {
         f.counts().pending,
         2,
         "each typed write queued once, by the trigger"
+    );
+    let again = f.write(|o, tx| o.save(tx, &message("m1", "twice", 1)).expect("save"));
+    assert_eq!(
+        (again, f.counts().pending),
+        (None, 2),
+        "a typed save that changes nothing queues nothing"
     );
     f.app
         .execute(
@@ -332,6 +340,36 @@ async fn a_typed_write_to_a_captured_table_is_queued_once() {
         .expect("without capture")
     });
     assert_eq!(f.counts().pending, 3);
+}
+
+/// 1,000 raw updates of one captured row, offline: one queue record, shipped as one row.
+#[tokio::test]
+async fn a_thousand_raw_updates_of_one_row_ship_as_one_row() {
+    let mut f = Fixture::new(TestTarget::sqlite).await;
+    f.outbox
+        .capture::<d1_sync_example::rows::Message>(&f.app)
+        .expect("capture");
+    f.write(|o, tx| o.save(tx, &message("m1", "first", 1)).expect("save"));
+    for i in 0..1_000 {
+        f.app
+            .execute(
+                "UPDATE messages SET raw_text = ?1 WHERE id = 'm1'",
+                [format!("edit {i}")],
+            )
+            .expect("raw update");
+    }
+    assert_eq!(
+        f.counts().pending,
+        1,
+        "one record holds the row's net effect"
+    );
+    let worker = f.worker().build().expect("worker");
+    worker.start().expect("start");
+    worker.flush().await.expect("flush");
+    let stats = worker.stats().await.expect("stats");
+    worker.shutdown().await.expect("shutdown");
+    assert_eq!((stats.records_synced, stats.requests), (1, 1));
+    f.assert_all_in_step().await;
 }
 
 #[tokio::test]
@@ -421,10 +459,9 @@ async fn a_cascade_into_a_captured_child_does_not_stand_in_for_the_parents_recor
         [
             s("messages", "upsert"),
             s("executions", "upsert"),
-            s("executions", "upsert"),
             s("messages", "delete"),
         ],
-        "the child's SET NULL, then the parent's own delete"
+        "the child's SET NULL coalesced into its insert, then the parent's own delete, not merged across the child's record"
     );
     let worker = f.worker().build().expect("worker");
     worker.start().expect("start");

@@ -92,8 +92,10 @@ async fn per_row_order_within_one_batch(mut f: Fixture) {
     worker.shutdown().await.unwrap();
 }
 
-/// The same sequence, one record per batch.
+/// The same sequence, one record per batch (coalescing off, so there are four records to
+/// order; on, the first three merge into one delete).
 async fn per_row_order_across_batches(mut f: Fixture) {
+    f.outbox = d1_sync::Outbox::new().coalescing(false);
     f.write(|o, tx| {
         o.save(tx, &message("k", "v1", 1)).unwrap();
         o.save(tx, &message("k", "v2", 1)).unwrap();

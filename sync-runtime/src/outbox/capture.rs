@@ -61,6 +61,7 @@ impl Outbox {
             columns: &columns,
             primary_key: &key,
             definition_id: def.definition_id(),
+            coalesce: self.coalesce,
         };
         let names = capture::trigger_names(&c);
         let prefix = capture::trigger_prefix(&self.table, &def.name);

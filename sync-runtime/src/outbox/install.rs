@@ -15,7 +15,10 @@ use crate::error::{Error, Result};
 ///    and their payloads no longer repeat the key (it is the row key); infinities are
 ///    stored as `±9e999`. Records of an older queue still read: no definition (a drainer
 ///    applies them with its registry's), the key in the payload, `{"real": "inf"}`.
-pub(super) const QUEUE_VERSION: i64 = 4;
+/// 5. Records coalesce (see [`d1_sync_schema::queue`]): the index `<queue>_rows` finds a row's
+///    newest record, `<queue>_tails` keeps the newest id queued per table (kept by a trigger
+///    on the queue), and `d1_sync_meta` holds the claimed mark.
+pub(super) const QUEUE_VERSION: i64 = 5;
 
 impl Outbox {
     /// Creates the queue table (and its indexes) if missing, or migrates it; refuses a queue
@@ -83,6 +86,7 @@ impl Outbox {
              );
              CREATE INDEX IF NOT EXISTS {blocking} ON {q} (table_name, row_key, id)
                WHERE status = 'failed' OR next_attempt_at > 0;
+             CREATE INDEX IF NOT EXISTS {rows} ON {q} (table_name, row_key);
              CREATE TABLE IF NOT EXISTS {log} (
                seq INTEGER PRIMARY KEY,
                id INTEGER NOT NULL,
@@ -111,6 +115,7 @@ impl Outbox {
                created_at INTEGER NOT NULL
              );",
             blocking = self.index("blocking"),
+            rows = self.index("rows"),
             journal = self.journal,
             tables = self.tables,
         ))?;
@@ -122,6 +127,20 @@ impl Outbox {
         if !has_def {
             // Version 3 and before: records without a stored definition.
             conn.execute_batch(&format!("ALTER TABLE {q} ADD COLUMN def INTEGER"))?;
+        }
+        // Version 4 and before: no tails. The newest id per table that the queue holds is all
+        // an older queue can say.
+        let had_tails: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [d1_sync_schema::queue::tails_name(&self.table)],
+            |r| r.get(0),
+        )?;
+        conn.execute_batch(&d1_sync_schema::queue::create_tails_sql(&self.table))?;
+        if !had_tails {
+            conn.execute_batch(&format!(
+                "INSERT INTO {} (table_name, last_id) SELECT table_name, max(id) FROM {q} GROUP BY table_name",
+                d1_sync_schema::sql::quote_ident(&d1_sync_schema::queue::tails_name(&self.table))
+            ))?;
         }
         // The queue's stream: the ledger in D1 keeps this queue's requests under it.
         conn.execute(

@@ -75,11 +75,12 @@ pub struct Outbox {
     journal: String,
     /// The quoted name of the table definitions records were written under.
     tables: String,
+    /// Whether records coalesce into their row's pending record (see [`Outbox::coalescing`]).
+    coalesce: bool,
     insert_sql: String,
     define_sql: String,
-    /// The newest record's id, and the record a capture trigger queued for a row after an id.
+    /// The newest record of a row.
     newest_sql: String,
-    by_trigger_sql: String,
 }
 
 impl Default for Outbox {
@@ -101,9 +102,7 @@ impl Outbox {
     pub fn with_table(name: impl Into<String>) -> Outbox {
         let table = name.into();
         let q = d1_sync_schema::sql::quote_ident(&table);
-        let insert_sql = format!(
-            "INSERT INTO {q} (table_name, row_key, op, payload, created_at, updated_at, def) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)"
-        );
+        let insert_sql = enqueue_sql(&table, true);
         let log = d1_sync_schema::sql::quote_ident(&format!("{table}_synced"));
         let journal = d1_sync_schema::sql::quote_ident(&format!("{table}_requests"));
         let tables = d1_sync_schema::sql::quote_ident(&format!("{table}_tables"));
@@ -112,21 +111,53 @@ impl Outbox {
         let define_sql = format!(
             "INSERT INTO {tables} (id, table_name, definition, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (id) DO NOTHING"
         );
-        let newest_sql = format!("SELECT coalesce(max(id), 0) FROM {q}");
-        let by_trigger_sql = format!(
-            "SELECT id FROM {q} WHERE id > ?1 AND table_name = ?2 AND row_key = ?3 LIMIT 1"
-        );
+        let newest_sql = format!("SELECT max(id) FROM {q} WHERE table_name = ?1 AND row_key = ?2");
         Outbox {
             table,
             q,
             log,
             journal,
             tables,
+            coalesce: true,
             insert_sql,
             define_sql,
             newest_sql,
-            by_trigger_sql,
         }
+    }
+
+    /// The same outbox with coalescing on (the default) or off.
+    ///
+    /// On, a record merges at enqueue time into its row's newest pending record when no
+    /// request carries that one yet and merging cannot change what D1 ends up with: 1,000
+    /// offline edits of one row occupy one record and ship as one row. The rules, and when a
+    /// record is appended instead, are in [`d1_sync_schema::queue`]. Off, every write is its
+    /// own record and D1 goes through every intermediate state. Capture triggers follow the
+    /// setting of the outbox that installs them.
+    ///
+    /// ```
+    /// use d1_sync::{D1Sync, Outbox};
+    /// # fn main() -> Result<(), d1_sync::Error> {
+    /// #[derive(D1Sync)]
+    /// #[d1(table = "notes")]
+    /// struct Note { #[d1(primary_key)] id: i64, body: String }
+    ///
+    /// let mut conn = d1_sync::open(":memory:")?;
+    /// conn.execute_batch("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")?;
+    /// for outbox in [Outbox::new(), Outbox::new().coalescing(false)] {
+    ///     let tx = conn.transaction()?;
+    ///     for i in 0..1_000 {
+    ///         outbox.save(&tx, &Note { id: 1, body: format!("edit {i}") })?;
+    ///     }
+    ///     tx.commit()?;
+    /// }
+    /// // 1 record from the coalescing outbox, then 1,000 from the other.
+    /// assert_eq!(Outbox::new().counts(&conn)?.pending, 1_001);
+    /// # Ok(()) }
+    /// ```
+    pub fn coalescing(mut self, on: bool) -> Outbox {
+        self.coalesce = on;
+        self.insert_sql = enqueue_sql(&self.table, on);
+        self
     }
 
     /// The queue table's name.
@@ -161,6 +192,13 @@ impl Outbox {
             Error::Sqlite(e)
         }
     }
+}
+
+/// The enqueue statement with parameters (see [`d1_sync_schema::queue`]), returning the id of
+/// the record that carries the write: a new one, or the one it merged into.
+fn enqueue_sql(queue: &str, coalesce: bool) -> String {
+    let e = d1_sync_schema::queue::Enqueue::params(queue, coalesce);
+    format!("{} RETURNING id", d1_sync_schema::queue::enqueue_sql(&e))
 }
 
 /// Column `i` as text, whatever its storage class (invalid UTF-8 replaced).

@@ -176,8 +176,35 @@ impl Outbox {
                 .collect::<Result<Vec<_>, _>>()?;
             rows
         };
+        self.raise_claimed(&tx, &records, cursor == 0)?;
         tx.commit()?;
         Ok(Claim::Records(records))
+    }
+
+    /// Raises the queue's claimed mark (see [`d1_sync_schema::queue`]) to the highest id just
+    /// claimed, in the claim's transaction: from its commit on, no enqueue merges into a
+    /// record this worker may send. A claim from the start (`fresh`: the worker holds nothing
+    /// else in memory) sets the mark anew, to the highest id it claimed or that a journaled
+    /// request carries, so records claimed before and set back (backoff, held) can coalesce
+    /// again.
+    fn raise_claimed(&self, conn: &Connection, records: &[RawRecord], fresh: bool) -> Result<()> {
+        let claimed = records.iter().map(|r| r.id).max().unwrap_or(0);
+        let journaled: i64 = conn
+            .prepare_cached(&format!(
+                "SELECT coalesce(max(value), 0) FROM {}, json_each(ids)",
+                self.journal
+            ))?
+            .query_row([], |r| r.get(0))?;
+        conn.prepare_cached(
+            "INSERT INTO d1_sync_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key)
+             DO UPDATE SET value = CASE WHEN ?3 THEN excluded.value ELSE max(value, excluded.value) END",
+        )?
+        .execute(params![
+            d1_sync_schema::queue::claimed_key(&self.table),
+            claimed.max(journaled),
+            fresh
+        ])?;
+        Ok(())
     }
 
     /// Marks records synced (they must still be pending): moves them from the queue to the

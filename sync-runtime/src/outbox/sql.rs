@@ -22,11 +22,12 @@ pub(super) fn claim(o: &Outbox) -> String {
         "SELECT id, table_name, row_key, op, payload, attempts, def FROM {q} AS r
          WHERE r.status = 'pending' AND r.next_attempt_at <= ?1 AND r.id > ?3
            AND NOT EXISTS (
-             SELECT 1 FROM {q} AS e
+             SELECT 1 FROM {q} AS e INDEXED BY {blocking}
              WHERE e.table_name = r.table_name AND e.row_key = r.row_key AND e.id < r.id
                AND (e.status = 'failed' OR e.next_attempt_at > 0)
                AND (e.status = 'failed' OR (e.status = 'pending' AND e.next_attempt_at > ?1)))
-         ORDER BY r.id LIMIT ?2"
+         ORDER BY r.id LIMIT ?2",
+        blocking = o.index("blocking")
     )
 }
 

@@ -299,7 +299,7 @@ fn a_version_1_queue_is_migrated_without_losing_a_record() {
     );
     assert_eq!(
         indexes,
-        ["d1_sync_queue_blocking"],
+        ["d1_sync_queue_blocking", "d1_sync_queue_rows"],
         "the status index is gone"
     );
     o.install(&conn).unwrap();
@@ -443,6 +443,13 @@ fn the_hot_queries_walk_indexes_without_sorting() {
             "dead letters and waiting records are found through their partial index, not the backlog:\n{dead}"
         );
     }
+    let enqueue = plan(&conn, &o.insert_sql);
+    assert!(
+        enqueue.contains("SEARCH d1_sync_queue USING INDEX d1_sync_queue_rows (table_name=? AND row_key=?)")
+            && !enqueue.contains("SCAN d1_sync_queue ")
+            && !enqueue.contains("TEMP B-TREE"),
+        "an enqueue finds the row's newest record through the rows index, and reads nothing else of the backlog:\n{enqueue}"
+    );
     let purge = plan(&conn, &sql::purge(&o));
     assert!(
         !purge.contains("TEMP B-TREE") && !purge.contains("SCAN d1_sync_queue_synced"),
@@ -510,4 +517,160 @@ fn counts_say_how_many_wait_and_how_many_are_in_flight() {
         (counts.pending, counts.waiting, counts.in_flight),
         (2, 2, 0)
     );
+}
+
+mod coalescing {
+    //! Coalescing as the typed writes and the worker's claims meet it.
+
+    use super::*;
+    use crate::D1Sync;
+
+    #[derive(D1Sync, Debug, Clone)]
+    #[d1(table = "notes")]
+    struct Note {
+        #[d1(primary_key)]
+        id: i64,
+        body: String,
+        #[d1(insert_only)]
+        created_at: i64,
+    }
+
+    fn app() -> (Connection, Outbox) {
+        let (conn, o) = setup();
+        conn.execute_batch(
+            "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL, created_at INTEGER NOT NULL)",
+        )
+        .unwrap();
+        (conn, o)
+    }
+
+    fn save(conn: &mut Connection, o: &Outbox, id: i64, body: &str, at: i64) -> Option<i64> {
+        let tx = conn.transaction().unwrap();
+        let n = Note {
+            id,
+            body: body.into(),
+            created_at: at,
+        };
+        let out = o.save(&tx, &n).unwrap();
+        tx.commit().unwrap();
+        out
+    }
+
+    fn queue(conn: &Connection) -> Vec<(i64, String, String)> {
+        conn.prepare("SELECT id, op, payload FROM d1_sync_queue ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn edits_of_a_row_merge_and_keep_the_first_insert_only_values() {
+        let (mut conn, o) = app();
+        let first = save(&mut conn, &o, 1, "a", 10);
+        for i in 0..999 {
+            assert_eq!(save(&mut conn, &o, 1, &format!("edit {i}"), 20), first);
+        }
+        assert_eq!(
+            queue(&conn),
+            [(
+                first.unwrap(),
+                "upsert".into(),
+                r#"{"created_at":10,"body":"edit 998"}"#.into()
+            )],
+            "1,000 saves, one record: the last body, the first created_at (as D1 would keep it)"
+        );
+        assert_eq!(
+            save(&mut conn, &o, 1, "edit 998", 20),
+            None,
+            "no change, no record"
+        );
+        let tx = conn.transaction().unwrap();
+        let gone = Note {
+            id: 9,
+            body: String::new(),
+            created_at: 0,
+        };
+        assert_eq!(
+            o.patch(&tx, &gone, &["body"]).unwrap(),
+            None,
+            "a patch of a missing row"
+        );
+        o.remove(
+            &tx,
+            &Note {
+                id: 1,
+                body: String::new(),
+                created_at: 0,
+            },
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        assert_eq!(
+            queue(&conn),
+            [(first.unwrap(), "delete".into(), "{}".into())]
+        );
+    }
+
+    #[test]
+    fn a_claimed_record_is_never_merged_into() {
+        let (mut conn, o) = app();
+        let first = save(&mut conn, &o, 1, "a", 10).unwrap();
+        assert_eq!(claim(&mut conn, &o, "w", now_ms()), [first]);
+        // The worker holds `first` (in memory, or in a request in flight): a new edit is a new
+        // record, and `first` goes out exactly as claimed.
+        let second = save(&mut conn, &o, 1, "b", 10).unwrap();
+        assert!(second > first);
+        assert_eq!(save(&mut conn, &o, 1, "c", 10), Some(second));
+        let q = queue(&conn);
+        assert_eq!(q.len(), 2);
+        assert_eq!(q[0].2, r#"{"body":"a","created_at":10}"#);
+        // A read-ahead claims `second` too: from then on it is not merged into either.
+        let who = Claimant { limit: 10, ..who() };
+        let none = std::collections::HashSet::new();
+        let (next, _) = o.claim_after(&mut conn, &who, first, &none).unwrap();
+        assert!(matches!(next, Claim::Records(r) if r.len() == 1));
+        let third = save(&mut conn, &o, 1, "d", 10).unwrap();
+        assert!(third > second);
+    }
+
+    #[test]
+    fn a_record_set_back_coalesces_again_once_no_worker_holds_it() {
+        let (mut conn, o) = app();
+        let first = save(&mut conn, &o, 1, "a", 10).unwrap();
+        assert_eq!(claim(&mut conn, &o, "w", now_ms()), [first]);
+        // The request failed: charged, due in an hour.
+        let later = now_ms() + 3_600_000;
+        o.charge(&mut conn, &[setback(first, "503", later)], 10)
+            .unwrap();
+        let second = save(&mut conn, &o, 1, "b", 10).unwrap();
+        assert!(
+            second > first,
+            "still claimed until the worker claims afresh"
+        );
+        // The worker claims from the start: nothing is due, and it holds nothing.
+        assert!(claim(&mut conn, &o, "w", now_ms()).is_empty());
+        assert_eq!(save(&mut conn, &o, 1, "c", 10), Some(second));
+        assert_eq!(queue(&conn).len(), 2);
+    }
+
+    #[test]
+    fn a_journaled_request_keeps_its_records_out_of_reach() {
+        let (mut conn, o) = app();
+        let first = save(&mut conn, &o, 1, "a", 10).unwrap();
+        assert_eq!(claim(&mut conn, &o, "w", now_ms()), [first]);
+        // Journaled and sent, its answer lost; it waits out a backoff before it goes again.
+        o.journal(&conn, &[first]).unwrap();
+        let later = now_ms() + 3_600_000;
+        o.charge(&mut conn, &[setback(first, "timeout", later)], 10)
+            .unwrap();
+        // A fresh claim takes nothing, but the journal still names `first`.
+        assert!(claim(&mut conn, &o, "w", now_ms()).is_empty());
+        let second = save(&mut conn, &o, 1, "b", 10).unwrap();
+        assert!(
+            second > first,
+            "a record of a request that may be in flight is never rewritten"
+        );
+    }
 }

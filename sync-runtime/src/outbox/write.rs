@@ -38,9 +38,10 @@ impl Outbox {
     ) -> Result<i64> {
         let now = now_ms();
         conn.prepare_cached(&self.insert_sql)
-            .and_then(|mut s| s.execute(params![table, row_key, op, payload, now, def]))
-            .map_err(|e| self.map_missing(e))?;
-        Ok(conn.last_insert_rowid())
+            .and_then(|mut s| {
+                s.query_row(params![table, row_key, op, payload, now, def], |r| r.get(0))
+            })
+            .map_err(|e| self.map_missing(e))
     }
 
     /// Stores `T`'s definition if it is not stored yet. An `INSERT`, so it also makes the
@@ -87,18 +88,20 @@ impl Outbox {
     }
 
     /// Writes the row to the local file (upsert) **and** queues its upsert for D1, in the
-    /// caller's transaction. Returns the record's queue id.
+    /// caller's transaction. Returns the id of the record that carries it (appended, or the
+    /// row's pending record it coalesced into), or `None` when the local row already held
+    /// these values: a save that changes nothing writes and queues nothing.
     ///
-    /// Locally it runs `T::UPSERT_SQL` (insert-only columns kept on update); D1 gets the same.
-    /// On a captured table ([`Outbox::capture`]) the trigger queues the record, once.
-    pub fn save<T: SyncRow>(&self, tx: &Transaction<'_>, row: &T) -> Result<i64> {
+    /// Locally it runs `T::SAVE_SQL` (insert-only columns kept on update); D1 gets the same
+    /// upsert. On a captured table ([`Outbox::capture`]) the trigger queues the record, once.
+    pub fn save<T: SyncRow>(&self, tx: &Transaction<'_>, row: &T) -> Result<Option<i64>> {
         let values = row.values();
         let key = codec::stored_array(&row.key_values());
         self.write_and_queue::<T>(
             tx,
             &key,
             |tx| {
-                tx.prepare_cached(T::UPSERT_SQL)?
+                tx.prepare_cached(T::SAVE_SQL)?
                     .execute(rusqlite::params_from_iter(values.iter()))
             },
             Op::Upsert,
@@ -107,10 +110,10 @@ impl Outbox {
     }
 
     /// Runs the local write `write` and queues its record (`op`, `payload`) for the row
-    /// `row_key`, unless a capture trigger queued one for that row during the write.
+    /// `row_key`, unless the write changed nothing (see [`Outbox::queue_written`]).
     ///
     /// The definition is stored first: an `INSERT`, so the caller's transaction is a write
-    /// transaction before the capture check reads (see [`Outbox::define`]).
+    /// transaction before anything in it reads (see [`Outbox::define`]).
     fn write_and_queue<T: SyncRow>(
         &self,
         tx: &Transaction<'_>,
@@ -118,19 +121,38 @@ impl Outbox {
         write: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<usize>,
         op: Op,
         payload: impl FnOnce() -> String,
-    ) -> Result<i64> {
+    ) -> Result<Option<i64>> {
         self.define::<T>(tx)?;
-        let before = self.newest(tx)?;
-        write(tx)?;
-        if let Some(id) = self.queued_by_trigger::<T>(tx, before, row_key)? {
-            return Ok(id);
+        if write(tx)? == 0 {
+            return Ok(None);
+        }
+        self.queue_written::<T>(tx, row_key, true, op, payload)
+            .map(Some)
+    }
+
+    /// Queues the record of a local write just done (`changed`: it changed a row), unless a
+    /// capture trigger queued it during the write: then the id of the row's record that
+    /// carries it.
+    fn queue_written<T: SyncRow>(
+        &self,
+        tx: &Transaction<'_>,
+        row_key: &str,
+        changed: bool,
+        op: Op,
+        payload: impl FnOnce() -> String,
+    ) -> Result<i64> {
+        if changed && self.captured_now::<T>(tx)? {
+            if let Some(id) = self.newest_of_row::<T>(tx, row_key)? {
+                return Ok(id);
+            }
         }
         self.record::<T>(tx, row_key, op, payload())
     }
 
     /// Updates the named columns of the row in the local file **and** queues the same
     /// `UPDATE` for D1, in the caller's transaction. On a captured table the trigger queues
-    /// an upsert of the row instead (nothing when no column changed).
+    /// an upsert of the row instead. Returns the record's id, or `None` when nothing changed:
+    /// the row is not in the local file, or already holds these values.
     ///
     /// Other columns are left alone on both sides, and a row that does not exist is not
     /// created. Key and insert-only columns cannot be set; at least one other column must be.
@@ -152,6 +174,8 @@ impl Outbox {
     /// let (body, pinned): (String, bool) =
     ///     conn.query_row("SELECT body, pinned FROM notes", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
     /// assert_eq!((body.as_str(), pinned), ("hello", true));
+    /// // The save and the patch coalesced into one upsert of the row.
+    /// assert_eq!(outbox.counts(&conn)?.pending, 1);
     /// # Ok(()) }
     /// ```
     pub fn patch<T: SyncRow>(
@@ -159,14 +183,14 @@ impl Outbox {
         tx: &Transaction<'_>,
         row: &T,
         columns: &[&str],
-    ) -> Result<i64> {
+    ) -> Result<Option<i64>> {
         check_patch::<T>(columns)?;
         let set: Vec<&str> = T::COLUMNS
             .iter()
             .copied()
             .filter(|c| columns.contains(c))
             .collect();
-        let sql = d1_sync_schema::sql::update_sql(T::TABLE, T::PRIMARY_KEY, &set);
+        let sql = d1_sync_schema::sql::update_changed_sql(T::TABLE, T::PRIMARY_KEY, &set);
         let values = row.values();
         let key = codec::stored_array(&row.key_values());
         let value_of = |c: &str| T::COLUMNS.iter().position(|x| *x == c).map(|i| &values[i]);
@@ -188,45 +212,54 @@ impl Outbox {
     }
 
     /// Deletes the row from the local file (by key) **and** queues its delete for D1, in the
-    /// caller's transaction. Foreign keys cascade locally as they will on D1. On a captured
-    /// table the trigger queues the record, once.
+    /// caller's transaction; returns the record's id. Foreign keys cascade locally as they will
+    /// on D1. On a captured table the trigger queues the record, once. A row the local file
+    /// does not have is still deleted in D1.
     pub fn remove<T: SyncRow>(&self, tx: &Transaction<'_>, row: &T) -> Result<i64> {
         let key = row.key_values();
-        self.write_and_queue::<T>(
+        self.define::<T>(tx)?;
+        let removed = tx
+            .prepare_cached(T::DELETE_SQL)?
+            .execute(rusqlite::params_from_iter(key.iter()))?;
+        // The key is the record's row key: a delete has nothing else to say.
+        self.queue_written::<T>(
             tx,
             &codec::stored_array(&key),
-            |tx| {
-                tx.prepare_cached(T::DELETE_SQL)?
-                    .execute(rusqlite::params_from_iter(key.iter()))
-            },
+            removed > 0,
             Op::Delete,
-            // The key is the record's row key: a delete has nothing else to say.
             || "{}".to_string(),
         )
     }
 
-    /// The newest record's id: a seek to the end of the queue.
-    fn newest(&self, conn: &Connection) -> Result<i64> {
+    /// The id of the row's newest record (the one a capture trigger just queued or merged
+    /// into).
+    fn newest_of_row<T: SyncRow>(&self, conn: &Connection, row_key: &str) -> Result<Option<i64>> {
         conn.prepare_cached(&self.newest_sql)
-            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .and_then(|mut s| s.query_row(params![T::TABLE, row_key], |r| r.get(0)))
             .map_err(|e| self.map_missing(e))
     }
 
-    /// The record a capture trigger queued for this row during the local write just done
-    /// (after record `before`), if one did: the typed write then queues nothing more. Asked
-    /// every time, never cached, so a trigger dropped by hand can never leave a write
-    /// unqueued; records of other rows (a cascade into a captured child table) do not count.
-    fn queued_by_trigger<T: SyncRow>(
-        &self,
-        conn: &Connection,
-        before: i64,
-        row_key: &str,
-    ) -> Result<Option<i64>> {
-        use rusqlite::OptionalExtension;
-        Ok(conn
-            .prepare_cached(&self.by_trigger_sql)?
-            .query_row(params![before, T::TABLE, row_key], |r| r.get(0))
-            .optional()?)
+    /// Whether a capture trigger of this queue queued `T`'s write just done: the table has
+    /// one, and capture is not paused. Asked every time, never cached, so a trigger dropped by
+    /// hand can never leave a write unqueued.
+    fn captured_now<T: SyncRow>(&self, conn: &Connection) -> Result<bool> {
+        let prefix = d1_sync_schema::capture::trigger_prefix(&self.table, T::TABLE);
+        let has_trigger: bool = conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1
+                 AND substr(name, 1, length(?2)) = ?2)",
+            )?
+            .query_row(params![T::TABLE, prefix], |r| r.get(0))?;
+        if !has_trigger {
+            return Ok(false);
+        }
+        let paused: bool = conn
+            .prepare_cached(&format!(
+                "SELECT EXISTS (SELECT 1 FROM {} WHERE queue = ?1)",
+                d1_sync_schema::sql::quote_ident(d1_sync_schema::capture::PAUSED_TABLE)
+            ))?
+            .query_row([&self.table], |r| r.get(0))?;
+        Ok(!paused)
     }
 
     /// Only queues an upsert of the whole row for D1; writes nothing locally (see

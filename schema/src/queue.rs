@@ -1,0 +1,372 @@
+//! The one statement that puts a record into the outbox queue, shared by the runtime's typed
+//! writes and the capture triggers: it appends the record, or **coalesces** it into the
+//! row's newest pending record when that changes nothing D1 ends up with.
+//!
+//! # Merging
+//!
+//! A record `N` merges into `T`, the newest record of the same row, when all of these hold:
+//!
+//! - `T` is pending (not a dead letter) and no request carries it: its id is above the
+//!   queue's *claimed* mark (`d1_sync_meta`, key [`claimed_key`]), which every claim raises
+//!   to the highest id it read, in the claim's own transaction, so a record a worker holds in
+//!   memory or in a journaled request is never rewritten;
+//! - both were written under the same table definition (raw records, without one, never
+//!   merge);
+//! - no record of **another table** was queued after `T` (per [`tails_name`], the newest id
+//!   queued per table): moving `N`'s effect back to `T`'s place must not cross a write that
+//!   a foreign key, a cascade or a trigger could tie to it;
+//! - records of other rows of the **same table** after `T` are crossed only when the table
+//!   neither references itself nor has a `UNIQUE` constraint beyond its key (two rows of it
+//!   can then not constrain each other);
+//! - the operations combine: `T` an upsert or update and `N` anything, or both deletes. A
+//!   delete is never followed by a merge of a write: deleting cascades in D1, and a merged
+//!   upsert would keep the old row's insert-only columns.
+//!
+//! The merged record keeps `T`'s id, attempts and backoff:
+//!
+//! | `T` then `N`        | merged                                                        |
+//! |---------------------|---------------------------------------------------------------|
+//! | upsert, upsert      | `N`'s upsert, but `T`'s values of insert-only columns          |
+//! | upsert, update      | one upsert: `T`'s values with `N`'s columns over them          |
+//! | update, update      | one update of the union of the columns, `N`'s values winning  |
+//! | update, upsert      | `N`'s upsert                                                   |
+//! | anything, delete    | the delete                                                     |
+//!
+//! Every record gets an id above every id the queue has given (the tails remember them after
+//! the records are gone), so the claimed mark never covers a new record.
+//!
+//! ```
+//! use d1_sync_schema::queue::{enqueue_sql, Enqueue};
+//! let sql = enqueue_sql(&Enqueue::params("d1_sync_queue", true));
+//! assert!(sql.starts_with(r#"INSERT INTO "d1_sync_queue" (id, table_name, row_key, op, payload, created_at, updated_at, def)"#));
+//! assert!(sql.contains("ON CONFLICT (id) DO UPDATE SET"));
+//! ```
+
+use crate::sql::{quote_ident, quote_literal};
+
+/// The SQL expressions of one record, and whether it may merge.
+#[derive(Debug, Clone, Copy)]
+pub struct Enqueue<'a> {
+    /// The queue table.
+    pub queue: &'a str,
+    /// The table the record writes (an expression).
+    pub table: &'a str,
+    /// Its row key, a JSON array of the key values (an expression).
+    pub row_key: &'a str,
+    /// `'upsert'`, `'update'` or `'delete'` (an expression).
+    pub op: &'a str,
+    /// The stored payload, a JSON object (an expression).
+    pub payload: &'a str,
+    /// The id of the definition it was written under, or `NULL` (an expression).
+    pub def: &'a str,
+    /// The time in ms since the epoch (an expression).
+    pub now: &'a str,
+    /// A condition on the record being queued at all (`true` for always).
+    pub when: &'a str,
+    /// Whether it may merge into the row's newest record (see the module's rules).
+    pub coalesce: bool,
+}
+
+impl<'a> Enqueue<'a> {
+    /// The statement with parameters: `?1` table, `?2` row key, `?3` op, `?4` payload, `?5`
+    /// now, `?6` definition id.
+    pub fn params(queue: &'a str, coalesce: bool) -> Enqueue<'a> {
+        Enqueue {
+            queue,
+            table: "?1",
+            row_key: "?2",
+            op: "?3",
+            payload: "?4",
+            now: "?5",
+            def: "?6",
+            when: "true",
+            coalesce,
+        }
+    }
+}
+
+/// The key in `d1_sync_meta` of the queue's claimed mark: records at or below it may be in a
+/// worker's hands and are never merged into.
+pub fn claimed_key(queue: &str) -> String {
+    format!("claimed:{queue}")
+}
+
+/// The table of the newest record id queued per table: `<queue>_tails`.
+pub fn tails_name(queue: &str) -> String {
+    format!("{queue}_tails")
+}
+
+/// The tails table, and the trigger on the queue that keeps it (every inserted record, by
+/// whatever path, raises its table's tail).
+pub fn create_tails_sql(queue: &str) -> String {
+    let tails = quote_ident(&tails_name(queue));
+    format!(
+        "CREATE TABLE IF NOT EXISTS {tails} (table_name TEXT PRIMARY KEY NOT NULL, last_id INTEGER NOT NULL) WITHOUT ROWID;
+         CREATE TRIGGER IF NOT EXISTS {trigger} AFTER INSERT ON {q} BEGIN
+           INSERT INTO {tails} (table_name, last_id) VALUES (NEW.table_name, NEW.id)
+             ON CONFLICT (table_name) DO UPDATE SET last_id = max(last_id, excluded.last_id);
+         END;",
+        trigger = quote_ident(&format!("{queue}_track_tails")),
+        q = quote_ident(queue),
+    )
+}
+
+/// The enqueue statement: an `INSERT ... SELECT` whose id is the merge target's when there is
+/// one (the conflict then merges, see the module's table), else a new id above every id given.
+pub fn enqueue_sql(e: &Enqueue<'_>) -> String {
+    let q = quote_ident(e.queue);
+    let tails = quote_ident(&tails_name(e.queue));
+    let tables = quote_ident(&format!("{}_tables", e.queue));
+    let fresh = format!(
+        "1 + max(coalesce((SELECT max(id) FROM {q}), 0), coalesce((SELECT max(last_id) FROM {tails}), 0))"
+    );
+    let id = if e.coalesce {
+        format!("coalesce(({}), {fresh})", target(e, &q, &tails))
+    } else {
+        fresh
+    };
+    // The merged payload: T's members, but N's where N has them, except insert-only columns
+    // T has. Members are copied as JSON text (`->`), so numbers keep their digits.
+    let insert_only = format!(
+        "(SELECT value FROM json_each((SELECT definition FROM {tables} WHERE id = excluded.def), '$.insert_only'))"
+    );
+    let overlay = format!(
+        "(SELECT json_group_object(key, json(v)) FROM (
+           SELECT key, {q}.payload -> fullkey AS v FROM json_each({q}.payload)
+             WHERE key NOT IN (SELECT key FROM json_each(excluded.payload)) OR key IN {insert_only}
+           UNION ALL
+           SELECT key, excluded.payload -> fullkey FROM json_each(excluded.payload)
+             WHERE key NOT IN (SELECT key FROM json_each({q}.payload)) OR key NOT IN {insert_only}))"
+    );
+    format!(
+        "INSERT INTO {q} (id, table_name, row_key, op, payload, created_at, updated_at, def)
+         SELECT {id}, {table}, {key}, {op}, {payload}, {now}, {now}, {def} WHERE {when}
+         ON CONFLICT (id) DO UPDATE SET
+           op = CASE WHEN excluded.op = 'delete' THEN 'delete'
+                     WHEN excluded.op = 'upsert' OR {q}.op = 'upsert' THEN 'upsert' ELSE 'update' END,
+           payload = CASE WHEN excluded.op = 'delete' THEN '{{}}' ELSE {overlay} END,
+           updated_at = excluded.updated_at",
+        table = e.table,
+        key = e.row_key,
+        op = e.op,
+        payload = e.payload,
+        now = e.now,
+        def = e.def,
+        when = e.when,
+    )
+}
+
+/// The id of the row's newest record when the new one may merge into it, else `NULL`.
+fn target(e: &Enqueue<'_>, q: &str, tails: &str) -> String {
+    let (table, op) = (e.table, e.op);
+    let claimed = quote_literal(&claimed_key(e.queue));
+    format!(
+        "SELECT t.id FROM (SELECT id, status, op, def FROM {q} WHERE table_name = {table} AND row_key = {key} ORDER BY id DESC LIMIT 1) AS t
+         WHERE t.status = 'pending' AND t.def = {def}
+           AND (t.op IN ('upsert', 'update') AND {op} IN ('upsert', 'update', 'delete') OR t.op = 'delete' AND {op} = 'delete')
+           AND t.id > coalesce((SELECT value FROM d1_sync_meta WHERE key = {claimed}), 0)
+           AND NOT EXISTS (SELECT 1 FROM {tails} WHERE table_name <> {table} AND last_id > t.id)
+           AND (coalesce((SELECT last_id FROM {tails} WHERE table_name = {table}), 0) <= t.id
+             OR NOT (EXISTS (SELECT 1 FROM pragma_foreign_key_list({table}) WHERE \"table\" = {table} COLLATE NOCASE)
+               OR EXISTS (SELECT 1 FROM pragma_index_list({table}) WHERE \"unique\" AND origin <> 'pk')))",
+        key = e.row_key,
+        def = e.def,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::{params, Connection};
+
+    /// A queue as the runtime installs it (the columns the statement writes), with the tails.
+    fn queue(conn: &Connection) {
+        conn.execute_batch(&format!(
+            "CREATE TABLE d1_sync_meta (key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);
+             CREATE TABLE q (id INTEGER PRIMARY KEY, table_name TEXT NOT NULL, row_key TEXT NOT NULL,
+               op TEXT NOT NULL, payload TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending',
+               created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, def INTEGER);
+             CREATE INDEX q_rows ON q (table_name, row_key);
+             CREATE TABLE q_tables (id INTEGER PRIMARY KEY, table_name TEXT, definition TEXT);
+             INSERT INTO q_tables VALUES (1, 't', '{{\"insert_only\":[\"c\"]}}'), (2, 'u', '{{\"insert_only\":[]}}');
+             CREATE TABLE t (k INTEGER PRIMARY KEY, a, b, c);
+             CREATE TABLE u (k INTEGER PRIMARY KEY, e TEXT UNIQUE);
+             CREATE TABLE s (k INTEGER PRIMARY KEY, parent INTEGER REFERENCES s (k));
+             {}",
+            create_tails_sql("q")
+        ))
+        .unwrap();
+    }
+
+    fn put(conn: &Connection, table: &str, key: i64, op: &str, payload: &str, def: i64) {
+        conn.execute(
+            &enqueue_sql(&Enqueue::params("q", true)),
+            params![table, format!("[{key}]"), op, payload, 0, def],
+        )
+        .unwrap();
+    }
+
+    fn records(conn: &Connection) -> Vec<(i64, String, String, String, String)> {
+        let mut s = conn
+            .prepare("SELECT id, table_name, row_key, op, payload FROM q ORDER BY id")
+            .unwrap();
+        s.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    fn ops(conn: &Connection) -> Vec<(String, String)> {
+        records(conn)
+            .into_iter()
+            .map(|r| (r.3, r.4))
+            .collect::<Vec<_>>()
+    }
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_merge_table() {
+        /// T's op and payload, N's op and payload, the merged op and payload.
+        type Case<'a> = (&'a str, &'a str, &'a str, &'a str, (&'a str, &'a str));
+        let cases: &[Case<'_>] = &[
+            // T op, T payload, N op, N payload, merged
+            (
+                "upsert",
+                r#"{"a":1,"b":2,"c":3}"#,
+                "upsert",
+                r#"{"a":9,"b":null,"c":7}"#,
+                ("upsert", r#"{"c":3,"a":9,"b":null}"#),
+            ),
+            (
+                "upsert",
+                r#"{"a":1,"b":2,"c":3}"#,
+                "update",
+                r#"{"b":0.30000000000000004}"#,
+                ("upsert", r#"{"a":1,"c":3,"b":0.30000000000000004}"#),
+            ),
+            (
+                "update",
+                r#"{"a":1}"#,
+                "update",
+                r#"{"b":{"blob":"00ff"},"a":null}"#,
+                ("update", r#"{"b":{"blob":"00ff"},"a":null}"#),
+            ),
+            (
+                "update",
+                r#"{"a":1}"#,
+                "upsert",
+                r#"{"a":2,"b":3,"c":4}"#,
+                ("upsert", r#"{"a":2,"b":3,"c":4}"#),
+            ),
+            (
+                "upsert",
+                r#"{"a":1,"b":2,"c":3}"#,
+                "delete",
+                "{}",
+                ("delete", "{}"),
+            ),
+            ("update", r#"{"a":1}"#, "delete", "{}", ("delete", "{}")),
+            ("delete", "{}", "delete", "{}", ("delete", "{}")),
+        ];
+        for (top, tp, nop, np, want) in cases {
+            let conn = Connection::open_in_memory().unwrap();
+            queue(&conn);
+            put(&conn, "t", 1, top, tp, 1);
+            put(&conn, "t", 1, nop, np, 1);
+            assert_eq!(ops(&conn), pairs(&[*want]), "{top} then {nop}");
+        }
+    }
+
+    #[test]
+    fn a_write_after_a_delete_is_not_merged() {
+        let conn = Connection::open_in_memory().unwrap();
+        queue(&conn);
+        put(&conn, "t", 1, "delete", "{}", 1);
+        put(&conn, "t", 1, "upsert", r#"{"a":1}"#, 1);
+        put(&conn, "t", 1, "update", r#"{"a":2}"#, 1);
+        assert_eq!(
+            ops(&conn),
+            pairs(&[("delete", "{}"), ("upsert", r#"{"a":2}"#)]),
+            "the update after the new upsert merges; the delete stays before it"
+        );
+    }
+
+    #[test]
+    fn claimed_dead_lettered_or_other_definitions_are_not_merged_into() {
+        let conn = Connection::open_in_memory().unwrap();
+        queue(&conn);
+        put(&conn, "t", 1, "upsert", r#"{"a":1}"#, 1);
+        conn.execute("INSERT INTO d1_sync_meta VALUES ('claimed:q', 1)", [])
+            .unwrap();
+        put(&conn, "t", 1, "upsert", r#"{"a":2}"#, 1);
+        conn.execute("UPDATE q SET status = 'failed' WHERE id = 2", [])
+            .unwrap();
+        put(&conn, "t", 1, "upsert", r#"{"a":3}"#, 1);
+        put(&conn, "t", 1, "upsert", r#"{"a":4}"#, 99);
+        let ids: Vec<i64> = records(&conn).iter().map(|r| r.0).collect();
+        assert_eq!(ids, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_record_of_another_table_in_between_stops_the_merge() {
+        let conn = Connection::open_in_memory().unwrap();
+        queue(&conn);
+        put(&conn, "t", 1, "upsert", r#"{"a":1}"#, 1);
+        put(&conn, "u", 1, "upsert", r#"{"e":"x"}"#, 2);
+        put(&conn, "t", 1, "upsert", r#"{"a":2}"#, 1);
+        assert_eq!(records(&conn).len(), 3);
+        // Other rows of a table without self-references or unique columns are crossed.
+        put(&conn, "t", 2, "upsert", r#"{"a":1}"#, 1);
+        put(&conn, "t", 1, "upsert", r#"{"a":3}"#, 1);
+        assert_eq!(records(&conn).len(), 4);
+    }
+
+    #[test]
+    fn rows_of_a_self_referencing_or_unique_table_are_not_crossed() {
+        for table in ["u", "s"] {
+            let conn = Connection::open_in_memory().unwrap();
+            queue(&conn);
+            put(&conn, table, 1, "upsert", "{}", 2);
+            put(&conn, table, 2, "upsert", "{}", 2);
+            put(&conn, table, 1, "delete", "{}", 2);
+            assert_eq!(records(&conn).len(), 3, "{table}");
+            put(&conn, table, 1, "delete", "{}", 2);
+            assert_eq!(records(&conn).len(), 3, "{table}: the newest record merges");
+        }
+    }
+
+    #[test]
+    fn ids_never_go_back_after_the_queue_empties() {
+        let conn = Connection::open_in_memory().unwrap();
+        queue(&conn);
+        put(&conn, "t", 1, "upsert", "{}", 1);
+        put(&conn, "u", 1, "upsert", "{}", 2);
+        conn.execute_batch("DELETE FROM q").unwrap();
+        put(&conn, "t", 5, "upsert", "{}", 1);
+        assert_eq!(records(&conn)[0].0, 3);
+        // And the stale tail of `u` (id 2) does not stop merges of later records.
+        put(&conn, "t", 5, "upsert", r#"{"a":1}"#, 1);
+        assert_eq!(records(&conn).len(), 1);
+    }
+
+    #[test]
+    fn without_coalescing_every_record_is_appended() {
+        let conn = Connection::open_in_memory().unwrap();
+        queue(&conn);
+        for _ in 0..3 {
+            conn.execute(
+                &enqueue_sql(&Enqueue::params("q", false)),
+                params!["t", "[1]", "upsert", "{}", 0, 1],
+            )
+            .unwrap();
+        }
+        assert_eq!(records(&conn).len(), 3);
+    }
+}
