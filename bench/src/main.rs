@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release -p d1-sync-bench               # all of them (a few minutes)
 //! cargo run --release -p d1-sync-bench -- --quick    # smaller sizes
-//! cargo run --release -p d1-sync-bench -- enqueue capture drain d1 production latency memory schema
+//! cargo run --release -p d1-sync-bench -- enqueue capture coalesce drain d1 production latency memory schema
 //! D1SYNC_BENCH_BATCH=2000 cargo run --release -p d1-sync-bench -- drain   # another batch size
 //! ```
 
@@ -238,6 +238,72 @@ fn bench_capture(quick: bool) -> Vec<Row> {
         )
     })
     .collect()
+}
+
+/// 1c. An offline backlog of `n` updates over 1,000 rows (1,000 writes per commit), coalesced
+/// against not coalesced: the queue's records and bytes, the time to write it, and the requests
+/// and time to drain it to a local SQLite file.
+async fn bench_coalesce(quick: bool) -> Vec<Row> {
+    let n: u64 = if quick { 20_000 } else { 100_000 };
+    let rows = 1_000;
+    let edit = |i: u64| {
+        let mut m = message(i % rows);
+        m.raw_text = Some(format!("edit {i} of {}", m.id));
+        m
+    };
+    let mut out = Vec::new();
+    for coalesce in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, mut conn) = app_db(dir.path(), "backlog.db");
+        let outbox = Outbox::new().coalescing(coalesce);
+        let t = Instant::now();
+        let mut i = 0;
+        while i < n {
+            let tx = conn.transaction().unwrap();
+            for _ in 0..1_000 {
+                outbox.save(&tx, &edit(i)).unwrap();
+                i += 1;
+            }
+            tx.commit().unwrap();
+        }
+        let wrote = t.elapsed();
+        let (records, bytes): (u64, u64) = conn
+            .query_row(
+                "SELECT count(*), coalesce(sum(length(payload) + length(row_key)), 0) FROM d1_sync_queue",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        drop(conn);
+        let target = SqliteTarget::open(dir.path().join("target.db")).unwrap();
+        target
+            .with_connection(d1_sync_example::apply_migrations)
+            .unwrap();
+        let (took, stats) = drain(&path, Arc::new(target), batch_size()).await;
+        assert_eq!(stats.records_synced, records);
+        out.push((records, bytes, wrote, stats.requests, took));
+    }
+    let (c, p) = (out[0], out[1]);
+    let show = |(records, bytes, wrote, requests, took): (u64, u64, Duration, u64, Duration)| {
+        format!(
+            "{records} records, {:.1} MiB, {requests} requests; written in {:.2} s, drained in {:.2} s",
+            bytes as f64 / (1024.0 * 1024.0),
+            wrote.as_secs_f64(),
+            took.as_secs_f64()
+        )
+    };
+    vec![Row {
+        name: "backlog of updates over 1,000 rows, coalesced",
+        measured: format!("{n} updates: {}", show(c)),
+        baseline: format!("not coalesced: {}", show(p)),
+        ratio: format!(
+            "{:.3}x the records, {:.3}x the requests, {:.2}x the write time",
+            c.0 as f64 / p.0 as f64,
+            c.3 as f64 / p.3.max(1) as f64,
+            c.2.as_secs_f64() / p.2.as_secs_f64()
+        ),
+        target: "report",
+    }]
 }
 
 fn backlog(conn: &mut Connection, n: u64) {
@@ -1042,6 +1108,9 @@ async fn main() {
     run("enqueue", &mut || bench_enqueue(quick));
     run("capture", &mut || bench_capture(quick));
     let handle = tokio::runtime::Handle::current();
+    run("coalesce", &mut || {
+        tokio::task::block_in_place(|| handle.block_on(bench_coalesce(quick)))
+    });
     run("drain", &mut || {
         tokio::task::block_in_place(|| handle.block_on(bench_drain(quick)))
     });

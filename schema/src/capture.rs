@@ -122,7 +122,7 @@ fn record(c: &Capture<'_>, op: &str, row: &str, with_payload: bool, when: &str) 
     let key = format!("json_array({})", key.join(", "));
     let op = format!("'{op}'");
     let def = c.definition_id.to_string();
-    queue::enqueue_sql(&Enqueue {
+    let e = Enqueue {
         queue: c.queue,
         table: &table,
         row_key: &key,
@@ -132,7 +132,12 @@ fn record(c: &Capture<'_>, op: &str, row: &str, with_payload: bool, when: &str) 
         now: "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
         when,
         coalesce: c.coalesce,
-    })
+    };
+    format!(
+        "{}; {}",
+        queue::enqueue_sql(&e),
+        queue::run_sql(c.queue, &table, &queue::newest_sql(c.queue), when)
+    )
 }
 
 /// The three `CREATE TRIGGER` statements.
@@ -183,14 +188,13 @@ mod tests {
 
     fn queue(conn: &Connection) {
         conn.execute_batch(&format!(
-            "CREATE TABLE d1_sync_meta (key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);
-             CREATE TABLE q (id INTEGER PRIMARY KEY, table_name TEXT, row_key TEXT, op TEXT,
+            "CREATE TABLE q (id INTEGER PRIMARY KEY AUTOINCREMENT, table_name TEXT, row_key TEXT, op TEXT,
                payload TEXT, status TEXT NOT NULL DEFAULT 'pending', created_at INTEGER,
                updated_at INTEGER, def INTEGER);
              CREATE TABLE q_tables (id INTEGER PRIMARY KEY, definition TEXT);
              {}; {}",
             create_paused_table_sql(),
-            crate::queue::create_tails_sql("q"),
+            crate::queue::create_state_sql("q"),
         ))
         .unwrap();
     }

@@ -7,14 +7,14 @@
 //! A record `N` merges into `T`, the newest record of the same row, when all of these hold:
 //!
 //! - `T` is pending (not a dead letter) and no request carries it: its id is above the
-//!   queue's *claimed* mark (`d1_sync_meta`, key [`claimed_key`]), which every claim raises
-//!   to the highest id it read, in the claim's own transaction, so a record a worker holds in
-//!   memory or in a journaled request is never rewritten;
+//!   queue's *claimed* mark, which every claim raises to the highest id it read, in the
+//!   claim's own transaction, so a record a worker holds in memory or in a journaled request
+//!   is never rewritten;
 //! - both were written under the same table definition (raw records, without one, never
 //!   merge);
-//! - no record of **another table** was queued after `T` (per [`tails_name`], the newest id
-//!   queued per table): moving `N`'s effect back to `T`'s place must not cross a write that
-//!   a foreign key, a cascade or a trigger could tie to it;
+//! - no record of **another table** was queued after `T`: `T` lies in the queue's trailing
+//!   *run* of records of its table. Moving `N`'s effect back to `T`'s place must not cross a
+//!   write that a foreign key, a cascade or a trigger could tie to it;
 //! - records of other rows of the **same table** after `T` are crossed only when the table
 //!   neither references itself nor has a `UNIQUE` constraint beyond its key (two rows of it
 //!   can then not constrain each other);
@@ -32,8 +32,10 @@
 //! | update, upsert      | `N`'s upsert                                                   |
 //! | anything, delete    | the delete                                                     |
 //!
-//! Every record gets an id above every id the queue has given (the tails remember them after
-//! the records are gone), so the claimed mark never covers a new record.
+//! The claimed mark and the run live in one row of `<queue>_coalesce` ([`state_name`]).
+//! Whoever enqueues moves the run after each record ([`run_sql`]), in the same transaction;
+//! the queue's ids come from `AUTOINCREMENT`, so they only grow, even after the queue empties,
+//! and the claimed mark never covers a new record.
 //!
 //! ```
 //! use d1_sync_schema::queue::{enqueue_sql, Enqueue};
@@ -42,7 +44,7 @@
 //! assert!(sql.contains("ON CONFLICT (id) DO UPDATE SET"));
 //! ```
 
-use crate::sql::{quote_ident, quote_literal};
+use crate::sql::quote_ident;
 
 /// The SQL expressions of one record, and whether it may merge.
 #[derive(Debug, Clone, Copy)]
@@ -85,62 +87,102 @@ impl<'a> Enqueue<'a> {
     }
 }
 
-/// The key in `d1_sync_meta` of the queue's claimed mark: records at or below it may be in a
-/// worker's hands and are never merged into.
-pub fn claimed_key(queue: &str) -> String {
-    format!("claimed:{queue}")
+/// The table of the queue's coalescing state, one row (`id = 0`): the table of the trailing
+/// run of records (`run_table`), the id it starts at (`run_start`), and the claimed mark
+/// (`claimed`): records at or below it may be in a worker's hands.
+pub fn state_name(queue: &str) -> String {
+    format!("{queue}_coalesce")
 }
 
-/// The table of the newest record id queued per table: `<queue>_tails`.
-pub fn tails_name(queue: &str) -> String {
-    format!("{queue}_tails")
-}
-
-/// The tails table, and the trigger on the queue that keeps it (every inserted record, by
-/// whatever path, raises its table's tail).
-pub fn create_tails_sql(queue: &str) -> String {
-    let tails = quote_ident(&tails_name(queue));
+/// Creates the state table and its row. `claimed` starts at the queue's newest id: records
+/// queued before coalescing existed are never merged into.
+pub fn create_state_sql(queue: &str) -> String {
+    let state = quote_ident(&state_name(queue));
     format!(
-        "CREATE TABLE IF NOT EXISTS {tails} (table_name TEXT PRIMARY KEY NOT NULL, last_id INTEGER NOT NULL) WITHOUT ROWID;
-         CREATE TRIGGER IF NOT EXISTS {trigger} AFTER INSERT ON {q} BEGIN
-           INSERT INTO {tails} (table_name, last_id) VALUES (NEW.table_name, NEW.id)
-             ON CONFLICT (table_name) DO UPDATE SET last_id = max(last_id, excluded.last_id);
-         END;",
-        trigger = quote_ident(&format!("{queue}_track_tails")),
-        q = quote_ident(queue),
+        "CREATE TABLE IF NOT EXISTS {state} (id INTEGER PRIMARY KEY CHECK (id = 0), run_table TEXT,
+           run_start INTEGER NOT NULL DEFAULT 0, claimed INTEGER NOT NULL DEFAULT 0);
+         INSERT INTO {state} (id, claimed) SELECT 0, coalesce(max(id), 0) FROM {q} WHERE true
+           ON CONFLICT (id) DO NOTHING;",
+        q = quote_ident(queue)
+    )
+}
+
+/// After a record of `table` was queued (`when` held), as record `id` (expressions): a record
+/// of another table than the run's starts a new run. Nothing is written while the run goes on.
+///
+/// ```
+/// assert_eq!(
+///     d1_sync_schema::queue::run_sql("q", "?1", "?2", "true"),
+///     r#"UPDATE "q_coalesce" SET run_table = ?1, run_start = ?2 WHERE id = 0 AND run_table IS NOT ?1 AND (true)"#
+/// );
+/// ```
+pub fn run_sql(queue: &str, table: &str, id: &str, when: &str) -> String {
+    format!(
+        "UPDATE {} SET run_table = {table}, run_start = {id} WHERE id = 0 AND run_table IS NOT {table} AND ({when})",
+        quote_ident(&state_name(queue))
+    )
+}
+
+/// The queue's newest id: after an append, the record just queued (for [`run_sql`] where the
+/// statement's own result is not at hand, as in a trigger; a merge never starts a run).
+pub fn newest_sql(queue: &str) -> String {
+    format!("(SELECT max(id) FROM {})", quote_ident(queue))
+}
+
+/// Raises the claimed mark to `?1`, or with `?2` true sets it to `?1` (a claim from the
+/// start, by a worker that holds nothing else).
+pub fn claim_mark_sql(queue: &str) -> String {
+    format!(
+        "UPDATE {} SET claimed = CASE WHEN ?2 THEN ?1 ELSE max(claimed, ?1) END WHERE id = 0",
+        quote_ident(&state_name(queue))
     )
 }
 
 /// The enqueue statement: an `INSERT ... SELECT` whose id is the merge target's when there is
-/// one (the conflict then merges, see the module's table), else a new id above every id given.
+/// one (the conflict then merges, see the module's table), else a new one.
 pub fn enqueue_sql(e: &Enqueue<'_>) -> String {
     let q = quote_ident(e.queue);
-    let tails = quote_ident(&tails_name(e.queue));
     let tables = quote_ident(&format!("{}_tables", e.queue));
-    let fresh = format!(
-        "1 + max(coalesce((SELECT max(id) FROM {q}), 0), coalesce((SELECT max(last_id) FROM {tails}), 0))"
-    );
+    // NULL: a new id (AUTOINCREMENT), which never conflicts.
     let id = if e.coalesce {
-        format!("coalesce(({}), {fresh})", target(e, &q, &tails))
+        format!("({})", target(e, &q))
     } else {
-        fresh
+        "NULL".to_string()
     };
     // The merged payload: T's members, but N's where N has them, except insert-only columns
     // T has. Members are copied as JSON text (`->`), so numbers keep their digits.
     let insert_only = format!(
         "(SELECT value FROM json_each((SELECT definition FROM {tables} WHERE id = excluded.def), '$.insert_only'))"
     );
+    // Upsert after upsert, the usual case, in one C-level merge: N's payload patched with T's
+    // insert-only members, looked up by name. A JSON null there would delete the member, and a
+    // name with a double quote is no plain path, so either takes the general form below.
+    let insert_only_list = format!(
+        "json_each((SELECT definition FROM {tables} WHERE id = excluded.def), '$.insert_only')"
+    );
+    let path = "('$.\"' || i.value || '\"')";
+    let kept = format!(
+        "(SELECT json_group_object(i.value, json({q}.payload -> {path})) FROM {insert_only_list} AS i
+          WHERE json_type({q}.payload, {path}) IS NOT NULL)"
+    );
+    let plain = format!(
+        "NOT EXISTS (SELECT 1 FROM {insert_only_list} AS i
+           WHERE instr(i.value, '\"') OR json_type({q}.payload, {path}) = 'null')"
+    );
     let overlay = format!(
-        "(SELECT json_group_object(key, json(v)) FROM (
-           SELECT key, {q}.payload -> fullkey AS v FROM json_each({q}.payload)
-             WHERE key NOT IN (SELECT key FROM json_each(excluded.payload)) OR key IN {insert_only}
+        "CASE WHEN excluded.op = 'upsert' AND {q}.op = 'upsert' AND {plain}
+           THEN json_patch(excluded.payload, {kept})
+         ELSE (SELECT json_group_object(k, json(v)) FROM (
+           SELECT n.key AS k, CASE WHEN n.key IN {insert_only} AND json_type({q}.payload, n.fullkey) IS NOT NULL
+             THEN {q}.payload -> n.fullkey ELSE excluded.payload -> n.fullkey END AS v
+           FROM json_each(excluded.payload) AS n
            UNION ALL
-           SELECT key, excluded.payload -> fullkey FROM json_each(excluded.payload)
-             WHERE key NOT IN (SELECT key FROM json_each({q}.payload)) OR key NOT IN {insert_only}))"
+           SELECT o.key, {q}.payload -> o.fullkey FROM json_each({q}.payload) AS o
+           WHERE json_type(excluded.payload, o.fullkey) IS NULL)) END"
     );
     format!(
         "INSERT INTO {q} (id, table_name, row_key, op, payload, created_at, updated_at, def)
-         SELECT {id}, {table}, {key}, {op}, {payload}, {now}, {now}, {def} WHERE {when}
+         SELECT {id}, {table}, {key}, {op}, {payload}, n.now, n.now, {def} FROM (SELECT {now} AS now) AS n WHERE {when}
          ON CONFLICT (id) DO UPDATE SET
            op = CASE WHEN excluded.op = 'delete' THEN 'delete'
                      WHEN excluded.op = 'upsert' OR {q}.op = 'upsert' THEN 'upsert' ELSE 'update' END,
@@ -157,18 +199,18 @@ pub fn enqueue_sql(e: &Enqueue<'_>) -> String {
 }
 
 /// The id of the row's newest record when the new one may merge into it, else `NULL`.
-fn target(e: &Enqueue<'_>, q: &str, tails: &str) -> String {
+fn target(e: &Enqueue<'_>, q: &str) -> String {
     let (table, op) = (e.table, e.op);
-    let claimed = quote_literal(&claimed_key(e.queue));
     format!(
-        "SELECT t.id FROM (SELECT id, status, op, def FROM {q} WHERE table_name = {table} AND row_key = {key} ORDER BY id DESC LIMIT 1) AS t
-         WHERE t.status = 'pending' AND t.def = {def}
+        "SELECT t.id FROM {q} AS t, {state} AS s
+         WHERE t.id = (SELECT max(id) FROM {q} WHERE table_name = {table} AND row_key = {key}) AND s.id = 0
+           AND t.status = 'pending' AND t.def = {def}
            AND (t.op IN ('upsert', 'update') AND {op} IN ('upsert', 'update', 'delete') OR t.op = 'delete' AND {op} = 'delete')
-           AND t.id > coalesce((SELECT value FROM d1_sync_meta WHERE key = {claimed}), 0)
-           AND NOT EXISTS (SELECT 1 FROM {tails} WHERE table_name <> {table} AND last_id > t.id)
-           AND (coalesce((SELECT last_id FROM {tails} WHERE table_name = {table}), 0) <= t.id
+           AND t.id > s.claimed AND s.run_table = {table} AND t.id >= s.run_start
+           AND ((SELECT max(id) FROM {q}) = t.id
              OR NOT (EXISTS (SELECT 1 FROM pragma_foreign_key_list({table}) WHERE \"table\" = {table} COLLATE NOCASE)
                OR EXISTS (SELECT 1 FROM pragma_index_list({table}) WHERE \"unique\" AND origin <> 'pk')))",
+        state = quote_ident(&state_name(e.queue)),
         key = e.row_key,
         def = e.def,
     )
@@ -179,11 +221,10 @@ mod tests {
     use super::*;
     use rusqlite::{params, Connection};
 
-    /// A queue as the runtime installs it (the columns the statement writes), with the tails.
+    /// A queue as the runtime installs it (the columns the statement writes), with its state.
     fn queue(conn: &Connection) {
         conn.execute_batch(&format!(
-            "CREATE TABLE d1_sync_meta (key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);
-             CREATE TABLE q (id INTEGER PRIMARY KEY, table_name TEXT NOT NULL, row_key TEXT NOT NULL,
+            "CREATE TABLE q (id INTEGER PRIMARY KEY AUTOINCREMENT, table_name TEXT NOT NULL, row_key TEXT NOT NULL,
                op TEXT NOT NULL, payload TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending',
                created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, def INTEGER);
              CREATE INDEX q_rows ON q (table_name, row_key);
@@ -193,17 +234,36 @@ mod tests {
              CREATE TABLE u (k INTEGER PRIMARY KEY, e TEXT UNIQUE);
              CREATE TABLE s (k INTEGER PRIMARY KEY, parent INTEGER REFERENCES s (k));
              {}",
-            create_tails_sql("q")
+            create_state_sql("q")
         ))
         .unwrap();
     }
 
+    fn enqueue(
+        conn: &Connection,
+        coalesce: bool,
+        table: &str,
+        key: i64,
+        op: &str,
+        payload: &str,
+        def: i64,
+    ) {
+        let id: i64 = conn
+            .query_row(
+                &format!(
+                    "{} RETURNING id",
+                    enqueue_sql(&Enqueue::params("q", coalesce))
+                ),
+                params![table, format!("[{key}]"), op, payload, 0, def],
+                |r| r.get(0),
+            )
+            .unwrap();
+        conn.execute(&run_sql("q", "?1", "?2", "true"), params![table, id])
+            .unwrap();
+    }
+
     fn put(conn: &Connection, table: &str, key: i64, op: &str, payload: &str, def: i64) {
-        conn.execute(
-            &enqueue_sql(&Enqueue::params("q", true)),
-            params![table, format!("[{key}]"), op, payload, 0, def],
-        )
-        .unwrap();
+        enqueue(conn, true, table, key, op, payload, def);
     }
 
     fn records(conn: &Connection) -> Vec<(i64, String, String, String, String)> {
@@ -239,17 +299,27 @@ mod tests {
             // T op, T payload, N op, N payload, merged
             (
                 "upsert",
+                r#"{"a":1,"c":null}"#,
+                "upsert",
+                r#"{"a":2,"c":5}"#,
+                ("upsert", r#"{"a":2,"c":null}"#),
+            ),
+            (
+                "upsert",
                 r#"{"a":1,"b":2,"c":3}"#,
                 "upsert",
-                r#"{"a":9,"b":null,"c":7}"#,
-                ("upsert", r#"{"c":3,"a":9,"b":null}"#),
+                r#"{"a":{"blob":"00ff"},"b":null,"c":7,"d":0.30000000000000004,"e":9e999}"#,
+                (
+                    "upsert",
+                    r#"{"a":{"blob":"00ff"},"b":null,"c":3,"d":0.30000000000000004,"e":9e999}"#,
+                ),
             ),
             (
                 "upsert",
                 r#"{"a":1,"b":2,"c":3}"#,
                 "update",
                 r#"{"b":0.30000000000000004}"#,
-                ("upsert", r#"{"a":1,"c":3,"b":0.30000000000000004}"#),
+                ("upsert", r#"{"b":0.30000000000000004,"a":1,"c":3}"#),
             ),
             (
                 "update",
@@ -303,7 +373,7 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         queue(&conn);
         put(&conn, "t", 1, "upsert", r#"{"a":1}"#, 1);
-        conn.execute("INSERT INTO d1_sync_meta VALUES ('claimed:q', 1)", [])
+        conn.execute(&claim_mark_sql("q"), params![1, false])
             .unwrap();
         put(&conn, "t", 1, "upsert", r#"{"a":2}"#, 1);
         conn.execute("UPDATE q SET status = 'failed' WHERE id = 2", [])
@@ -343,15 +413,14 @@ mod tests {
     }
 
     #[test]
-    fn ids_never_go_back_after_the_queue_empties() {
+    fn a_queue_emptied_and_filled_again_merges_again() {
         let conn = Connection::open_in_memory().unwrap();
         queue(&conn);
         put(&conn, "t", 1, "upsert", "{}", 1);
         put(&conn, "u", 1, "upsert", "{}", 2);
         conn.execute_batch("DELETE FROM q").unwrap();
         put(&conn, "t", 5, "upsert", "{}", 1);
-        assert_eq!(records(&conn)[0].0, 3);
-        // And the stale tail of `u` (id 2) does not stop merges of later records.
+        assert_eq!(records(&conn)[0].0, 3, "ids only grow");
         put(&conn, "t", 5, "upsert", r#"{"a":1}"#, 1);
         assert_eq!(records(&conn).len(), 1);
     }
@@ -361,11 +430,7 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         queue(&conn);
         for _ in 0..3 {
-            conn.execute(
-                &enqueue_sql(&Enqueue::params("q", false)),
-                params!["t", "[1]", "upsert", "{}", 0, 1],
-            )
-            .unwrap();
+            enqueue(&conn, false, "t", 1, "upsert", "{}", 1);
         }
         assert_eq!(records(&conn).len(), 3);
     }

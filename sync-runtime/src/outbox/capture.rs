@@ -1,7 +1,7 @@
 //! Capture: triggers that queue raw SQL writes (another tool, a data migration, `execute`),
 //! built by the schema crate from the same table definition the derive uses.
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{now_ms, Outbox};
 use crate::error::{Error, Result};
@@ -53,6 +53,55 @@ impl Outbox {
     pub fn capture_table(&self, conn: &Connection, def: &TableDef) -> Result<()> {
         self.install(conn)?;
         check_capturable(conn, def)?;
+        self.install_triggers(conn, def)
+    }
+
+    /// Replaces capture triggers of the first form (a plain insert into the queue, from a queue
+    /// before version 5) with the current form of the same definition, checked when it was
+    /// installed: they write through the enqueue statement and keep the queue's run.
+    pub(super) fn upgrade_capture(&self, conn: &Connection) -> Result<()> {
+        let prefix = capture::queue_prefix(&self.table);
+        let mut stmt = conn.prepare(
+            "SELECT name FROM sqlite_schema WHERE type = 'trigger'
+             AND substr(name, 1, length(?1)) = ?1 AND name LIKE '%\\_insert' ESCAPE '\\'
+             AND name NOT LIKE '%\\_v2%' ESCAPE '\\'",
+        )?;
+        let old: Vec<String> = stmt
+            .query_map([&prefix], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for name in old {
+            // `<prefix><table>_<16 hex digits>_insert`
+            let id = name
+                .strip_suffix("_insert")
+                .and_then(|n| n.get(n.len().saturating_sub(16)..))
+                .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+                .map(|v| i64::from_ne_bytes(v.to_ne_bytes()));
+            let text: Option<String> = match id {
+                Some(id) => conn
+                    .query_row(
+                        &format!("SELECT definition FROM {} WHERE id = ?1", self.tables),
+                        [id],
+                        |r| r.get(0),
+                    )
+                    .optional()?,
+                None => None,
+            };
+            let def = text
+                .as_deref()
+                .map(TableDef::from_definition)
+                .transpose()
+                .map_err(Error::Config)?
+                .ok_or_else(|| Error::Capture {
+                    table: name.clone(),
+                    reason: "its trigger names a table definition the queue does not hold; capture it again".into(),
+                })?;
+            self.install_triggers(conn, &def)?;
+        }
+        Ok(())
+    }
+
+    /// Installs (or replaces) the triggers of `def`, without checks.
+    fn install_triggers(&self, conn: &Connection, def: &TableDef) -> Result<()> {
         let columns: Vec<&str> = def.columns.iter().map(String::as_str).collect();
         let key: Vec<&str> = def.primary_key.iter().map(String::as_str).collect();
         let c = Capture {

@@ -16,8 +16,10 @@ use crate::error::{Error, Result};
 ///    stored as `±9e999`. Records of an older queue still read: no definition (a drainer
 ///    applies them with its registry's), the key in the payload, `{"real": "inf"}`.
 /// 5. Records coalesce (see [`d1_sync_schema::queue`]): the index `<queue>_rows` finds a row's
-///    newest record, `<queue>_tails` keeps the newest id queued per table (kept by a trigger
-///    on the queue), and `d1_sync_meta` holds the claimed mark.
+///    newest record, `<queue>_coalesce` holds the trailing run and the claimed mark, and ids
+///    come from `AUTOINCREMENT` (seeded above every id the queue and its log have seen), so
+///    they are never given twice. Capture triggers of the first form are replaced by ones that
+///    keep the run.
 pub(super) const QUEUE_VERSION: i64 = 5;
 
 impl Outbox {
@@ -71,7 +73,7 @@ impl Outbox {
         // id the log has seen.
         conn.execute_batch(&format!(
             "CREATE TABLE IF NOT EXISTS {q} (
-               id INTEGER PRIMARY KEY,
+               id INTEGER PRIMARY KEY AUTOINCREMENT,
                table_name TEXT NOT NULL,
                row_key TEXT NOT NULL,
                op TEXT NOT NULL,
@@ -84,9 +86,6 @@ impl Outbox {
                updated_at INTEGER NOT NULL,
                def INTEGER
              );
-             CREATE INDEX IF NOT EXISTS {blocking} ON {q} (table_name, row_key, id)
-               WHERE status = 'failed' OR next_attempt_at > 0;
-             CREATE INDEX IF NOT EXISTS {rows} ON {q} (table_name, row_key);
              CREATE TABLE IF NOT EXISTS {log} (
                seq INTEGER PRIMARY KEY,
                id INTEGER NOT NULL,
@@ -114,8 +113,6 @@ impl Outbox {
                ids TEXT NOT NULL,
                created_at INTEGER NOT NULL
              );",
-            blocking = self.index("blocking"),
-            rows = self.index("rows"),
             journal = self.journal,
             tables = self.tables,
         ))?;
@@ -127,20 +124,6 @@ impl Outbox {
         if !has_def {
             // Version 3 and before: records without a stored definition.
             conn.execute_batch(&format!("ALTER TABLE {q} ADD COLUMN def INTEGER"))?;
-        }
-        // Version 4 and before: no tails. The newest id per table that the queue holds is all
-        // an older queue can say.
-        let had_tails: bool = conn.query_row(
-            "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
-            [d1_sync_schema::queue::tails_name(&self.table)],
-            |r| r.get(0),
-        )?;
-        conn.execute_batch(&d1_sync_schema::queue::create_tails_sql(&self.table))?;
-        if !had_tails {
-            conn.execute_batch(&format!(
-                "INSERT INTO {} (table_name, last_id) SELECT table_name, max(id) FROM {q} GROUP BY table_name",
-                d1_sync_schema::sql::quote_ident(&d1_sync_schema::queue::tails_name(&self.table))
-            ))?;
         }
         // The queue's stream: the ledger in D1 keeps this queue's requests under it.
         conn.execute(
@@ -164,9 +147,58 @@ impl Outbox {
                 status = self.index("status_id"),
             ))?;
         }
+        self.rebuild_with_autoincrement(conn)?;
+        conn.execute_batch(&format!(
+            "CREATE INDEX IF NOT EXISTS {blocking} ON {q} (table_name, row_key, id)
+               WHERE status = 'failed' OR next_attempt_at > 0;
+             CREATE INDEX IF NOT EXISTS {rows} ON {q} (table_name, row_key);
+             {state}",
+            blocking = self.index("blocking"),
+            rows = self.index("rows"),
+            state = d1_sync_schema::queue::create_state_sql(&self.table),
+        ))?;
+        self.upgrade_capture(conn)?;
         conn.execute(
             "INSERT INTO d1_sync_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             params![format!("queue_version:{}", self.table), QUEUE_VERSION],
+        )?;
+        Ok(())
+    }
+
+    /// Version 4 and before: ids from the rowid, which an emptied queue gives again. The table
+    /// is rebuilt with `AUTOINCREMENT` (its indexes are made again after), and the sequence
+    /// starts above every id the queue and its log hold.
+    fn rebuild_with_autoincrement(&self, conn: &Connection) -> Result<()> {
+        let (q, log) = (&self.q, &self.log);
+        let sql: String = conn.query_row(
+            "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+            [&self.table],
+            |r| r.get(0),
+        )?;
+        if !sql.to_ascii_uppercase().contains("AUTOINCREMENT") {
+            let columns = "id, table_name, row_key, op, payload, status, attempts, next_attempt_at, last_error, created_at, updated_at, def";
+            conn.execute_batch(&format!(
+                "CREATE TEMP TABLE d1_sync_rebuild AS SELECT {columns} FROM {q};
+                 DROP TABLE {q};
+                 {create};
+                 INSERT INTO {q} ({columns}) SELECT {columns} FROM temp.d1_sync_rebuild ORDER BY id;
+                 DROP TABLE temp.d1_sync_rebuild;",
+                create = sql.replacen(
+                    "INTEGER PRIMARY KEY",
+                    "INTEGER PRIMARY KEY AUTOINCREMENT",
+                    1
+                ),
+            ))?;
+        }
+        conn.execute(
+            "INSERT INTO sqlite_sequence (name, seq) SELECT ?1, 0 WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = ?1)",
+            [&self.table],
+        )?;
+        conn.execute(
+            &format!(
+                "UPDATE sqlite_sequence SET seq = max(seq, (SELECT coalesce(max(id), 0) FROM {q}), (SELECT coalesce(max(id), 0) FROM {log})) WHERE name = ?1"
+            ),
+            [&self.table],
         )?;
         Ok(())
     }

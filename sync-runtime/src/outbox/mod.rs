@@ -78,6 +78,8 @@ pub struct Outbox {
     /// Whether records coalesce into their row's pending record (see [`Outbox::coalescing`]).
     coalesce: bool,
     insert_sql: String,
+    /// Moves the queue's run after each record (see [`d1_sync_schema::queue::run_sql`]).
+    run_sql: String,
     define_sql: String,
     /// The newest record of a row.
     newest_sql: String,
@@ -103,6 +105,7 @@ impl Outbox {
         let table = name.into();
         let q = d1_sync_schema::sql::quote_ident(&table);
         let insert_sql = enqueue_sql(&table, true);
+        let run_sql = d1_sync_schema::queue::run_sql(&table, "?1", "?2", "true");
         let log = d1_sync_schema::sql::quote_ident(&format!("{table}_synced"));
         let journal = d1_sync_schema::sql::quote_ident(&format!("{table}_requests"));
         let tables = d1_sync_schema::sql::quote_ident(&format!("{table}_tables"));
@@ -120,6 +123,7 @@ impl Outbox {
             tables,
             coalesce: true,
             insert_sql,
+            run_sql,
             define_sql,
             newest_sql,
         }

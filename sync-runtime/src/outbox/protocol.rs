@@ -195,15 +195,8 @@ impl Outbox {
                 self.journal
             ))?
             .query_row([], |r| r.get(0))?;
-        conn.prepare_cached(
-            "INSERT INTO d1_sync_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key)
-             DO UPDATE SET value = CASE WHEN ?3 THEN excluded.value ELSE max(value, excluded.value) END",
-        )?
-        .execute(params![
-            d1_sync_schema::queue::claimed_key(&self.table),
-            claimed.max(journaled),
-            fresh
-        ])?;
+        conn.prepare_cached(&d1_sync_schema::queue::claim_mark_sql(&self.table))?
+            .execute(params![claimed.max(journaled), fresh])?;
         Ok(())
     }
 

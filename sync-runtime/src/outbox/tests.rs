@@ -445,7 +445,7 @@ fn the_hot_queries_walk_indexes_without_sorting() {
     }
     let enqueue = plan(&conn, &o.insert_sql);
     assert!(
-        enqueue.contains("SEARCH d1_sync_queue USING INDEX d1_sync_queue_rows (table_name=? AND row_key=?)")
+        enqueue.contains("SEARCH d1_sync_queue USING COVERING INDEX d1_sync_queue_rows (table_name=? AND row_key=?)")
             && !enqueue.contains("SCAN d1_sync_queue ")
             && !enqueue.contains("TEMP B-TREE"),
         "an enqueue finds the row's newest record through the rows index, and reads nothing else of the backlog:\n{enqueue}"
@@ -577,7 +577,7 @@ mod coalescing {
             [(
                 first.unwrap(),
                 "upsert".into(),
-                r#"{"created_at":10,"body":"edit 998"}"#.into()
+                r#"{"body":"edit 998","created_at":10}"#.into()
             )],
             "1,000 saves, one record: the last body, the first created_at (as D1 would keep it)"
         );
@@ -673,4 +673,71 @@ mod coalescing {
             "a record of a request that may be in flight is never rewritten"
         );
     }
+}
+
+/// A version 4 queue (ids from the rowid, capture triggers of the first form) becomes a
+/// version 5 one: records kept, ids never given again, the triggers replaced by the
+/// coalescing form of the same definition.
+#[test]
+fn a_version_4_queue_with_capture_is_migrated() {
+    let conn = Connection::open_in_memory().unwrap();
+    let def = r#"{"table":"notes","columns":["id","body"],"primary_key":["id"],"insert_only":[]}"#;
+    let def_id = d1_sync_schema::definition::definition_id(def);
+    let old = format!("d1_sync_capture_d1_sync_queue_notes_{:016x}", def_id as u64);
+    conn.execute_batch(&format!(
+        "CREATE TABLE d1_sync_meta (key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL);
+         INSERT INTO d1_sync_meta VALUES ('queue_version:d1_sync_queue', 4), ('stream:d1_sync_queue', 7);
+         CREATE TABLE d1_sync_queue (
+           id INTEGER PRIMARY KEY, table_name TEXT NOT NULL, row_key TEXT NOT NULL,
+           op TEXT NOT NULL, payload TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending',
+           attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at INTEGER NOT NULL DEFAULT 0,
+           last_error TEXT, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, def INTEGER);
+         CREATE INDEX d1_sync_queue_blocking ON d1_sync_queue (table_name, row_key, id)
+           WHERE status = 'failed' OR next_attempt_at > 0;
+         CREATE TABLE d1_sync_queue_synced (seq INTEGER PRIMARY KEY, id INTEGER NOT NULL,
+           table_name TEXT NOT NULL, row_key TEXT NOT NULL, op TEXT NOT NULL,
+           attempts INTEGER NOT NULL, created_at INTEGER NOT NULL, synced_at INTEGER NOT NULL);
+         INSERT INTO d1_sync_queue_synced VALUES (1, 40, 'notes', '[9]', 'upsert', 0, 1, 2);
+         CREATE TABLE d1_sync_queue_tables (id INTEGER PRIMARY KEY, table_name TEXT NOT NULL,
+           definition TEXT NOT NULL, created_at INTEGER NOT NULL);
+         INSERT INTO d1_sync_queue_tables VALUES ({def_id}, 'notes', '{def}', 1);
+         INSERT INTO d1_sync_queue (id, table_name, row_key, op, payload, created_at, updated_at, def)
+           VALUES (5, 'notes', '[1]', 'upsert', '{{\"body\":\"a\"}}', 1, 1, {def_id});
+         CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);
+         CREATE TABLE d1_sync_capture_paused (queue TEXT PRIMARY KEY NOT NULL);
+         CREATE TRIGGER \"{old}_insert\" AFTER INSERT ON notes BEGIN
+           INSERT INTO d1_sync_queue (table_name, row_key, op, payload, created_at, updated_at, def)
+           SELECT 'notes', json_array(NEW.id), 'upsert', json_object('body', NEW.body), 0, 0, {def_id}; END;
+         CREATE TRIGGER \"{old}_update\" AFTER UPDATE ON notes BEGIN SELECT 1; END;
+         CREATE TRIGGER \"{old}_delete\" AFTER DELETE ON notes BEGIN SELECT 1; END;"
+    ))
+    .unwrap();
+    let o = Outbox::new();
+    o.install(&conn).unwrap();
+    assert_eq!(o.counts(&conn).unwrap().pending, 1, "the record is kept");
+    let triggers: Vec<String> = column(
+        &conn,
+        "SELECT name FROM sqlite_schema WHERE type = 'trigger' ORDER BY name",
+    );
+    assert_eq!(triggers.len(), 3);
+    assert!(
+        triggers.iter().all(|t| t.contains("_v2c_")),
+        "the first form is replaced: {triggers:?}"
+    );
+    conn.execute_batch(
+        "INSERT INTO notes VALUES (2, 'x'); UPDATE notes SET body = 'y' WHERE id = 2;",
+    )
+    .unwrap();
+    let ids: Vec<i64> = column(&conn, "SELECT id FROM d1_sync_queue ORDER BY id");
+    assert_eq!(
+        ids,
+        [5, 41],
+        "a new id is above every id the queue and its log have seen, and the update merged"
+    );
+    let payload: String = conn
+        .query_row("SELECT payload FROM d1_sync_queue WHERE id = 41", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(payload, r#"{"body":"y"}"#);
 }

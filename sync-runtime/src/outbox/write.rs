@@ -37,11 +37,15 @@ impl Outbox {
         def: Option<i64>,
     ) -> Result<i64> {
         let now = now_ms();
-        conn.prepare_cached(&self.insert_sql)
+        let id: i64 = conn
+            .prepare_cached(&self.insert_sql)
             .and_then(|mut s| {
                 s.query_row(params![table, row_key, op, payload, now, def], |r| r.get(0))
             })
-            .map_err(|e| self.map_missing(e))
+            .map_err(|e| self.map_missing(e))?;
+        conn.prepare_cached(&self.run_sql)?
+            .execute(params![table, id])?;
+        Ok(id)
     }
 
     /// Stores `T`'s definition if it is not stored yet. An `INSERT`, so it also makes the
@@ -123,25 +127,29 @@ impl Outbox {
         payload: impl FnOnce() -> String,
     ) -> Result<Option<i64>> {
         self.define::<T>(tx)?;
-        if write(tx)? == 0 {
+        let before = tx.total_changes();
+        let n = write(tx)?;
+        if n == 0 {
             return Ok(None);
         }
-        self.queue_written::<T>(tx, row_key, true, op, payload)
+        let triggered = tx.total_changes() - before > n as u64;
+        self.queue_written::<T>(tx, row_key, triggered, op, payload)
             .map(Some)
     }
 
-    /// Queues the record of a local write just done (`changed`: it changed a row), unless a
-    /// capture trigger queued it during the write: then the id of the row's record that
-    /// carries it.
+    /// Queues the record of a local write just done, unless a capture trigger queued it during
+    /// the write: then the id of the row's record that carries it. `triggered`: the write
+    /// changed more rows than its own (a trigger or a cascade ran); only then can a capture
+    /// trigger have queued anything, and only then is the schema asked.
     fn queue_written<T: SyncRow>(
         &self,
         tx: &Transaction<'_>,
         row_key: &str,
-        changed: bool,
+        triggered: bool,
         op: Op,
         payload: impl FnOnce() -> String,
     ) -> Result<i64> {
-        if changed && self.captured_now::<T>(tx)? {
+        if triggered && self.captured_now::<T>(tx)? {
             if let Some(id) = self.newest_of_row::<T>(tx, row_key)? {
                 return Ok(id);
             }
@@ -218,14 +226,16 @@ impl Outbox {
     pub fn remove<T: SyncRow>(&self, tx: &Transaction<'_>, row: &T) -> Result<i64> {
         let key = row.key_values();
         self.define::<T>(tx)?;
+        let before = tx.total_changes();
         let removed = tx
             .prepare_cached(T::DELETE_SQL)?
             .execute(rusqlite::params_from_iter(key.iter()))?;
+        let triggered = tx.total_changes() - before > removed as u64;
         // The key is the record's row key: a delete has nothing else to say.
         self.queue_written::<T>(
             tx,
             &codec::stored_array(&key),
-            removed > 0,
+            triggered,
             Op::Delete,
             || "{}".to_string(),
         )
