@@ -15,6 +15,9 @@
 //! - no record of **another table** was queued after `T`: `T` lies in the queue's trailing
 //!   *run* of records of its table. Moving `N`'s effect back to `T`'s place must not cross a
 //!   write that a foreign key, a cascade or a trigger could tie to it;
+//! - the table has no triggers of its own (capture's aside): the same migrations make them in
+//!   D1, where they would fire once for the merged record instead of once per write (an audit
+//!   log, a counter, an `updated_at` bump);
 //! - records of other rows of the **same table** after `T` are crossed only when the table
 //!   neither references itself nor has a `UNIQUE` constraint beyond its key (two rows of it
 //!   can then not constrain each other);
@@ -207,6 +210,8 @@ fn target(e: &Enqueue<'_>, q: &str) -> String {
            AND t.status = 'pending' AND t.def = {def}
            AND (t.op IN ('upsert', 'update') AND {op} IN ('upsert', 'update', 'delete') OR t.op = 'delete' AND {op} = 'delete')
            AND t.id > s.claimed AND s.run_table = {table} AND t.id >= s.run_start
+           AND NOT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = t.table_name
+             AND substr(name, 1, 16) <> 'd1_sync_capture_')
            AND ((SELECT max(id) FROM {q}) = t.id
              OR NOT (EXISTS (SELECT 1 FROM pragma_foreign_key_list({table}) WHERE \"table\" = {table} COLLATE NOCASE)
                OR EXISTS (SELECT 1 FROM pragma_index_list({table}) WHERE \"unique\" AND origin <> 'pk')))",
@@ -410,6 +415,23 @@ mod tests {
             put(&conn, table, 1, "delete", "{}", 2);
             assert_eq!(records(&conn).len(), 3, "{table}: the newest record merges");
         }
+    }
+
+    #[test]
+    fn a_table_with_triggers_of_its_own_is_not_merged() {
+        let conn = Connection::open_in_memory().unwrap();
+        queue(&conn);
+        conn.execute_batch(
+            "CREATE TABLE audit (n INTEGER);
+             CREATE TRIGGER t_audit AFTER UPDATE ON t BEGIN INSERT INTO audit VALUES (1); END;",
+        )
+        .unwrap();
+        put(&conn, "t", 1, "upsert", r#"{"a":1}"#, 1);
+        put(&conn, "t", 1, "upsert", r#"{"a":2}"#, 1);
+        assert_eq!(records(&conn).len(), 2, "D1's trigger must fire for each");
+        conn.execute_batch("DROP TRIGGER t_audit").unwrap();
+        put(&conn, "t", 1, "upsert", r#"{"a":3}"#, 1);
+        assert_eq!(records(&conn).len(), 2);
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //!   upsert and the delete SQL, built — and, with `#[d1(schema = "migrations")]`, checked
 //!   against the project's D1 migrations — at compile time.
 //! - The [`Outbox`] is a queue table in the application's own SQLite file: a change is
-//!   enqueued in the same transaction as the row write.
+//!   enqueued in the same transaction as the row write, raw SQL writes too once a table is
+//!   captured ([`Outbox::capture`]), and a row's pending records coalesce into their net
+//!   effect ([`Outbox::coalescing`]).
 //! - The [`SyncWorker`] drains it to a [`Target`] — D1 over its REST API ([`D1Http`]) or a
 //!   local SQLite file ([`SqliteTarget`]) — in batches, in per-row order, with backoff,
 //!   pauses on rate limits and refused credentials, and a dead-letter state that never drops

@@ -1,8 +1,9 @@
 //! The durable outbox: a queue table in the application's own SQLite file.
 //!
-//! One file per job: the application's write API (`write`), the queue protocol the worker
-//! speaks (`protocol`, crate-private), the operator's queries (`operator`), installing and
-//! migrating the queue (`install`), and the queue's SQL text (`sql`).
+//! One file per job: the application's write API (`write`), capture triggers (`capture`), the
+//! queue protocol the worker speaks (`protocol`, crate-private), the operator's queries
+//! (`operator`), installing and migrating the queue (`install`), and the queue's SQL text
+//! (`sql`).
 //!
 //! A change is enqueued in the application's transaction, so the row write and its record
 //! commit together or not at all. Records of one row go out in the order they were written;
@@ -15,8 +16,14 @@
 //! runs out and another takes the queue over. Requests that may be in flight are journaled
 //! in `<queue>_requests` before they are sent, and whoever sends the queue next sends them
 //! again unchanged, so D1's ledger recognises the ones it applied (see [`crate::ledger`]).
-//! Records themselves are only ever written when their state changes: inserted,
+//! Records themselves are only ever written when their state changes: inserted, merged into,
 //! acknowledged, charged, held, dead-lettered, purged.
+//!
+//! A new record **coalesces** into its row's newest pending record when no worker may be
+//! sending that one (a claim raises the queue's claimed mark in its own transaction) and
+//! merging cannot change what D1 ends up with; the rules are the schema crate's
+//! ([`d1_sync_schema::queue`]), one statement run by the typed writes and the capture
+//! triggers alike.
 //!
 //! Each record carries the id of its table's definition (columns, key, insert-only columns),
 //! stored once in `<queue>_tables` when the first record of it is queued: whoever drains the
