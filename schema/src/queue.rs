@@ -18,6 +18,8 @@
 //! - the table has no triggers of its own (capture's aside): the same migrations make them in
 //!   D1, where they would fire once for the merged record instead of once per write (an audit
 //!   log, a counter, an `updated_at` bump);
+//! - the key has no real: a typed write and a capture trigger may write the same real in two
+//!   texts, so the row's newest record by its text is not certainly the row's newest;
 //! - records of other rows of the **same table** after `T` are crossed only when the table
 //!   neither references itself nor has a `UNIQUE` constraint beyond its key (two rows of it
 //!   can then not constrain each other);
@@ -212,6 +214,7 @@ fn target(e: &Enqueue<'_>, q: &str) -> String {
            AND t.id > s.claimed AND s.run_table = {table} AND t.id >= s.run_start
            AND NOT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = t.table_name
              AND substr(name, 1, 16) <> 'd1_sync_capture_')
+           AND NOT EXISTS (SELECT 1 FROM json_each(t.row_key) WHERE type = 'real')
            AND ((SELECT max(id) FROM {q}) = t.id
              OR NOT (EXISTS (SELECT 1 FROM pragma_foreign_key_list({table}) WHERE \"table\" = {table} COLLATE NOCASE)
                OR EXISTS (SELECT 1 FROM pragma_index_list({table}) WHERE \"unique\" AND origin <> 'pk')))",
@@ -431,6 +434,26 @@ mod tests {
         assert_eq!(records(&conn).len(), 2, "D1's trigger must fire for each");
         conn.execute_batch("DROP TRIGGER t_audit").unwrap();
         put(&conn, "t", 1, "upsert", r#"{"a":3}"#, 1);
+        assert_eq!(records(&conn).len(), 2);
+    }
+
+    #[test]
+    fn a_row_with_a_real_in_its_key_is_not_merged() {
+        let conn = Connection::open_in_memory().unwrap();
+        queue(&conn);
+        for _ in 0..2 {
+            conn.query_row(
+                &format!("{} RETURNING id", enqueue_sql(&Enqueue::params("q", true))),
+                params!["t", "[0.5]", "upsert", "{}", 0, 1],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap();
+            conn.execute(
+                &run_sql("q", "?1", "(SELECT max(id) FROM q)", "true"),
+                ["t"],
+            )
+            .unwrap();
+        }
         assert_eq!(records(&conn).len(), 2);
     }
 
