@@ -255,17 +255,14 @@ async fn bench_coalesce(quick: bool) -> Vec<Row> {
     for coalesce in [true, false] {
         let dir = tempfile::tempdir().unwrap();
         let (path, mut conn) = app_db(dir.path(), "backlog.db");
-        let outbox = Outbox::new().coalescing(coalesce);
         let t = Instant::now();
-        let mut i = 0;
-        while i < n {
-            let tx = conn.transaction().unwrap();
-            for _ in 0..1_000 {
-                outbox.save(&tx, &edit(i)).unwrap();
-                i += 1;
-            }
-            tx.commit().unwrap();
-        }
+        save_all(
+            &mut conn,
+            &Outbox::new().coalescing(coalesce),
+            n,
+            1_000,
+            edit,
+        );
         let wrote = t.elapsed();
         let (records, bytes): (u64, u64) = conn
             .query_row(
@@ -307,12 +304,22 @@ async fn bench_coalesce(quick: bool) -> Vec<Row> {
 }
 
 fn backlog(conn: &mut Connection, n: u64) {
-    let outbox = Outbox::new();
+    save_all(conn, &Outbox::new(), n, 10_000, message);
+}
+
+/// Saves `row(0..n)` through `outbox`, `per_tx` to a commit.
+fn save_all(
+    conn: &mut Connection,
+    outbox: &Outbox,
+    n: u64,
+    per_tx: u64,
+    row: impl Fn(u64) -> Message,
+) {
     let mut i = 0;
     while i < n {
         let tx = conn.transaction().unwrap();
-        for _ in 0..10_000.min(n - i) {
-            outbox.save(&tx, &message(i)).unwrap();
+        for _ in 0..per_tx.min(n - i) {
+            outbox.save(&tx, &row(i)).unwrap();
             i += 1;
         }
         tx.commit().unwrap();

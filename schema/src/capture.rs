@@ -82,6 +82,28 @@ pub fn trigger_names(c: &Capture<'_>) -> [String; 3] {
     ["insert", "update", "delete"].map(|w| format!("{base}_{w}"))
 }
 
+/// The definition id a capture trigger's name carries (see [`trigger_names`]), in either form:
+/// `<prefix><table>_<16 hex digits>[_v2[c]]_<insert|update|delete>`.
+///
+/// ```
+/// use d1_sync_schema::capture::{definition_id_of, trigger_names, Capture};
+/// let c = Capture { queue: "q", table: "t", columns: &["k"], primary_key: &["k"], definition_id: -7, coalesce: true };
+/// assert!(trigger_names(&c).iter().all(|n| definition_id_of(n) == Some(-7)));
+/// assert_eq!(definition_id_of("d1_sync_capture_q_t_00000000000000ff_insert"), Some(255));
+/// ```
+pub fn definition_id_of(trigger: &str) -> Option<i64> {
+    let rest = ["_insert", "_update", "_delete"]
+        .iter()
+        .find_map(|w| trigger.strip_suffix(w))?;
+    let rest = rest
+        .strip_suffix("_v2c")
+        .or_else(|| rest.strip_suffix("_v2"))
+        .unwrap_or(rest);
+    let hex = rest.get(rest.len().checked_sub(16)?..)?;
+    let v = u64::from_str_radix(hex, 16).ok()?;
+    Some(i64::from_ne_bytes(v.to_ne_bytes()))
+}
+
 /// `CREATE TABLE IF NOT EXISTS` of [`PAUSED_TABLE`].
 pub fn create_paused_table_sql() -> String {
     format!(

@@ -154,17 +154,13 @@ pub fn enqueue_sql(e: &Enqueue<'_>) -> String {
     } else {
         "NULL".to_string()
     };
-    // The merged payload: T's members, but N's where N has them, except insert-only columns
-    // T has. Members are copied as JSON text (`->`), so numbers keep their digits.
-    let insert_only = format!(
-        "(SELECT value FROM json_each((SELECT definition FROM {tables} WHERE id = excluded.def), '$.insert_only'))"
+    // The insert-only column names of the record's definition, as a `json_each` source.
+    let insert_only_list = format!(
+        "json_each((SELECT definition FROM {tables} WHERE id = excluded.def), '$.insert_only')"
     );
     // Upsert after upsert, the usual case, in one C-level merge: N's payload patched with T's
     // insert-only members, looked up by name. A JSON null there would delete the member, and a
     // name with a double quote is no plain path, so either takes the general form below.
-    let insert_only_list = format!(
-        "json_each((SELECT definition FROM {tables} WHERE id = excluded.def), '$.insert_only')"
-    );
     let path = "('$.\"' || i.value || '\"')";
     let kept = format!(
         "(SELECT json_group_object(i.value, json({q}.payload -> {path})) FROM {insert_only_list} AS i
@@ -174,11 +170,13 @@ pub fn enqueue_sql(e: &Enqueue<'_>) -> String {
         "NOT EXISTS (SELECT 1 FROM {insert_only_list} AS i
            WHERE instr(i.value, '\"') OR json_type({q}.payload, {path}) = 'null')"
     );
+    // Otherwise: T's members, but N's where N has them, except insert-only columns T has.
+    // Members are copied as JSON text (`->`), so numbers keep their digits.
     let overlay = format!(
         "CASE WHEN excluded.op = 'upsert' AND {q}.op = 'upsert' AND {plain}
            THEN json_patch(excluded.payload, {kept})
          ELSE (SELECT json_group_object(k, json(v)) FROM (
-           SELECT n.key AS k, CASE WHEN n.key IN {insert_only} AND json_type({q}.payload, n.fullkey) IS NOT NULL
+           SELECT n.key AS k, CASE WHEN n.key IN (SELECT value FROM {insert_only_list}) AND json_type({q}.payload, n.fullkey) IS NOT NULL
              THEN {q}.payload -> n.fullkey ELSE excluded.payload -> n.fullkey END AS v
            FROM json_each(excluded.payload) AS n
            UNION ALL

@@ -70,12 +70,7 @@ impl Outbox {
             .query_map([&prefix], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         for name in old {
-            // `<prefix><table>_<16 hex digits>_insert`
-            let id = name
-                .strip_suffix("_insert")
-                .and_then(|n| n.get(n.len().saturating_sub(16)..))
-                .and_then(|hex| u64::from_str_radix(hex, 16).ok())
-                .map(|v| i64::from_ne_bytes(v.to_ne_bytes()));
+            let id = capture::definition_id_of(&name);
             let text: Option<String> = match id {
                 Some(id) => conn
                     .query_row(

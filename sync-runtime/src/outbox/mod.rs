@@ -89,7 +89,7 @@ pub struct Outbox {
     run_sql: String,
     define_sql: String,
     /// The newest record of a row.
-    newest_sql: String,
+    newest_of_row_sql: String,
 }
 
 impl Default for Outbox {
@@ -121,7 +121,8 @@ impl Outbox {
         let define_sql = format!(
             "INSERT INTO {tables} (id, table_name, definition, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (id) DO NOTHING"
         );
-        let newest_sql = format!("SELECT max(id) FROM {q} WHERE table_name = ?1 AND row_key = ?2");
+        let newest_of_row_sql =
+            format!("SELECT max(id) FROM {q} WHERE table_name = ?1 AND row_key = ?2");
         Outbox {
             table,
             q,
@@ -132,7 +133,7 @@ impl Outbox {
             insert_sql,
             run_sql,
             define_sql,
-            newest_sql,
+            newest_of_row_sql,
         }
     }
 

@@ -189,12 +189,16 @@ impl Outbox {
     /// again.
     fn raise_claimed(&self, conn: &Connection, records: &[RawRecord], fresh: bool) -> Result<()> {
         let claimed = records.iter().map(|r| r.id).max().unwrap_or(0);
-        let journaled: i64 = conn
-            .prepare_cached(&format!(
+        // A read-ahead only raises the mark, which already covers the journal.
+        let journaled: i64 = if fresh {
+            conn.prepare_cached(&format!(
                 "SELECT coalesce(max(value), 0) FROM {}, json_each(ids)",
                 self.journal
             ))?
-            .query_row([], |r| r.get(0))?;
+            .query_row([], |r| r.get(0))?
+        } else {
+            0
+        };
         conn.prepare_cached(&d1_sync_schema::queue::claim_mark_sql(&self.table))?
             .execute(params![claimed.max(journaled), fresh])?;
         Ok(())

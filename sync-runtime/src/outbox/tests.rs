@@ -46,6 +46,27 @@ fn put(conn: &Connection, o: &Outbox, key: &str) -> i64 {
 
 const LEASE: Duration = Duration::from_secs(60);
 
+/// A typed row for the tests of typed writes, with an insert-only column.
+#[derive(crate::D1Sync, Debug, Clone)]
+#[d1(table = "notes")]
+struct Note {
+    #[d1(primary_key)]
+    id: i64,
+    body: String,
+    #[d1(insert_only)]
+    created_at: i64,
+}
+
+/// A queue, and the `notes` table of [`Note`].
+fn notes() -> (Connection, Outbox) {
+    let (conn, o) = setup();
+    conn.execute_batch(
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL, created_at INTEGER NOT NULL)",
+    )
+    .unwrap();
+    (conn, o)
+}
+
 fn who() -> Claimant<'static> {
     Claimant {
         owner: "w",
@@ -318,20 +339,7 @@ fn a_version_1_queue_is_migrated_without_losing_a_record() {
 
 #[test]
 fn a_typed_record_carries_its_tables_definition_stored_once() {
-    #[derive(crate::D1Sync)]
-    #[d1(table = "notes")]
-    struct Note {
-        #[d1(primary_key)]
-        id: i64,
-        body: String,
-        #[d1(insert_only)]
-        created_at: i64,
-    }
-    let (mut conn, o) = setup();
-    conn.execute_batch(
-        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT, created_at INTEGER)",
-    )
-    .unwrap();
+    let (mut conn, o) = notes();
     let tx = conn.transaction().unwrap();
     for id in 0..3 {
         let note = Note {
@@ -523,26 +531,6 @@ mod coalescing {
     //! Coalescing as the typed writes and the worker's claims meet it.
 
     use super::*;
-    use crate::D1Sync;
-
-    #[derive(D1Sync, Debug, Clone)]
-    #[d1(table = "notes")]
-    struct Note {
-        #[d1(primary_key)]
-        id: i64,
-        body: String,
-        #[d1(insert_only)]
-        created_at: i64,
-    }
-
-    fn app() -> (Connection, Outbox) {
-        let (conn, o) = setup();
-        conn.execute_batch(
-            "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL, created_at INTEGER NOT NULL)",
-        )
-        .unwrap();
-        (conn, o)
-    }
 
     fn save(conn: &mut Connection, o: &Outbox, id: i64, body: &str, at: i64) -> Option<i64> {
         let tx = conn.transaction().unwrap();
@@ -567,7 +555,7 @@ mod coalescing {
 
     #[test]
     fn edits_of_a_row_merge_and_keep_the_first_insert_only_values() {
-        let (mut conn, o) = app();
+        let (mut conn, o) = notes();
         let first = save(&mut conn, &o, 1, "a", 10);
         for i in 0..999 {
             assert_eq!(save(&mut conn, &o, 1, &format!("edit {i}"), 20), first);
@@ -615,7 +603,7 @@ mod coalescing {
 
     #[test]
     fn a_claimed_record_is_never_merged_into() {
-        let (mut conn, o) = app();
+        let (mut conn, o) = notes();
         let first = save(&mut conn, &o, 1, "a", 10).unwrap();
         assert_eq!(claim(&mut conn, &o, "w", now_ms()), [first]);
         // The worker holds `first` (in memory, or in a request in flight): a new edit is a new
@@ -637,7 +625,7 @@ mod coalescing {
 
     #[test]
     fn a_record_set_back_coalesces_again_once_no_worker_holds_it() {
-        let (mut conn, o) = app();
+        let (mut conn, o) = notes();
         let first = save(&mut conn, &o, 1, "a", 10).unwrap();
         assert_eq!(claim(&mut conn, &o, "w", now_ms()), [first]);
         // The request failed: charged, due in an hour.
@@ -657,7 +645,7 @@ mod coalescing {
 
     #[test]
     fn a_journaled_request_keeps_its_records_out_of_reach() {
-        let (mut conn, o) = app();
+        let (mut conn, o) = notes();
         let first = save(&mut conn, &o, 1, "a", 10).unwrap();
         assert_eq!(claim(&mut conn, &o, "w", now_ms()), [first]);
         // Journaled and sent, its answer lost; it waits out a backoff before it goes again.

@@ -115,9 +115,6 @@ impl Outbox {
 
     /// Runs the local write `write` and queues its record (`op`, `payload`) for the row
     /// `row_key`, unless the write changed nothing (see [`Outbox::queue_written`]).
-    ///
-    /// The definition is stored first: an `INSERT`, so the caller's transaction is a write
-    /// transaction before anything in it reads (see [`Outbox::define`]).
     fn write_and_queue<T: SyncRow>(
         &self,
         tx: &Transaction<'_>,
@@ -126,15 +123,28 @@ impl Outbox {
         op: Op,
         payload: impl FnOnce() -> String,
     ) -> Result<Option<i64>> {
-        self.define::<T>(tx)?;
-        let before = tx.total_changes();
-        let n = write(tx)?;
-        if n == 0 {
+        let (changed, triggered) = self.write_locally::<T>(tx, write)?;
+        if changed == 0 {
             return Ok(None);
         }
-        let triggered = tx.total_changes() - before > n as u64;
         self.queue_written::<T>(tx, row_key, triggered, op, payload)
             .map(Some)
+    }
+
+    /// Runs the local write `write` of a `T` row: how many rows it changed, and whether it
+    /// changed more than its own (a trigger or a cascade ran).
+    ///
+    /// The definition is stored first: an `INSERT`, so the caller's transaction is a write
+    /// transaction before anything in it reads (see [`Outbox::define`]).
+    fn write_locally<T: SyncRow>(
+        &self,
+        tx: &Transaction<'_>,
+        write: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<usize>,
+    ) -> Result<(usize, bool)> {
+        self.define::<T>(tx)?;
+        let before = tx.total_changes();
+        let changed = write(tx)?;
+        Ok((changed, tx.total_changes() - before > changed as u64))
     }
 
     /// Queues the record of a local write just done, unless a capture trigger queued it during
@@ -225,12 +235,11 @@ impl Outbox {
     /// does not have is still deleted in D1.
     pub fn remove<T: SyncRow>(&self, tx: &Transaction<'_>, row: &T) -> Result<i64> {
         let key = row.key_values();
-        self.define::<T>(tx)?;
-        let before = tx.total_changes();
-        let removed = tx
-            .prepare_cached(T::DELETE_SQL)?
-            .execute(rusqlite::params_from_iter(key.iter()))?;
-        let triggered = tx.total_changes() - before > removed as u64;
+        // Queued even when nothing was deleted here: D1 may hold the row.
+        let (_, triggered) = self.write_locally::<T>(tx, |tx| {
+            tx.prepare_cached(T::DELETE_SQL)?
+                .execute(rusqlite::params_from_iter(key.iter()))
+        })?;
         // The key is the record's row key: a delete has nothing else to say.
         self.queue_written::<T>(
             tx,
@@ -244,7 +253,7 @@ impl Outbox {
     /// The id of the row's newest record (the one a capture trigger just queued or merged
     /// into).
     fn newest_of_row<T: SyncRow>(&self, conn: &Connection, row_key: &str) -> Result<Option<i64>> {
-        conn.prepare_cached(&self.newest_sql)
+        conn.prepare_cached(&self.newest_of_row_sql)
             .and_then(|mut s| s.query_row(params![T::TABLE, row_key], |r| r.get(0)))
             .map_err(|e| self.map_missing(e))
     }

@@ -67,14 +67,7 @@ pub(super) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
                 // A registry that disagrees with the queue stays so until the app is fixed.
                 let delay = inner.config.pause;
                 let reason = e.to_string();
-                {
-                    let mut live = lock(&inner.live);
-                    live.last_error = Some(reason.clone());
-                    live.state = WorkerState::Paused {
-                        until: SystemTime::now() + delay,
-                        reason: reason.clone(),
-                    };
-                }
+                wait_out(&inner, &reason, delay, true);
                 error!(error = %reason, pause_ms = delay.as_millis() as u64, "d1-sync paused: the registry disagrees with the queue; nothing is sent or dead-lettered");
                 hold = true;
                 wake = Some(now + delay);
@@ -83,14 +76,7 @@ pub(super) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
                 failures = failures.saturating_add(1);
                 let delay = inner.config.backoff.delay(failures, &mut rand::rng(), None);
                 let reason = format!("local queue: {e}");
-                {
-                    let mut live = lock(&inner.live);
-                    live.last_error = Some(reason.clone());
-                    live.state = WorkerState::BackingOff {
-                        until: SystemTime::now() + delay,
-                        reason: reason.clone(),
-                    };
-                }
+                wait_out(&inner, &reason, delay, false);
                 error!(error = %reason, delay_ms = delay.as_millis() as u64, "d1-sync backing off: the local queue failed");
                 hold = true;
                 wake = Some(now + delay);
@@ -113,23 +99,8 @@ pub(super) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
                         false,
                     ),
                 };
-                let until = SystemTime::now() + delay;
                 let reason = e.to_string();
-                {
-                    let mut live = lock(&inner.live);
-                    live.last_error = Some(reason.clone());
-                    live.state = if paused {
-                        WorkerState::Paused {
-                            until,
-                            reason: reason.clone(),
-                        }
-                    } else {
-                        WorkerState::BackingOff {
-                            until,
-                            reason: reason.clone(),
-                        }
-                    };
-                }
+                wait_out(&inner, &reason, delay, paused);
                 if paused {
                     error!(error = %reason, pause_ms = delay.as_millis() as u64, "d1-sync paused: the target refused the request; nothing is dead-lettered");
                 } else {
@@ -148,4 +119,18 @@ pub(super) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
     lock(&inner.live).state = WorkerState::Stopped;
     inner.ticks.send_modify(|t| t.stopped = true);
     info!("d1-sync worker stopped");
+}
+
+/// Records in the worker's live state that it waits `delay` for `reason`: paused (nothing is
+/// wrong with the records; the cause must go) or backing off.
+fn wait_out(inner: &Inner, reason: &str, delay: std::time::Duration, paused: bool) {
+    let until = SystemTime::now() + delay;
+    let reason = reason.to_string();
+    let mut live = lock(&inner.live);
+    live.last_error = Some(reason.clone());
+    live.state = if paused {
+        WorkerState::Paused { until, reason }
+    } else {
+        WorkerState::BackingOff { until, reason }
+    };
 }
