@@ -567,10 +567,11 @@ async fn bench_d1(peer: &D1Peer, quick: bool) -> Vec<Row> {
                             request: id,
                             statements: &r.statements,
                             changes: &chunk[r.range.clone()],
+                            checks: &r.checks,
                         })
                         .await
                         .unwrap();
-                    assert_eq!(applied, d1_sync::ledger::Applied::Now);
+                    assert_eq!(applied, d1_sync::ledger::Applied::now());
                     with_ledger += t.elapsed();
                 } else {
                     bare.query(&stripped).await.unwrap();
@@ -818,6 +819,7 @@ async fn latency_for(label: &'static str, target: impl Target + Clone, samples: 
                 request: &id,
                 statements: &[stmt],
                 changes: &[change],
+                checks: &[],
             })
             .await
             .unwrap();

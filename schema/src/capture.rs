@@ -28,6 +28,7 @@
 //!     primary_key: &["id"],
 //!     definition_id: 7,
 //!     coalesce: true,
+//!     version: None,
 //! };
 //! let sql = create_triggers_sql(&c);
 //! assert_eq!(sql.len(), 3);
@@ -56,6 +57,9 @@ pub struct Capture<'a> {
     pub definition_id: i64,
     /// Whether a record coalesces into the row's pending one (see [`crate::queue`]).
     pub coalesce: bool,
+    /// The version column of a versioned table (see [`crate::guard`]): a delete's record
+    /// carries the deleted row's version.
+    pub version: Option<&'a str>,
 }
 
 /// The start of the name of every capture trigger into `queue`: `d1_sync_capture_<queue>_`.
@@ -87,7 +91,7 @@ pub fn trigger_names(c: &Capture<'_>) -> [String; 3] {
 ///
 /// ```
 /// use d1_sync_schema::capture::{definition_id_of, trigger_names, Capture};
-/// let c = Capture { queue: "q", table: "t", columns: &["k"], primary_key: &["k"], definition_id: -7, coalesce: true };
+/// let c = Capture { queue: "q", table: "t", columns: &["k"], primary_key: &["k"], definition_id: -7, coalesce: true, version: None };
 /// assert!(trigger_names(&c).iter().all(|n| definition_id_of(n) == Some(-7)));
 /// assert_eq!(definition_id_of("d1_sync_capture_q_t_00000000000000ff_insert"), Some(255));
 /// ```
@@ -137,6 +141,8 @@ fn record(c: &Capture<'_>, op: &str, row: &str, with_payload: bool, when: &str) 
             .map(|col| format!("{}, {}", quote_literal(col), json_value(row, col)))
             .collect();
         format!("json_object({})", pairs.join(", "))
+    } else if let Some(v) = c.version {
+        format!("json_object({}, {})", quote_literal(v), json_value(row, v))
     } else {
         "'{}'".to_string()
     };
@@ -244,6 +250,7 @@ mod tests {
             primary_key: &["id"],
             definition_id: 42,
             coalesce: false,
+            version: None,
         };
         for sql in create_triggers_sql(&c) {
             conn.execute_batch(&sql).unwrap();
@@ -333,6 +340,7 @@ mod tests {
             primary_key: &["k", "n"],
             definition_id: 1,
             coalesce: true,
+            version: None,
         };
         for sql in create_triggers_sql(&c) {
             conn.execute_batch(&sql).unwrap();
@@ -349,6 +357,44 @@ mod tests {
                 "upsert".to_string(),
                 "{}".to_string()
             )]
+        );
+    }
+
+    #[test]
+    fn a_captured_delete_of_a_versioned_row_carries_its_version() {
+        let conn = Connection::open_in_memory().unwrap();
+        queue(&conn);
+        conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, v INTEGER NOT NULL)")
+            .unwrap();
+        let c = Capture {
+            queue: "q",
+            table: "t",
+            columns: &["id", "a", "v"],
+            primary_key: &["id"],
+            definition_id: 3,
+            coalesce: false,
+            version: Some("v"),
+        };
+        for sql in create_triggers_sql(&c) {
+            conn.execute_batch(&sql).unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO t VALUES (1, 'x', 7); UPDATE t SET id = 2, v = 8; DELETE FROM t;",
+        )
+        .unwrap();
+        let got = records(&conn);
+        let ops: Vec<(&str, &str)> = got
+            .iter()
+            .map(|(_, op, p)| (op.as_str(), p.as_str()))
+            .collect();
+        assert_eq!(
+            ops,
+            [
+                ("upsert", r#"{"a":"x","v":7}"#),
+                ("delete", r#"{"v":7}"#),
+                ("upsert", r#"{"a":"x","v":8}"#),
+                ("delete", r#"{"v":8}"#),
+            ]
         );
     }
 }

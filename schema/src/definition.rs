@@ -1,6 +1,6 @@
 //! A table's definition as d1-sync stores it beside queued records: the table, its column
-//! whitelist, its primary key and its insert-only columns, as one line of JSON, and a 64-bit
-//! id of that text.
+//! whitelist, its primary key, its insert-only columns and, with `#[d1(version)]`, its version
+//! column, as one line of JSON, and a 64-bit id of that text.
 //!
 //! The derive computes both at compile time; the runtime writes the definition into the
 //! queue's `<queue>_tables` the first time a record of it is queued, and every record carries
@@ -9,22 +9,26 @@
 //!
 //! ```
 //! use d1_sync_schema::definition::{definition_id, definition_json};
-//! let json = definition_json("notes", &["id", "body", "created_at"], &["id"], &["created_at"]);
+//! let json = definition_json("notes", &["id", "body", "created_at"], &["id"], &["created_at"], None);
 //! assert_eq!(
 //!     json,
 //!     r#"{"table":"notes","columns":["id","body","created_at"],"primary_key":["id"],"insert_only":["created_at"]}"#
 //! );
 //! assert_eq!(definition_id(&json), definition_id(&json.clone()));
-//! assert_ne!(definition_id(&json), definition_id(&definition_json("notes", &["id"], &["id"], &[])));
+//! assert_ne!(definition_id(&json), definition_id(&definition_json("notes", &["id"], &["id"], &[], None)));
+//! // A version column is named last; a table without one keeps the text (and id) it had.
+//! assert!(definition_json("notes", &["id", "v"], &["id"], &[], Some("v")).ends_with(r#","version":"v"}"#));
 //! ```
 
 /// The stored text of a table's definition: a JSON object with `table`, `columns`,
-/// `primary_key` and `insert_only`, in that order, names in the order given.
+/// `primary_key`, `insert_only` and, for a versioned table, `version`, in that order, names in
+/// the order given.
 pub fn definition_json(
     table: &str,
     columns: &[&str],
     primary_key: &[&str],
     insert_only: &[&str],
+    version: Option<&str>,
 ) -> String {
     let mut out = String::from("{\"table\":");
     push_string(&mut out, table);
@@ -43,6 +47,10 @@ pub fn definition_json(
             push_string(&mut out, c);
         }
         out.push(']');
+    }
+    if let Some(v) = version {
+        out.push_str(",\"version\":");
+        push_string(&mut out, v);
     }
     out.push('}');
     out
@@ -84,7 +92,7 @@ mod tests {
 
     #[test]
     fn names_that_need_escaping_stay_json() {
-        let json = definition_json("a\"b", &["c\\d", "e\nf"], &["c\\d"], &[]);
+        let json = definition_json("a\"b", &["c\\d", "e\nf"], &["c\\d"], &[], None);
         assert_eq!(
             json,
             r#"{"table":"a\"b","columns":["c\\d","e\u000af"],"primary_key":["c\\d"],"insert_only":[]}"#
@@ -96,7 +104,7 @@ mod tests {
         // FNV-1a test vectors.
         assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
-        let json = definition_json("t", &["id"], &["id"], &[]);
+        let json = definition_json("t", &["id"], &["id"], &[], None);
         assert_eq!(definition_id(&json) as u64, fnv1a(json.as_bytes()));
     }
 }

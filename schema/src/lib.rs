@@ -10,6 +10,8 @@
 //! - [`capture`]: the triggers that capture raw SQL writes into the outbox;
 //! - [`queue`]: the statement that queues a record, coalescing it into the row's pending one;
 //! - [`definition`]: a table's definition as stored beside queued records, and its id;
+//! - [`guard`]: the version guard of `#[d1(version)]` (no stale write overwrites a newer one)
+//!   and the tombstones that keep deletes;
 //! - [`limits`]: D1's documented limits, which the derive and the runtime respect;
 //! - [`load`]: schema files (D1 migrations) applied to an in-memory SQLite and read back
 //!   into the model — SQLite is the parser;
@@ -30,6 +32,7 @@
 
 pub mod capture;
 pub mod definition;
+pub mod guard;
 pub mod ledger;
 pub mod limits;
 pub mod load;

@@ -54,7 +54,7 @@ pub fn update_columns<'a>(
         .collect()
 }
 
-fn join_quoted(names: &[&str]) -> String {
+pub(crate) fn join_quoted(names: &[&str]) -> String {
     names
         .iter()
         .map(|c| quote_ident(c))
@@ -62,7 +62,11 @@ fn join_quoted(names: &[&str]) -> String {
         .join(", ")
 }
 
-fn conflict_clause(columns: &[&str], primary_key: &[&str], insert_only: &[&str]) -> String {
+pub(crate) fn conflict_clause(
+    columns: &[&str],
+    primary_key: &[&str],
+    insert_only: &[&str],
+) -> String {
     let updates = update_columns(columns, primary_key, insert_only);
     let target = join_quoted(primary_key);
     if updates.is_empty() {
@@ -164,7 +168,7 @@ pub fn delete_sql(table: &str, primary_key: &[&str]) -> String {
 }
 
 /// `"a" = ?first, "b" = ?first+1, ...` joined by `sep`.
-fn numbered_assignments(columns: &[&str], first: usize, sep: &str) -> String {
+pub(crate) fn numbered_assignments(columns: &[&str], first: usize, sep: &str) -> String {
     columns
         .iter()
         .enumerate()
@@ -231,7 +235,7 @@ fn json_exprs(n: usize, encodings: &[JsonEncoding]) -> String {
         .join(", ")
 }
 
-fn json_expr(index: usize, encoding: JsonEncoding) -> String {
+pub(crate) fn json_expr(index: usize, encoding: JsonEncoding) -> String {
     match encoding {
         JsonEncoding::Plain => format!("json_extract(value, '$[{index}]')"),
         JsonEncoding::Hex => format!("unhex(json_extract(value, '$[{index}]'))"),

@@ -35,6 +35,9 @@ impl Field<'_> {
     pub fn is_insert_only(&self) -> bool {
         self.attrs.insert_only.is_some()
     }
+    pub fn is_version(&self) -> bool {
+        self.attrs.version.is_some()
+    }
 }
 
 impl<'a> Container<'a> {
@@ -155,5 +158,9 @@ impl<'a> Container<'a> {
 
     pub fn key_fields(&self) -> impl Iterator<Item = &Field<'a>> {
         self.columns().filter(|f| f.is_key())
+    }
+    /// The version field (`#[d1(version)]`): the first one, if several (that is an error).
+    pub fn version_field(&self) -> Option<&Field<'a>> {
+        self.columns().find(|f| f.is_version())
     }
 }

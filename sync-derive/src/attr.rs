@@ -7,7 +7,7 @@ use syn::LitStr;
 use crate::ctxt::Ctxt;
 
 const CONTAINER_KEYS: &[&str] = &["table", "rename_all", "schema"];
-const FIELD_KEYS: &[&str] = &["primary_key", "rename", "insert_only", "skip"];
+const FIELD_KEYS: &[&str] = &["primary_key", "rename", "insert_only", "skip", "version"];
 
 /// `#[d1(...)]` on the struct.
 #[derive(Default)]
@@ -29,6 +29,8 @@ pub struct FieldAttrs {
     pub rename: Option<LitStr>,
     pub insert_only: Option<Span>,
     pub skip: Option<Span>,
+    /// `#[d1(version)]`: the column the version guard compares.
+    pub version: Option<Span>,
 }
 
 /// Reports an unknown key; returns the key it probably meant, if any.
@@ -114,6 +116,8 @@ pub fn field(cx: &mut Ctxt, attrs: &[syn::Attribute]) -> FieldAttrs {
                 Some(&mut out.insert_only)
             } else if meta.path.is_ident("skip") {
                 Some(&mut out.skip)
+            } else if meta.path.is_ident("version") {
+                Some(&mut out.version)
             } else {
                 None
             };

@@ -24,7 +24,12 @@ pub fn derive(input: &syn::DeriveInput) -> TokenStream {
         .filter(|f| f.is_insert_only())
         .map(|f| f.column.as_str())
         .collect();
-    let upsert = d1_sync_schema::sql::upsert_sql(&cont.table, &columns, &keys, &insert_only);
+    let version = cont.version_field().map(|f| f.column.as_str());
+    let upsert = match version {
+        // The local upsert guards the row: only a newer version overwrites it.
+        Some(v) => d1_sync_schema::guard::save_sql(&cont.table, &columns, &keys, &insert_only, v),
+        None => d1_sync_schema::sql::upsert_sql(&cont.table, &columns, &keys, &insert_only),
+    };
     let delete = d1_sync_schema::sql::delete_sql(&cont.table, &keys);
 
     let checked = schema_check::check(&mut cx, &cont, &upsert, &delete);
@@ -42,6 +47,39 @@ pub fn derive(input: &syn::DeriveInput) -> TokenStream {
         &delete,
         &checked,
     )
+}
+
+/// The version field's members: `VERSION`, `set_version`, and the checks of its type (an
+/// integer, never `NULL`) asked of the type itself, so an alias is seen through.
+fn version_items(cont: &Container) -> TokenStream {
+    let Some(f) = cont.version_field() else {
+        return quote! {};
+    };
+    let (ident, ty, column) = (f.ident, f.ty, &f.column);
+    let to_value = quote_spanned! {ty.span()=> <#ty as ::d1_sync::__private::ToValue> };
+    let not_integer = format!(
+        "the version `{ident}` must be an integer (i64, i32, u32, ...): the version guard compares integers"
+    );
+    let nullable = format!(
+        "the version `{ident}` cannot be nullable: every write must carry a version for D1 to compare"
+    );
+    quote_spanned! {ty.span()=>
+        const VERSION: ::core::option::Option<&'static str> = ::core::option::Option::Some(#column);
+        fn set_version(&mut self, version: i64) -> bool {
+            const _: () = match #to_value::KIND {
+                ::d1_sync::__private::ValueKind::Integer => {}
+                _ => ::core::panic!(#not_integer),
+            };
+            const _: () = if #to_value::NULLABLE { ::core::panic!(#nullable) };
+            match <#ty as ::core::convert::TryFrom<i64>>::try_from(version) {
+                ::core::result::Result::Ok(v) => {
+                    self.#ident = v;
+                    true
+                }
+                ::core::result::Result::Err(_) => false,
+            }
+        }
+    }
 }
 
 fn value_expr(f: &Field) -> TokenStream {
@@ -65,9 +103,15 @@ fn impl_sync_row(
     let ident = &cont.input.ident;
     let (impl_g, ty_g, where_c) = cont.input.generics.split_for_impl();
     let table = &cont.table;
-    let definition = d1_sync_schema::definition::definition_json(table, columns, keys, insert_only);
+    let version = cont.version_field().map(|f| f.column.as_str());
+    let definition =
+        d1_sync_schema::definition::definition_json(table, columns, keys, insert_only, version);
     let definition_id = d1_sync_schema::definition::definition_id(&definition);
-    let save = d1_sync_schema::sql::save_sql(table, columns, keys, insert_only);
+    let save = match version {
+        Some(_) => upsert.to_string(),
+        None => d1_sync_schema::sql::save_sql(table, columns, keys, insert_only),
+    };
+    let version_items = version_items(cont);
     let kinds = cont.columns().map(|f| {
         let ty = f.ty;
         quote_spanned! {ty.span()=> <#ty as ::d1_sync::__private::ToValue>::KIND }
@@ -97,6 +141,7 @@ fn impl_sync_row(
                 const DELETE_SQL: &'static str = #delete;
                 const DEFINITION: &'static str = #definition;
                 const DEFINITION_ID: i64 = #definition_id;
+                #version_items
                 fn values(&self) -> ::d1_sync::__private::Vec<::d1_sync::__private::Value> {
                     ::std::vec![#(#values),*]
                 }

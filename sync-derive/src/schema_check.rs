@@ -199,6 +199,18 @@ fn check_field(
         );
         return true;
     }
+    if f.is_version() && (col.affinity != d1_sync_schema::Affinity::Integer || !col.not_null) {
+        cx.error_at(
+            f.column_span,
+            format!(
+                "the version column `{}` of `{}` is declared `{}{}`; the version guard compares integers that every row has: declare it `INTEGER NOT NULL` in a migration",
+                col.name,
+                table.name,
+                col.decl_type,
+                if col.not_null { " NOT NULL" } else { "" }
+            ),
+        );
+    }
     checks.extend(type_checks(cont, table, col, f));
     true
 }

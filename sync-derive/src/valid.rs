@@ -42,6 +42,8 @@ pub fn check(cx: &mut Ctxt, cont: &Container) {
         }
     }
 
+    check_version(cx, cont);
+
     let mut seen: HashMap<&str, &syn::Ident> = HashMap::new();
     for f in cont.columns() {
         if let Some(first) = seen.get(f.column.as_str()) {
@@ -78,5 +80,58 @@ pub fn check(cx: &mut Ctxt, cont: &Container) {
                  and {MAX_BOUND_PARAMETERS} bound parameters per statement; skip some fields or split the table"
             ),
         );
+    }
+}
+
+/// `#[d1(version)]`: one field at most, a column of its own (not the key, not insert-only,
+/// not skipped), and not an `Option` (every write must carry a version). That its type is an
+/// integer is checked on the type itself (see `expand`), so aliases are seen through.
+fn check_version(cx: &mut Ctxt, cont: &Container) {
+    let mut first: Option<&syn::Ident> = None;
+    for f in &cont.fields {
+        let Some(span) = f.attrs.version else {
+            continue;
+        };
+        if let Some(first) = first {
+            cx.error_at(
+                span,
+                format!(
+                    "`{first}` is already the version; a table has one version column, so remove `version` from `{}`",
+                    f.ident
+                ),
+            );
+            continue;
+        }
+        first = Some(f.ident);
+        let clash = if f.is_key() {
+            Some("part of the primary key: a key never changes, so it cannot tell an older write from a newer one; version another column")
+        } else if f.is_insert_only() {
+            Some("insert-only, but every write must carry its version to D1; remove `insert_only`")
+        } else if f.attrs.skip.is_some() {
+            Some("skipped, so it would never reach D1; remove `skip`")
+        } else {
+            None
+        };
+        if let Some(why) = clash {
+            cx.error_at(span, format!("the version `{}` is {why}", f.ident));
+        } else if is_option(f.ty) {
+            cx.error_at(
+                span,
+                format!(
+                    "the version `{}` cannot be an `Option`: every write must carry a version for D1 to compare; use an integer such as `i64` (stamp it with `d1_sync::Hlc`)",
+                    f.ident
+                ),
+            );
+        }
+    }
+}
+
+/// Whether `ty` is written `Option<...>` (by any path ending in `Option`).
+fn is_option(ty: &syn::Type) -> bool {
+    match ty {
+        syn::Type::Path(p) => p.path.segments.last().is_some_and(|s| s.ident == "Option"),
+        syn::Type::Group(g) => is_option(&g.elem),
+        syn::Type::Paren(p) => is_option(&p.elem),
+        _ => false,
     }
 }

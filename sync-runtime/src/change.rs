@@ -97,6 +97,9 @@ pub struct Change {
     pub special: Vec<(usize, Special)>,
     /// Attempts charged so far.
     pub attempts: u32,
+    /// The version it carries, for a table with a version column (see [`TableDef::version`]).
+    /// A delete's columns then end with the version column.
+    pub version: Option<i64>,
 }
 
 /// A value that is not plain JSON on the wire (see [`Change::special`]).
@@ -132,12 +135,19 @@ impl Change {
             }
         }
         row.push(']');
+        let version = table
+            .version_position(&columns)
+            .and_then(|i| match values.get(i) {
+                Some(Value::Integer(v)) => Some(*v),
+                _ => None,
+            });
         Change {
             id,
             row_key,
             table,
             op,
             columns,
+            version,
             row,
             special,
             attempts: 0,
@@ -307,6 +317,10 @@ fn check_values<'a>(
         }
         Op::Delete => key_positions,
     };
+    let (positions, version) = match table.version.as_deref() {
+        None => (positions, None),
+        Some(v) => versioned(table, op, positions, by_col, v)?,
+    };
     let mut row = String::with_capacity(record.payload.len() + record.row_key.len());
     row.push('[');
     let mut special = Vec::new();
@@ -374,7 +388,48 @@ fn check_values<'a>(
         row,
         special,
         attempts: record.attempts,
+        version,
     })
+}
+
+/// The positions a change of a versioned table writes, with its version: every write carries
+/// one (a delete, the version of the row it deleted), an integer, or the guard could not
+/// compare it.
+fn versioned(
+    table: &TableDef,
+    op: Op,
+    mut positions: Vec<usize>,
+    by_col: &[Option<Result<Raw<'_>, String>>],
+    column: &str,
+) -> Result<(Vec<usize>, Option<i64>), String> {
+    let Some(i) = table.columns.iter().position(|c| c == column) else {
+        return Err(format!(
+            "version column `{column}` is not a column of table `{}`",
+            table.name
+        ));
+    };
+    let version = match &by_col[i] {
+        Some(Ok(Raw::Integer(v))) => *v,
+        None => {
+            return Err(format!(
+                "a {} of `{}` must carry its version `{column}`: the guard against stale writes compares it",
+                op.as_str(),
+                table.name
+            ))
+        }
+        Some(Err(e)) => return Err(format!("column `{column}`: {e}")),
+        Some(Ok(other)) => {
+            return Err(format!(
+                "version `{column}` of `{}` must be an integer, not {}",
+                table.name,
+                other.describe()
+            ))
+        }
+    };
+    if op == Op::Delete {
+        positions.push(i);
+    }
+    Ok((positions, Some(version)))
 }
 
 #[cfg(test)]
@@ -388,6 +443,7 @@ mod tests {
             columns: vec!["id".into(), "a".into(), "b".into()],
             primary_key: vec!["id".into()],
             insert_only: vec![],
+            version: None,
         });
         r
     }
@@ -476,6 +532,7 @@ mod tests {
             columns: (0..150).map(|i| format!("c{i}")).collect(),
             primary_key: vec!["c0".into()],
             insert_only: vec![],
+            version: None,
         });
         let mut cache = ColumnsCache::default();
         // Positions 5 and 133 share a bit modulo 128: they must not share a column list.

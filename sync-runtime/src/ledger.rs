@@ -71,36 +71,68 @@ impl std::fmt::Display for RequestId {
 }
 
 /// How a request that the target took was applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
-    /// Applied by this delivery.
-    Now,
+    /// Applied by this delivery. `superseded`: the records of versioned tables that the version
+    /// guard refused, because the target holds the same or a newer version of their row (see
+    /// [`d1_sync_schema::guard`]); they are done, not failed.
+    Now {
+        /// The records the guard refused.
+        superseded: Vec<Superseded>,
+    },
     /// Applied by an earlier delivery of the same request (whose answer was lost): the
-    /// ledger refused this one as a whole, and nothing was applied twice.
+    /// ledger refused this one as a whole, and nothing was applied twice. Which of its records
+    /// the version guard refused went with the lost answer.
     Before,
 }
 
-/// The statements that create the ledger in a target, if missing.
+impl Applied {
+    /// Applied now, every record taken.
+    pub fn now() -> Applied {
+        Applied::Now {
+            superseded: Vec::new(),
+        }
+    }
+}
+
+/// A record the version guard refused: the target holds its row at `held` (or a delete of it
+/// at `held`), the same as or newer than the version the record carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Superseded {
+    /// The record's queue id.
+    pub id: i64,
+    /// The version the target holds, where it could be read.
+    pub held: Option<i64>,
+}
+
+/// The statements that create the ledger, and the tombstones of versioned tables, in a
+/// target, if missing.
 pub fn create_statements() -> Vec<Statement> {
     ledger::create_sql(DEFAULT_TABLE)
         .into_iter()
+        .chain(std::iter::once(
+            d1_sync_schema::guard::create_tombstones_sql(),
+        ))
         .map(Statement::new)
         .collect()
 }
 
-/// Reads a target's answer to a request: a refusal by the ledger is [`Applied::Before`].
-pub fn outcome(result: Result<(), TargetError>) -> Result<Applied, TargetError> {
+/// Reads a target's answer to a request: a refusal by the ledger is [`Applied::Before`];
+/// `Ok` carries the records the version guard refused.
+pub fn outcome(result: Result<Vec<Superseded>, TargetError>) -> Result<Applied, TargetError> {
     match result {
-        Ok(()) => Ok(Applied::Now),
+        Ok(superseded) => Ok(Applied::Now { superseded }),
         Err(TargetError::Rejected(m)) if ledger::is_replay(&m) => Ok(Applied::Before),
         Err(e) => Err(e),
     }
 }
 
-/// Whether an error says the ledger table is missing (dropped by hand, or a database reset):
-/// the target creates it again and the request is retried, uncharged.
+/// Whether an error says the ledger table (or the tombstones') is missing (dropped by hand, or
+/// a database reset): the target creates them again and the request is retried, uncharged.
 pub fn is_missing(message: &str) -> bool {
-    message.contains(&format!("no such table: {DEFAULT_TABLE}"))
+    [DEFAULT_TABLE, d1_sync_schema::guard::TOMBSTONES]
+        .iter()
+        .any(|t| message.contains(&format!("no such table: {t}")))
 }
 
 #[cfg(test)]
@@ -114,7 +146,7 @@ mod tests {
             ledger::REPLAY_MESSAGE
         ));
         assert_eq!(outcome(Err(replay)), Ok(Applied::Before));
-        assert_eq!(outcome(Ok(())), Ok(Applied::Now));
+        assert_eq!(outcome(Ok(Vec::new())), Ok(Applied::now()));
         let other = TargetError::Rejected("UNIQUE constraint failed: people.email".into());
         assert_eq!(outcome(Err(other.clone())), Err(other));
         let id = RequestId {

@@ -11,6 +11,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use d1_sync_schema::guard::{self, Write};
 use d1_sync_schema::sql::{delete_json_sql, update_json_sql, upsert_json_sql, JsonEncoding};
 
 use crate::change::{Change, Op, Special};
@@ -92,6 +93,19 @@ pub struct Request {
     pub ids: Vec<i64>,
     /// Where its changes are in the slice given to [`pack`].
     pub range: std::ops::Range<usize>,
+    /// The statements that name the rows the version guard will refuse (versioned tables).
+    pub checks: Vec<StaleCheck>,
+}
+
+/// A statement of a request that lists the rows of the statement after it that the version
+/// guard will refuse ([`d1_sync_schema::guard::stale_json_sql`]): each result row is `i` (the
+/// row's position in that statement) and `v` (the version the target holds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaleCheck {
+    /// Its index in the request's statements.
+    pub statement: usize,
+    /// Which of the request's changes (a position in [`Request::ids`]) its row `0` stands for.
+    pub first: usize,
 }
 
 impl Request {
@@ -122,9 +136,38 @@ struct Shape<'a> {
     op: Op,
     columns: &'a [String],
     encodings: Vec<JsonEncoding>,
+    /// Versioned: where the key's columns and the version are in a row.
+    guard: Option<GuardShape>,
+}
+
+/// Where a versioned change's key and version are in its row.
+struct GuardShape {
+    key: Vec<usize>,
+    version: usize,
+}
+
+impl GuardShape {
+    fn of(c: &Change) -> Option<GuardShape> {
+        let version = c.table.version_position(&c.columns)?;
+        c.version?;
+        let key = c
+            .table
+            .primary_key
+            .iter()
+            .map(|k| c.columns.iter().position(|x| x == k))
+            .collect::<Option<Vec<usize>>>()?;
+        Some(GuardShape { key, version })
+    }
 }
 
 impl Shape<'_> {
+    /// Whether two rows of one key must go in separate statements: an update's (SQLite would
+    /// apply one of them) and a versioned write's (the check before it sees the table as it
+    /// was before the statement).
+    fn distinct_keys(&self) -> bool {
+        self.op == Op::Update || self.guard.is_some()
+    }
+
     /// Whether `c`, whose value encodings are `encodings`, has this shape. Changes of one
     /// shape share their column list, so the pointer check settles most comparisons.
     fn fits(&self, c: &Change, encodings: &[JsonEncoding]) -> bool {
@@ -155,37 +198,114 @@ fn encode_shape(c: &Change, encodings: &mut Vec<JsonEncoding>, bound: &mut Vec<P
     }
 }
 
-fn statement_sql(s: &Shape, c: &Change) -> String {
+/// The statements that apply a shape's rows (two for a versioned delete: its tombstones, then
+/// the deletes), all with the same parameters.
+fn statement_sql(s: &Shape, c: &Change) -> Vec<String> {
     let cols: Vec<&str> = s.columns.iter().map(String::as_str).collect();
     let pk: Vec<&str> = c.table.primary_key.iter().map(String::as_str).collect();
-    match s.op {
-        Op::Upsert => {
-            let io: Vec<&str> = c.table.insert_only.iter().map(String::as_str).collect();
-            upsert_json_sql(s.table, &cols, &s.encodings, &pk, &io)
-        }
-        Op::Update => update_json_sql(
+    let io: Vec<&str> = c.table.insert_only.iter().map(String::as_str).collect();
+    let key_len = pk.len().min(cols.len());
+    match (
+        s.op,
+        c.table.version.as_deref().filter(|_| s.guard.is_some()),
+    ) {
+        (Op::Upsert, None) => vec![upsert_json_sql(s.table, &cols, &s.encodings, &pk, &io)],
+        (Op::Update, None) => vec![update_json_sql(
             s.table,
             &pk,
-            &cols[pk.len().min(cols.len())..],
+            &cols[key_len..],
             &s.encodings,
-        ),
-        Op::Delete => delete_json_sql(s.table, &cols, &s.encodings),
+        )],
+        (Op::Delete, None) => vec![delete_json_sql(s.table, &cols, &s.encodings)],
+        (Op::Upsert, Some(v)) => vec![guard::upsert_json_sql(
+            s.table,
+            &cols,
+            &s.encodings,
+            &pk,
+            &io,
+            v,
+        )],
+        (Op::Update, Some(v)) => vec![guard::update_json_sql(
+            s.table,
+            &pk,
+            &cols[key_len..],
+            &s.encodings,
+            v,
+        )],
+        (Op::Delete, Some(v)) => guard::delete_json_sql(s.table, &pk, &s.encodings, v).to_vec(),
     }
+}
+
+/// The check sent before a versioned shape's statement, and whether its JSON holds whole rows
+/// (`false`: each row's key and version only, which is all it reads).
+fn check_sql(s: &Shape, c: &Change, single_row: bool) -> Option<(String, bool)> {
+    let g = s.guard.as_ref()?;
+    let v = c.table.version.as_deref()?;
+    let pk: Vec<&str> = c.table.primary_key.iter().map(String::as_str).collect();
+    let write = match s.op {
+        Op::Upsert => Write::Upsert,
+        Op::Update => Write::Update,
+        Op::Delete => Write::Delete,
+    };
+    // A delete's row is its key and version already; a row with a bound real is checked
+    // whole, with the same parameters.
+    let whole = s.op == Op::Delete || single_row;
+    let sql = if whole {
+        let cols: Vec<&str> = s.columns.iter().map(String::as_str).collect();
+        guard::stale_json_sql(write, s.table, &cols, &s.encodings, &pk, v)
+    } else {
+        let mut cols: Vec<&str> = pk.clone();
+        cols.push(v);
+        let encodings: Vec<JsonEncoding> = g
+            .key
+            .iter()
+            .chain(std::iter::once(&g.version))
+            .map(|&i| s.encodings.get(i).copied().unwrap_or(JsonEncoding::Plain))
+            .collect();
+        guard::stale_json_sql(write, s.table, &cols, &encodings, &pk, v)
+    };
+    Some((sql, whole))
+}
+
+/// Appends a row's key and version (`[k1, ..., v]`) to a check's JSON.
+fn push_key_and_version(json: &mut String, row: &str, g: &GuardShape) {
+    let spans = crate::codec::element_spans(row).unwrap_or_default();
+    json.push('[');
+    for (n, &i) in g.key.iter().chain(std::iter::once(&g.version)).enumerate() {
+        if n > 0 {
+            json.push(',');
+        }
+        match spans.get(i) {
+            Some(span) => json.push_str(&row[span.clone()]),
+            None => json.push_str("null"),
+        }
+    }
+    json.push(']');
 }
 
 struct Open<'a> {
     shape: Shape<'a>,
-    sql: String,
+    /// The statements applying the rows (one, or two for a versioned delete).
+    sql: Vec<String>,
     json: String,
     bound: Vec<Param>,
     rows: usize,
-    /// Row keys in this statement (kept for updates, whose keys must be distinct).
+    /// Row keys in this statement (kept when they must be distinct: see
+    /// [`Shape::distinct_keys`]).
     keys: HashSet<&'a str>,
+    /// A versioned shape's check: its SQL, its JSON (`None`: the rows' own), and where its row
+    /// `0` is in the request.
+    check: Option<(String, Option<String>)>,
+    first: usize,
 }
 
 impl Open<'_> {
     fn bytes(&self) -> usize {
-        self.sql.len() + self.json.len() + self.bound.len() * 24
+        let sql: usize = self.sql.iter().map(String::len).sum();
+        let check = self.check.as_ref().map_or(0, |(sql, json)| {
+            sql.len() + json.as_ref().map_or(self.json.len(), String::len)
+        });
+        sql + self.json.len() * self.sql.len() + check + self.bound.len() * 24
     }
 }
 
@@ -223,6 +343,7 @@ pub fn pack_with(changes: &[Change], limits: &PackLimits, sql: bool) -> Vec<Requ
                     statements: Vec::new(),
                     ids: changes[range.clone()].iter().map(|c| c.id).collect(),
                     range,
+                    checks: Vec::new(),
                 }
             })
             .collect();
@@ -248,7 +369,7 @@ pub fn pack_with(changes: &[Change], limits: &PackLimits, sql: bool) -> Vec<Requ
                 && o.rows < limits.max_rows_per_statement
                 && o.json.len() + 1 + row.len() < limits.max_param_bytes
                 && cur_bytes + o.bytes() + row.len() + 2 <= limits.max_request_bytes
-                && !(c.op == Op::Update && o.keys.contains(c.row_key.as_str()))
+                && !(o.shape.distinct_keys() && o.keys.contains(c.row_key.as_str()))
         });
         if !fits_open {
             close(&mut open, &mut cur, &mut cur_bytes);
@@ -257,10 +378,15 @@ pub fn pack_with(changes: &[Change], limits: &PackLimits, sql: bool) -> Vec<Requ
                 op: c.op,
                 columns: &c.columns,
                 encodings: encodings.clone(),
+                guard: GuardShape::of(c),
             };
             let sql = statement_sql(&shape, c);
-            let full = cur.statements.len() >= limits.max_statements
-                || cur_bytes + sql.len() + row.len() + 2 > limits.max_request_bytes;
+            let check = check_sql(&shape, c, single_row);
+            let more = sql.len() + usize::from(check.is_some());
+            let sql_bytes: usize = sql.iter().map(String::len).sum::<usize>()
+                + check.as_ref().map_or(0, |(s, _)| s.len());
+            let full = cur.statements.len() + more > limits.max_statements.max(more + 2)
+                || cur_bytes + sql_bytes + (row.len() + 2) * more > limits.max_request_bytes;
             if full && !cur.ids.is_empty() {
                 let next_start = cur.range.end;
                 requests.push(std::mem::replace(&mut cur, new_request(next_start, true)));
@@ -295,6 +421,8 @@ pub fn pack_with(changes: &[Change], limits: &PackLimits, sql: bool) -> Vec<Requ
                 bound: std::mem::take(&mut bound),
                 rows: 0,
                 keys: HashSet::new(),
+                check: check.map(|(sql, whole)| (sql, (!whole).then(|| String::from("[")))),
+                first: cur.ids.len(),
             });
         }
         if let Some(o) = open.as_mut() {
@@ -302,8 +430,14 @@ pub fn pack_with(changes: &[Change], limits: &PackLimits, sql: bool) -> Vec<Requ
                 o.json.push(',');
             }
             o.json.push_str(row);
+            if let (Some((_, Some(json))), Some(g)) = (o.check.as_mut(), o.shape.guard.as_ref()) {
+                if o.rows > 0 {
+                    json.push(',');
+                }
+                push_key_and_version(json, row, g);
+            }
             o.rows += 1;
-            if o.shape.op == Op::Update {
+            if o.shape.distinct_keys() {
                 o.keys.insert(&c.row_key);
             }
         }
@@ -324,7 +458,29 @@ fn close(open: &mut Option<Open>, cur: &mut Request, cur_bytes: &mut usize) {
         json.push(']');
         let mut params = vec![Param::Text(json)];
         params.extend(o.bound);
-        cur.statements.push(Statement { sql: o.sql, params });
+        if let Some((sql, own)) = o.check {
+            cur.checks.push(StaleCheck {
+                statement: cur.statements.len(),
+                first: o.first,
+            });
+            let params = match own {
+                Some(mut json) => {
+                    json.push(']');
+                    vec![Param::Text(json)]
+                }
+                None => params.clone(),
+            };
+            cur.statements.push(Statement { sql, params });
+        }
+        let n = o.sql.len();
+        for (i, sql) in o.sql.into_iter().enumerate() {
+            let params = if i + 1 == n {
+                std::mem::take(&mut params)
+            } else {
+                params.clone()
+            };
+            cur.statements.push(Statement { sql, params });
+        }
     }
 }
 
@@ -344,6 +500,7 @@ fn new_request(start: usize, sql: bool) -> Request {
         statements,
         ids: Vec::new(),
         range: start..start,
+        checks: Vec::new(),
     }
 }
 
@@ -368,6 +525,7 @@ mod tests {
             columns: vec!["id".into(), "v".into()],
             primary_key: vec!["id".into()],
             insert_only: vec![],
+            version: None,
         })
     }
 

@@ -171,6 +171,7 @@ mod tests {
             columns: columns.iter().map(|c| c.to_string()).collect(),
             primary_key: vec!["id".into()],
             insert_only: insert_only.iter().map(|c| c.to_string()).collect(),
+            version: None,
         }
     }
 

@@ -54,6 +54,16 @@ pub trait SyncRow {
     const DEFINITION: &'static str;
     /// The id of [`SyncRow::DEFINITION`], which each queued record carries.
     const DEFINITION_ID: i64;
+    /// The version column (`#[d1(version)]`), if the table has one: then no write carrying an
+    /// older version overwrites a newer one, locally or in D1 (see [`d1_sync_schema::guard`]).
+    const VERSION: Option<&'static str> = None;
+
+    /// Sets the version field to `version` (what [`crate::Hlc::stamp`] does): `false` when the
+    /// table has no version, or `version` does not fit the field's type.
+    fn set_version(&mut self, version: i64) -> bool {
+        let _ = version;
+        false
+    }
 
     /// The row's values, in `COLUMNS` order.
     fn values(&self) -> Vec<Value>;
@@ -67,6 +77,7 @@ pub trait SyncRow {
             columns: Self::COLUMNS.iter().map(|c| c.to_string()).collect(),
             primary_key: Self::PRIMARY_KEY.iter().map(|c| c.to_string()).collect(),
             insert_only: Self::INSERT_ONLY.iter().map(|c| c.to_string()).collect(),
+            version: Self::VERSION.map(str::to_string),
         }
     }
 }
@@ -84,6 +95,8 @@ pub struct TableDef {
     pub primary_key: Vec<String>,
     /// Insert-only columns.
     pub insert_only: Vec<String>,
+    /// The version column (`#[d1(version)]`), if any: every write of the table is guarded by it.
+    pub version: Option<String>,
 }
 
 impl TableDef {
@@ -99,7 +112,20 @@ impl TableDef {
                 .filter(|c| table.column(c).is_some())
                 .map(|c| c.to_string())
                 .collect(),
+            version: None,
         }
+    }
+
+    /// The same table, versioned by `column` (see [`SyncRow::VERSION`]).
+    pub fn with_version(mut self, column: impl Into<String>) -> TableDef {
+        self.version = Some(column.into());
+        self
+    }
+
+    /// Where the version column is in `columns`, if the table is versioned and it is there.
+    pub fn version_position(&self, columns: &[String]) -> Option<usize> {
+        let v = self.version.as_deref()?;
+        columns.iter().position(|c| c == v)
     }
 
     /// Whether `column` is in the whitelist.
@@ -117,6 +143,7 @@ impl TableDef {
             &names(&self.columns),
             &names(&self.primary_key),
             &names(&self.insert_only),
+            self.version.as_deref(),
         )
     }
 
@@ -134,6 +161,8 @@ impl TableDef {
             columns: Vec<String>,
             primary_key: Vec<String>,
             insert_only: Vec<String>,
+            #[serde(default)]
+            version: Option<String>,
         }
         let s: Stored = serde_json::from_str(json)
             .map_err(|e| format!("a stored table definition is not readable: {e}"))?;
@@ -142,6 +171,7 @@ impl TableDef {
             columns: s.columns,
             primary_key: s.primary_key,
             insert_only: s.insert_only,
+            version: s.version,
         })
     }
 
@@ -157,6 +187,7 @@ impl TableDef {
     ///     columns: cols.iter().map(|c| c.to_string()).collect(),
     ///     primary_key: vec!["id".into()],
     ///     insert_only: io.iter().map(|c| c.to_string()).collect(),
+    ///     version: None,
     /// };
     /// let now = def(&["id", "body", "created_at"], &["created_at"]);
     /// assert_eq!(now.difference(&def(&["id", "body"], &[])), Some(
@@ -188,6 +219,14 @@ impl TableDef {
                 "insert-only columns: the queued records have {}, this registry has {}",
                 list(&stored.insert_only),
                 list(&self.insert_only)
+            ));
+        }
+        if self.version != stored.version {
+            let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "none".into());
+            diffs.push(format!(
+                "version column: the queued records have {}, this registry has {}",
+                show(&stored.version),
+                show(&self.version)
             ));
         }
         let missing: Vec<String> = stored

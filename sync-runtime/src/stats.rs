@@ -51,6 +51,9 @@ pub struct Stats {
     pub records_synced: u64,
     /// Records dead-lettered since start.
     pub records_failed: u64,
+    /// Of `records_synced`, those the version guard refused since start: D1 held the same or a
+    /// newer version of their row (see [`crate::Outbox::conflicts`]). Not an error.
+    pub records_superseded: u64,
     /// Requests sent since start.
     pub requests: u64,
     /// Requests that failed since start.

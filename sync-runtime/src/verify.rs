@@ -184,6 +184,7 @@ mod tests {
             columns: vec!["id".into(), "v".into()],
             primary_key: vec!["id".into()],
             insert_only: vec![],
+            version: None,
         };
         assert_eq!(
             dump_local(&conn, &def).unwrap(),

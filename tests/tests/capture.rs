@@ -386,6 +386,7 @@ async fn capture_is_refused_with_the_reason() {
         columns: cols.iter().map(|c| c.to_string()).collect(),
         primary_key: key.iter().map(|c| c.to_string()).collect(),
         insert_only: vec![],
+        version: None,
     };
     let refused =
         |d: d1_sync::TableDef| f.outbox.capture_table(&f.app, &d).unwrap_err().to_string();

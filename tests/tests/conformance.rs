@@ -289,12 +289,13 @@ async fn a_request_applied_before_is_refused_as_a_whole_by_the_ledger(f: Fixture
                     request: &id,
                     statements: &request.statements,
                     changes: &changes,
+                    checks: &request.checks,
                 })
                 .await
         }
     };
     let first = RequestId::new("00000000000000aa", 1);
-    assert_eq!(send(first.clone(), "one").await, Ok(Applied::Now));
+    assert_eq!(send(first.clone(), "one").await, Ok(Applied::now()));
     // Sent again with other content: refused as a whole, nothing of it applied.
     assert_eq!(send(first.clone(), "two").await, Ok(Applied::Before));
     let rows = f.target.dump(&Message::table_def()).await;
@@ -302,7 +303,7 @@ async fn a_request_applied_before_is_refused_as_a_whole_by_the_ledger(f: Fixture
     // Same stream and seq, another nonce: a new request.
     assert_eq!(
         send(RequestId::new("00000000000000aa", 1), "three").await,
-        Ok(Applied::Now)
+        Ok(Applied::now())
     );
     // A ledger dropped by hand: the request is not charged (a transient error), and the
     // next try makes the ledger again.
@@ -312,6 +313,6 @@ async fn a_request_applied_before_is_refused_as_a_whole_by_the_ledger(f: Fixture
         send(again.clone(), "four").await,
         Err(TargetError::Transient(_))
     ));
-    assert_eq!(send(again.clone(), "four").await, Ok(Applied::Now));
+    assert_eq!(send(again.clone(), "four").await, Ok(Applied::now()));
     assert_eq!(send(again, "five").await, Ok(Applied::Before));
 }

@@ -166,6 +166,7 @@ async fn a_real_typo_is_still_charged_and_dead_lettered_with_d1s_message() {
         .to_vec(),
         primary_key: vec!["id".into()],
         insert_only: vec![],
+        version: None,
     });
     let mut payload: serde_json::Value =
         serde_json::from_str(&message_payload("m1", None)).unwrap();

@@ -31,6 +31,17 @@ pub enum Raw<'a> {
 }
 
 impl Raw<'_> {
+    /// What kind of value it is, for messages: `null`, `an integer`, `a real`, `text`, `a blob`.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Raw::Null => "null",
+            Raw::Integer(_) => "an integer",
+            Raw::Real(_) => "a real",
+            Raw::Text { .. } => "text",
+            Raw::Blob { .. } => "a blob",
+        }
+    }
+
     /// The bytes it stores, as [`Value::size`] counts them.
     pub fn size(&self) -> usize {
         match self {

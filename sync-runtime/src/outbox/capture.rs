@@ -106,6 +106,7 @@ impl Outbox {
             primary_key: &key,
             definition_id: def.definition_id(),
             coalesce: self.coalesce,
+            version: def.version.as_deref(),
         };
         let names = capture::trigger_names(&c);
         let prefix = capture::trigger_prefix(&self.table, &def.name);

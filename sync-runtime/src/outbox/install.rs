@@ -20,7 +20,9 @@ use crate::error::{Error, Result};
 ///    come from `AUTOINCREMENT` (seeded above every id the queue and its log have seen), so
 ///    they are never given twice. Capture triggers of the first form are replaced by ones that
 ///    keep the run.
-pub(super) const QUEUE_VERSION: i64 = 5;
+/// 6. Records the version guard refused are logged in `<queue>_conflicts` (see
+///    [`Outbox::conflicts`]).
+pub(super) const QUEUE_VERSION: i64 = 6;
 
 impl Outbox {
     /// Creates the queue table (and its indexes) if missing, or migrates it; refuses a queue
@@ -157,6 +159,7 @@ impl Outbox {
             rows = self.index("rows"),
             state = d1_sync_schema::queue::create_state_sql(&self.table),
         ))?;
+        conn.execute_batch(&self.create_conflicts_sql())?;
         self.upgrade_capture(conn)?;
         conn.execute(
             "INSERT INTO d1_sync_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",

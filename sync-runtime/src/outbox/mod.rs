@@ -36,6 +36,7 @@
 //! (pending records and dead letters), and an acknowledgement never rewrites a payload.
 
 mod capture;
+mod conflicts;
 mod install;
 mod operator;
 mod protocol;
@@ -49,6 +50,8 @@ use rusqlite::Connection;
 use crate::error::{Error, Result};
 
 pub(crate) use crate::clock::now_ms;
+pub use conflicts::Conflict;
+pub(crate) use conflicts::Stale;
 pub use operator::{Counts, DeadLetter, Lease, Selection};
 pub(crate) use protocol::{Claim, Claimant, Refusal, Setback};
 
@@ -82,6 +85,8 @@ pub struct Outbox {
     journal: String,
     /// The quoted name of the table definitions records were written under.
     tables: String,
+    /// The quoted name of the conflicts log.
+    conflicts: String,
     /// Whether records coalesce into their row's pending record (see [`Outbox::coalescing`]).
     coalesce: bool,
     insert_sql: String,
@@ -116,6 +121,7 @@ impl Outbox {
         let log = d1_sync_schema::sql::quote_ident(&format!("{table}_synced"));
         let journal = d1_sync_schema::sql::quote_ident(&format!("{table}_requests"));
         let tables = d1_sync_schema::sql::quote_ident(&format!("{table}_tables"));
+        let conflicts = d1_sync_schema::sql::quote_ident(&format!("{table}_conflicts"));
         // Written before each typed record, in its transaction: once the definition is there,
         // a lookup of its id and nothing written.
         let define_sql = format!(
@@ -129,6 +135,7 @@ impl Outbox {
             log,
             journal,
             tables,
+            conflicts,
             coalesce: true,
             insert_sql,
             run_sql,

@@ -23,6 +23,9 @@ pub struct Counts {
     pub synced: u64,
     /// Dead letters.
     pub failed: u64,
+    /// Entries in the conflicts log: the newest records the version guard refused because D1
+    /// held the same or a newer version of their row (see [`Outbox::conflicts`]).
+    pub superseded: u64,
     /// `created_at` (ms) of the oldest pending record.
     pub oldest_unsynced_ms: Option<i64>,
 }
@@ -128,6 +131,7 @@ impl Outbox {
             .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
             .map_err(|e| self.map_missing(e))
             .map(|n| u64::try_from(n).unwrap_or(0))?;
+        c.superseded = self.conflicts_logged(conn)?;
         c.oldest_unsynced_ms = conn
             .query_row(
                 &format!(

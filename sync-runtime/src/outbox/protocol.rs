@@ -207,17 +207,31 @@ impl Outbox {
     /// Marks records synced (they must still be pending): moves them from the queue to the
     /// synced log and forgets the journaled request `seq` that carried them, in one
     /// transaction. Returns how many moved.
+    #[cfg(test)]
     pub(crate) fn mark_synced(
         &self,
         conn: &mut Connection,
         ids: &[i64],
         seq: Option<i64>,
     ) -> Result<usize> {
+        self.acknowledge(conn, ids, seq, &[])
+    }
+
+    /// [`Outbox::mark_synced`], logging first the records among `ids` that the version guard
+    /// refused (`stale`) in the conflicts log.
+    pub(crate) fn acknowledge(
+        &self,
+        conn: &mut Connection,
+        ids: &[i64],
+        seq: Option<i64>,
+        stale: &[super::Stale],
+    ) -> Result<usize> {
         let ids = ids_json(ids);
         let tx = conn.transaction()?;
         if let Some(seq) = seq {
             self.unjournal(&tx, seq)?;
         }
+        self.log_conflicts(&tx, stale)?;
         tx.prepare_cached(&sql::log_synced(self))?
             .execute(params![now_ms(), ids])?;
         let n = tx
@@ -422,10 +436,15 @@ impl Outbox {
 
     /// Trims the synced log to its newest `keep` entries. Returns how many went. Pending
     /// records and dead letters are never touched.
+    ///
+    /// The conflicts log (see [`Outbox::conflicts`]) is trimmed to its newest `keep` entries too.
     pub fn purge(&self, conn: &Connection, keep: usize) -> Result<usize> {
-        conn.prepare_cached(&sql::purge(self))?
+        let n = conn
+            .prepare_cached(&sql::purge(self))?
             .execute([i64::try_from(keep).unwrap_or(i64::MAX)])
-            .map_err(|e| self.map_missing(e))
+            .map_err(|e| self.map_missing(e))?;
+        self.purge_conflicts(conn, keep)?;
+        Ok(n)
     }
 }
 

@@ -208,7 +208,10 @@ impl Outbox {
             .copied()
             .filter(|c| columns.contains(c))
             .collect();
-        let sql = d1_sync_schema::sql::update_changed_sql(T::TABLE, T::PRIMARY_KEY, &set);
+        let sql = match T::VERSION {
+            Some(v) => d1_sync_schema::guard::update_local_sql(T::TABLE, T::PRIMARY_KEY, &set, v),
+            None => d1_sync_schema::sql::update_changed_sql(T::TABLE, T::PRIMARY_KEY, &set),
+        };
         let values = row.values();
         let key = codec::stored_array(&row.key_values());
         let value_of = |c: &str| T::COLUMNS.iter().position(|x| *x == c).map(|i| &values[i]);
@@ -233,20 +236,38 @@ impl Outbox {
     /// caller's transaction; returns the record's id. Foreign keys cascade locally as they will
     /// on D1. On a captured table the trigger queues the record, once. A row the local file
     /// does not have is still deleted in D1.
+    ///
+    /// On a versioned table (`#[d1(version)]`) the delete carries the version of the local row
+    /// it deleted (`row`'s own when the local file has no such row), and D1 deletes its row
+    /// only if that row is not newer.
     pub fn remove<T: SyncRow>(&self, tx: &Transaction<'_>, row: &T) -> Result<i64> {
         let key = row.key_values();
+        let mut deleted: Option<i64> = None;
         // Queued even when nothing was deleted here: D1 may hold the row.
-        let (_, triggered) = self.write_locally::<T>(tx, |tx| {
-            tx.prepare_cached(T::DELETE_SQL)?
-                .execute(rusqlite::params_from_iter(key.iter()))
+        let (_, triggered) = self.write_locally::<T>(tx, |tx| match T::VERSION {
+            Some(v) => {
+                let sql = d1_sync_schema::guard::delete_local_sql(T::TABLE, T::PRIMARY_KEY, v);
+                let mut stmt = tx.prepare_cached(&sql)?;
+                let mut rows = stmt.query(rusqlite::params_from_iter(key.iter()))?;
+                let mut n = 0;
+                while let Some(r) = rows.next()? {
+                    deleted = r.get(0)?;
+                    n += 1;
+                }
+                Ok(n)
+            }
+            None => tx
+                .prepare_cached(T::DELETE_SQL)?
+                .execute(rusqlite::params_from_iter(key.iter())),
         })?;
-        // The key is the record's row key: a delete has nothing else to say.
+        // The key is the record's row key: a delete has nothing else to say but its version.
+        let payload = delete_payload(row, deleted)?;
         self.queue_written::<T>(
             tx,
             &codec::stored_array(&key),
             triggered,
             Op::Delete,
-            || "{}".to_string(),
+            || payload,
         )
     }
 
@@ -306,17 +327,32 @@ impl Outbox {
 
     /// Only queues a delete of the row for D1; deletes nothing locally (see
     /// [`Outbox::remove`]).
+    ///
+    /// On a versioned table the delete carries `row`'s version.
     pub fn enqueue_delete<T: SyncRow>(&self, tx: &Transaction<'_>, row: &T) -> Result<i64> {
-        self.enqueue_delete_key::<T>(tx, &row.key_values())
+        let payload = delete_payload(row, None)?;
+        self.enqueue::<T>(
+            tx,
+            &codec::stored_array(&row.key_values()),
+            Op::Delete,
+            payload,
+        )
     }
 
     /// Only queues a delete by key values (in `T::PRIMARY_KEY` order) for D1; deletes nothing
-    /// locally.
+    /// locally. Refused on a versioned table, whose delete must carry a version: use
+    /// [`Outbox::enqueue_delete`] with the row.
     pub fn enqueue_delete_key<T: SyncRow>(
         &self,
         tx: &Transaction<'_>,
         key: &[Value],
     ) -> Result<i64> {
+        if let Some(v) = T::VERSION {
+            return Err(Error::Config(format!(
+                "`{}` is versioned by `{v}`: a delete must carry the version of the row it deletes; use `enqueue_delete` with the row",
+                T::TABLE
+            )));
+        }
         if key.len() != T::PRIMARY_KEY.len() {
             return Err(Error::KeyArity {
                 table: T::TABLE.to_string(),
@@ -351,11 +387,42 @@ fn update_payload<T: SyncRow>(values: &[Value], columns: &[&str]) -> String {
     )
 }
 
-/// The columns a patch may set: named, in the whitelist, not key or insert-only.
+/// The payload of a delete: `{}`, or on a versioned table the version it carries — `deleted`
+/// (the local row's) when there was one, else `row`'s.
+fn delete_payload<T: SyncRow>(row: &T, deleted: Option<i64>) -> Result<String> {
+    let Some(v) = T::VERSION else {
+        return Ok("{}".to_string());
+    };
+    let version = match deleted {
+        Some(d) => Value::Integer(d),
+        None => {
+            let i = T::COLUMNS.iter().position(|c| *c == v);
+            match i.map(|i| row.values().swap_remove(i)) {
+                Some(Value::Integer(n)) => Value::Integer(n),
+                _ => {
+                    return Err(Error::Config(format!(
+                        "`{}`: the version `{v}` of the row to delete is not an integer",
+                        T::TABLE
+                    )))
+                }
+            }
+        }
+    };
+    Ok(codec::stored_object([(v, &version)].into_iter()))
+}
+
+/// The columns a patch may set: named, in the whitelist, not key or insert-only; on a
+/// versioned table, the version among them.
 fn check_patch<T: SyncRow>(columns: &[&str]) -> Result<()> {
     if columns.is_empty() {
         return Err(Error::Config(format!(
             "an update of `{}` must name at least one column",
+            T::TABLE
+        )));
+    }
+    if let Some(v) = T::VERSION.filter(|v| !columns.contains(v)) {
+        return Err(Error::Config(format!(
+            "an update of `{}` must set its version `{v}` too (stamp a newer one): the guard against stale writes compares it",
             T::TABLE
         )));
     }

@@ -337,6 +337,48 @@ pub fn result_column(result: &[serde_json::Value], column: &str) -> Vec<String> 
         .unwrap_or_default()
 }
 
+/// The records the version guard refused, read from the result rows of the batch's checks in
+/// D1's answer (already classified as a success).
+fn superseded(batch: &Batch<'_>, body: &[u8]) -> Vec<super::Superseded> {
+    if batch.checks.is_empty() {
+        return Vec::new();
+    }
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        result: Vec<Results>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Results {
+        #[serde(default)]
+        results: Vec<Row>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Row {
+        i: i64,
+        v: Option<String>,
+    }
+    let Ok(answer) = serde_json::from_slice::<Answer>(body) else {
+        return Vec::new();
+    };
+    batch
+        .checks
+        .iter()
+        .flat_map(|check| {
+            let rows = answer
+                .result
+                .get(check.statement)
+                .map(|r| {
+                    r.results
+                        .iter()
+                        .map(|row| (row.i, row.v.as_deref().and_then(|v| v.parse().ok())))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+            batch.superseded(check, rows)
+        })
+        .collect()
+}
+
 fn describe_reqwest(e: &reqwest::Error) -> String {
     // reqwest's Display includes the URL, which holds ids but no secret.
     let kind = if e.is_timeout() {
@@ -367,7 +409,7 @@ impl Target for D1Http {
                         .store(false, std::sync::atomic::Ordering::Release);
                     Err(TargetError::Transient(m))
                 }
-                answer => ledger::outcome(answer),
+                answer => ledger::outcome(answer.map(|()| superseded(&batch, &body))),
             }
         })
     }

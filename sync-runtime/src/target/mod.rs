@@ -16,8 +16,8 @@ pub use d1_http::{result_column, D1Config, D1Http};
 pub use sqlite::{SqliteMode, SqliteTarget};
 
 pub use crate::change::Change;
-pub use crate::ledger::{Applied, RequestId};
-pub use crate::pack::{PackLimits, Param, Statement};
+pub use crate::ledger::{Applied, RequestId, Superseded};
+pub use crate::pack::{PackLimits, Param, StaleCheck, Statement};
 use crate::row::TableDef;
 
 /// A boxed future, so targets can be used as trait objects.
@@ -36,6 +36,30 @@ pub struct Batch<'a> {
     pub statements: &'a [Statement],
     /// The changes, in queue order.
     pub changes: &'a [Change],
+    /// Which statements list the rows the version guard will refuse: a target that runs
+    /// [`Batch::statements`] reads their result rows (`i`, `v`) and answers the changes they
+    /// name as [`Superseded`].
+    pub checks: &'a [StaleCheck],
+}
+
+impl Batch<'_> {
+    /// The records a check's result rows name: `rows` holds `(i, v)` pairs of the check at
+    /// `check`.
+    pub fn superseded(
+        &self,
+        check: &StaleCheck,
+        rows: impl IntoIterator<Item = (i64, Option<i64>)>,
+    ) -> Vec<Superseded> {
+        rows.into_iter()
+            .filter_map(|(i, held)| {
+                let at = check.first.checked_add(usize::try_from(i).ok()?)?;
+                Some(Superseded {
+                    id: self.changes.get(at)?.id,
+                    held,
+                })
+            })
+            .collect()
+    }
 }
 
 /// A database that applies a request atomically, all or none, and exactly once.

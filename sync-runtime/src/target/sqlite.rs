@@ -5,15 +5,20 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use d1_sync_schema::guard::{self, Write};
 use d1_sync_schema::sql::{delete_sql, update_sql, upsert_sql};
 use rusqlite::{params_from_iter, Connection, ErrorCode};
 
-use super::{Applied, Batch, BoxFuture, PackLimits, RequestId, Statement, Target, TargetError};
+use super::{
+    Applied, Batch, BoxFuture, PackLimits, RequestId, StaleCheck, Statement, Superseded, Target,
+    TargetError,
+};
 use crate::change::{Change, Op};
 use crate::error::Error;
 use crate::ledger;
 use crate::pack::DEFER_FOREIGN_KEYS;
 use crate::row::TableDef;
+use crate::value::Value;
 
 /// How a [`SqliteTarget`] applies a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +99,7 @@ impl SqliteTarget {
     pub async fn execute_statements(&self, statements: &[Statement]) -> Result<(), TargetError> {
         let conn = self.conn.clone();
         let statements = statements.to_vec();
-        blocking(move || apply_statements(&mut lock(&conn), &statements)).await
+        blocking(move || apply_statements(&mut lock(&conn), &statements, &[]).map(drop)).await
     }
 }
 
@@ -125,28 +130,98 @@ fn classify(e: rusqlite::Error) -> TargetError {
     }
 }
 
-fn apply_statements(conn: &mut Connection, statements: &[Statement]) -> Result<(), TargetError> {
+/// Runs `statements` in one transaction; the result rows `(i, v)` of the statements `checks`
+/// name come back with the check's index in `checks`.
+fn apply_statements(
+    conn: &mut Connection,
+    statements: &[Statement],
+    checks: &[StaleCheck],
+) -> Result<Vec<(usize, i64, Option<i64>)>, TargetError> {
     let tx = conn.transaction().map_err(classify)?;
-    for s in statements {
+    let mut refused = Vec::new();
+    for (n, s) in statements.iter().enumerate() {
         let mut stmt = tx.prepare_cached(&s.sql).map_err(classify)?;
-        stmt.execute(params_from_iter(s.params.iter()))
-            .map_err(classify)?;
+        match checks.iter().position(|c| c.statement == n) {
+            Some(k) => {
+                let mut rows = stmt
+                    .query(params_from_iter(s.params.iter()))
+                    .map_err(classify)?;
+                while let Some(r) = rows.next().map_err(classify)? {
+                    let i: i64 = r.get(0).map_err(classify)?;
+                    let v: Option<String> = r.get(1).map_err(classify)?;
+                    refused.push((k, i, v.and_then(|v| v.parse().ok())));
+                }
+            }
+            None => {
+                stmt.execute(params_from_iter(s.params.iter()))
+                    .map_err(classify)?;
+            }
+        }
     }
-    tx.commit().map_err(classify)
+    tx.commit().map_err(classify)?;
+    Ok(refused)
 }
 
-/// The one-row SQL of a change's shape.
-fn row_sql(c: &Change) -> String {
+/// The one-row SQL of a change's shape: for a versioned change, the read of the versions the
+/// target holds for its key (see [`guard::refusing`]), then the guarded statements.
+struct RowSql {
+    versions: Option<String>,
+    apply: Vec<String>,
+}
+
+fn row_sql(c: &Change) -> RowSql {
     let cols: Vec<&str> = c.columns.iter().map(String::as_str).collect();
     let pk: Vec<&str> = c.table.primary_key.iter().map(String::as_str).collect();
-    match c.op {
-        Op::Upsert => {
-            let io: Vec<&str> = c.table.insert_only.iter().map(String::as_str).collect();
-            upsert_sql(&c.table.name, &cols, &pk, &io)
-        }
-        Op::Update => update_sql(&c.table.name, &pk, &cols[pk.len().min(cols.len())..]),
-        Op::Delete => delete_sql(&c.table.name, &cols),
+    let io: Vec<&str> = c.table.insert_only.iter().map(String::as_str).collect();
+    let set = &cols[pk.len().min(cols.len())..];
+    let name = &c.table.name;
+    match c.table.version.as_deref().filter(|_| c.version.is_some()) {
+        None => RowSql {
+            versions: None,
+            apply: vec![match c.op {
+                Op::Upsert => upsert_sql(name, &cols, &pk, &io),
+                Op::Update => update_sql(name, &pk, set),
+                Op::Delete => delete_sql(name, &cols),
+            }],
+        },
+        Some(v) => RowSql {
+            versions: Some(guard::versions_row_sql(name, &pk, v)),
+            apply: match c.op {
+                Op::Upsert => vec![guard::upsert_row_sql(name, &cols, &pk, &io, v)],
+                Op::Update => vec![guard::update_row_sql(name, &pk, set, v)],
+                Op::Delete => guard::delete_row_sql(name, &pk, v).to_vec(),
+            },
+        },
     }
+}
+
+/// The version that refuses a versioned change, if any: read from the target in `tx`.
+fn refused_by(
+    tx: &rusqlite::Transaction<'_>,
+    versions: &str,
+    c: &Change,
+    values: &[Value],
+) -> Result<Option<i64>, TargetError> {
+    let Some(sent) = c.version else {
+        return Ok(None);
+    };
+    let key: Vec<&Value> = c
+        .table
+        .primary_key
+        .iter()
+        .filter_map(|k| c.columns.iter().position(|x| x == k))
+        .filter_map(|i| values.get(i))
+        .collect();
+    let (row, tombstone): (Option<i64>, Option<i64>) = tx
+        .prepare_cached(versions)
+        .and_then(|mut st| st.query_row(params_from_iter(key), |r| Ok((r.get(0)?, r.get(1)?))))
+        .map_err(classify)?;
+    let write = match c.op {
+        Op::Upsert => Write::Upsert,
+        Op::Update => Write::Update,
+        Op::Delete => Write::Delete,
+    };
+    Ok(guard::refusing(write, sent, row, tombstone))
 }
 
 fn same_shape(a: &Change, b: &Change) -> bool {
@@ -198,19 +273,35 @@ fn apply_rows(
         // Dropping the transaction rolls it back: a replay applies nothing.
         return ledger::outcome(Err(e));
     }
-    let mut sql = String::new();
+    let mut sql = RowSql {
+        versions: None,
+        apply: Vec::new(),
+    };
     let mut prev: Option<&Change> = None;
+    let mut superseded = Vec::new();
     for c in changes {
         if !prev.is_some_and(|p| same_shape(p, c)) {
             sql = row_sql(c);
         }
         prev = Some(c);
-        let mut stmt = tx.prepare_cached(&sql).map_err(classify)?;
-        stmt.execute(params_from_iter(c.values()))
-            .map_err(classify)?;
+        let values = c.values();
+        if let Some(versions) = &sql.versions {
+            if let Some(held) = refused_by(&tx, versions, c, &values)? {
+                superseded.push(Superseded {
+                    id: c.id,
+                    held: Some(held),
+                });
+                continue;
+            }
+        }
+        for apply in &sql.apply {
+            let mut stmt = tx.prepare_cached(apply).map_err(classify)?;
+            stmt.execute(params_from_iter(values.iter()))
+                .map_err(classify)?;
+        }
     }
     tx.commit().map_err(classify)?;
-    Ok(Applied::Now)
+    Ok(Applied::Now { superseded })
 }
 
 impl Target for SqliteTarget {
@@ -218,13 +309,28 @@ impl Target for SqliteTarget {
         let (conn, ready) = (self.conn.clone(), self.ledger_ready.clone());
         match self.mode {
             SqliteMode::Statements => {
-                let statements = batch.statements.to_vec();
-                Box::pin(blocking(move || {
-                    let mut conn = lock(&conn);
-                    ensure_ledger(&conn, &ready)?;
-                    let answer = ledger::outcome(apply_statements(&mut conn, &statements));
-                    ledger_missing(answer, &ready)
-                }))
+                let (statements, checks) = (batch.statements.to_vec(), batch.checks.to_vec());
+                Box::pin(async move {
+                    let refused = blocking(move || {
+                        let mut conn = lock(&conn);
+                        ensure_ledger(&conn, &ready)?;
+                        match apply_statements(&mut conn, &statements, &checks) {
+                            Ok(rows) => Ok(Some(rows)),
+                            // A ledger refusal (`None`: applied before), or an error.
+                            Err(e) => ledger_missing(ledger::outcome(Err(e)), &ready).map(|_| None),
+                        }
+                    })
+                    .await?;
+                    Ok(match refused {
+                        None => Applied::Before,
+                        Some(rows) => Applied::Now {
+                            superseded: rows
+                                .into_iter()
+                                .flat_map(|(k, i, v)| batch.superseded(&batch.checks[k], [(i, v)]))
+                                .collect(),
+                        },
+                    })
+                })
             }
             SqliteMode::Rows => {
                 // On a multi-threaded runtime the batch is applied in place (no copy of the

@@ -273,6 +273,7 @@ mod tests {
                 columns: cols.into_iter().map(String::from).collect(),
                 primary_key: vec!["id".into()],
                 insert_only: vec![],
+                version: None,
             });
         }
         let deps = Deps::read(&conn, &r);

@@ -33,7 +33,7 @@ use super::{db, lock, Inner};
 use crate::change::{self, Change};
 use crate::error::Result;
 use crate::ledger::{Applied, RequestId};
-use crate::outbox::{now_ms, Setback};
+use crate::outbox::{now_ms, Setback, Stale};
 use crate::pack::{pack_one, Request};
 use crate::target::{Batch, TargetError};
 
@@ -180,6 +180,7 @@ pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool
         request: &id,
         statements: &request.statements,
         changes: &seg.changes,
+        checks: &request.checks,
     };
     let result = inner.target.execute(batch).await;
     let next = match read_ahead {
@@ -188,10 +189,14 @@ pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool
     };
     match result {
         Ok(applied) => {
-            if applied == Applied::Before {
-                lock(&inner.live).requests_replayed += 1;
-                debug!(request = %id, "D1 had applied this request before (its answer was lost): marking it synced");
-            }
+            let stale = match applied {
+                Applied::Before => {
+                    lock(&inner.live).requests_replayed += 1;
+                    debug!(request = %id, "D1 had applied this request before (its answer was lost): marking it synced");
+                    Vec::new()
+                }
+                Applied::Now { superseded } => stale_records(&seg.changes, &superseded),
+            };
             let ids = request.ids;
             let seq = id.seq;
             let spent = (seg.changes, request.statements);
@@ -202,7 +207,11 @@ pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool
                     Some(p) => p.await.unwrap_or(false),
                     None => true,
                 };
-                let marked = db(&inner2, move |o, c| o.mark_synced(c, &ids, Some(seq))).await;
+                let superseded = stale.len() as u64;
+                let marked = db(&inner2, move |o, c| {
+                    o.acknowledge(c, &ids, Some(seq), &stale)
+                })
+                .await;
                 // The finished batch is freed on the blocking pool, off the path to the next
                 // request.
                 tokio::task::spawn_blocking(move || drop(spent));
@@ -210,6 +219,7 @@ pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool
                     Ok(n) => {
                         let mut live = lock(&inner2.live);
                         live.records_synced += n as u64;
+                        live.records_superseded += superseded;
                         live.last_success = Some(SystemTime::now());
                         earlier
                     }
@@ -283,6 +293,28 @@ pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool
             TickEnd::Failed(e)
         }
     }
+}
+
+/// The records the version guard refused, with the versions they carried, for the conflicts
+/// log.
+fn stale_records(changes: &[Change], superseded: &[crate::ledger::Superseded]) -> Vec<Stale> {
+    if superseded.is_empty() {
+        return Vec::new();
+    }
+    let sent: HashMap<i64, i64> = changes
+        .iter()
+        .filter_map(|c| Some((c.id, c.version?)))
+        .collect();
+    superseded
+        .iter()
+        .filter_map(|s| {
+            Some(Stale {
+                id: s.id,
+                sent: *sent.get(&s.id)?,
+                held: s.held,
+            })
+        })
+        .collect()
 }
 
 /// Renews the lease before a request of a plan made earlier (one small write, beside a

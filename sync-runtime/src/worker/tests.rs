@@ -335,7 +335,7 @@ async fn a_worker_that_lost_the_queue_plans_again_from_the_journal() {
     assert_eq!(seen[1].answer, Ok(Applied::Before));
     assert_eq!(seen.len(), 3, "{seen:#?}");
     assert_ne!(seen[2].id, seen[0].id, "a new request for the new record");
-    assert_eq!(seen[2].answer, Ok(Applied::Now));
+    assert_eq!(seen[2].answer, Ok(Applied::now()));
     assert_eq!(w.column("SELECT count(*) FROM d1_sync_queue_synced"), [2]);
     let on_target: Vec<i64> = w.target.inner.with_connection(|c| {
         c.prepare("SELECT id FROM parent ORDER BY id")
