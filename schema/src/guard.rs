@@ -232,6 +232,35 @@ pub fn versions_row_sql(table: &str, primary_key: &[&str], version: &str) -> Str
     )
 }
 
+/// The version of the delete a target recorded for a key that it does not hold: `?1` is the
+/// key as a JSON array of its values (in `primary_key` order). No row when the target holds
+/// the row, or no delete of it. A write that needs this row as its parent (a foreign key) can
+/// never apply: it is superseded by the delete.
+///
+/// ```
+/// let sql = d1_sync_schema::guard::deleted_sql("t", &["k"]);
+/// assert!(sql.starts_with(r#"SELECT CAST("version" AS TEXT) AS "deleted" FROM "d1_sync_tombstones""#), "{sql}");
+/// ```
+pub fn deleted_sql(table: &str, primary_key: &[&str]) -> String {
+    let key: Vec<String> = (0..primary_key.len())
+        .map(|i| format!("json_extract(?1, '$[{i}]')"))
+        .collect();
+    let cond = primary_key
+        .iter()
+        .zip(&key)
+        .map(|(k, v)| format!("{} = {v}", quote_ident(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    format!(
+        "SELECT CAST(\"version\" AS TEXT) AS \"deleted\" FROM {} WHERE \"table_name\" = {} AND \"row_key\" = {} \
+         AND NOT EXISTS (SELECT 1 FROM {} WHERE {cond})",
+        quote_ident(TOMBSTONES),
+        quote_literal(table),
+        tombstone_key(&key),
+        quote_ident(table)
+    )
+}
+
 /// The version that refuses a `write` carrying `sent`, given the row's version and its
 /// tombstone's in the target (`None` when absent; a `NULL` version is absent): `None` when the
 /// write applies. The same rules as the SQL of this module, for targets that apply rows one
@@ -631,6 +660,22 @@ mod tests {
             .query_row(&delete_local_sql("t", &["k"], "v"), [1], |r| r.get(0))
             .unwrap();
         assert_eq!(v, 6);
+    }
+
+    #[test]
+    fn a_deleted_parent_is_found_by_its_stored_key() {
+        let conn = db();
+        upsert(&conn, &[(1, "a", 5), (2, "b", 5)]);
+        delete(&conn, &[(1, 5)]);
+        let deleted = |key: &str| -> Option<String> {
+            conn.query_row(&deleted_sql("t", &["k"]), [key], |r| r.get(0))
+                .ok()
+        };
+        assert_eq!(deleted("[1]"), Some("5".into()));
+        assert_eq!(deleted("[2]"), None, "held");
+        assert_eq!(deleted("[3]"), None, "never deleted");
+        upsert(&conn, &[(1, "back", 6)]);
+        assert_eq!(deleted("[1]"), None, "written again after its delete");
     }
 
     #[test]

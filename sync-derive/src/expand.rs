@@ -49,34 +49,25 @@ pub fn derive(input: &syn::DeriveInput) -> TokenStream {
     )
 }
 
-/// The version field's members: `VERSION`, `set_version`, and the checks of its type (an
-/// integer, never `NULL`) asked of the type itself, so an alias is seen through.
+/// The version field's members: `VERSION`, and `set_version` through the field type's
+/// `VersionField` (an integer: a compile error on the field's type otherwise, alias or not).
 fn version_items(cont: &Container) -> TokenStream {
     let Some(f) = cont.version_field() else {
         return quote! {};
     };
     let (ident, ty, column) = (f.ident, f.ty, &f.column);
-    let to_value = quote_spanned! {ty.span()=> <#ty as ::d1_sync::__private::ToValue> };
-    let not_integer = format!(
-        "the version `{ident}` must be an integer (i64, i32, u32, ...): the version guard compares integers"
-    );
-    let nullable = format!(
-        "the version `{ident}` cannot be nullable: every write must carry a version for D1 to compare"
-    );
-    quote_spanned! {ty.span()=>
+    let from = quote_spanned! {ty.span()=>
+        <#ty as ::d1_sync::__private::VersionField>::from_version(version)
+    };
+    quote! {
         const VERSION: ::core::option::Option<&'static str> = ::core::option::Option::Some(#column);
         fn set_version(&mut self, version: i64) -> bool {
-            const _: () = match #to_value::KIND {
-                ::d1_sync::__private::ValueKind::Integer => {}
-                _ => ::core::panic!(#not_integer),
-            };
-            const _: () = if #to_value::NULLABLE { ::core::panic!(#nullable) };
-            match <#ty as ::core::convert::TryFrom<i64>>::try_from(version) {
-                ::core::result::Result::Ok(v) => {
+            match #from {
+                ::core::option::Option::Some(v) => {
                     self.#ident = v;
                     true
                 }
-                ::core::result::Result::Err(_) => false,
+                ::core::option::Option::None => false,
             }
         }
     }

@@ -32,6 +32,10 @@ use proc_macro::TokenStream;
 /// - `primary_key`: part of the key (several fields make a composite key);
 /// - `rename = "column"`: the column's name;
 /// - `insert_only`: written on insert, never changed by an update (`created_at`);
+/// - `version`: the row's version, one integer field at most, not in the key, not an
+///   `Option` (with `schema`, an `INTEGER NOT NULL` column). Every write then carries it, and
+///   only a newer version overwrites a row, locally and in D1; a delete carries the version of
+///   the row it deleted (see `d1_sync::schema::guard`, and `d1_sync::Hlc` to stamp it);
 /// - `skip`: not a column.
 #[proc_macro_derive(D1Sync, attributes(d1))]
 pub fn derive_d1_sync(input: TokenStream) -> TokenStream {

@@ -68,6 +68,7 @@ pub mod clock;
 pub mod codec;
 pub mod error;
 mod guard;
+pub mod hlc;
 pub mod ledger;
 pub mod migrate;
 pub mod outbox;
@@ -84,10 +85,11 @@ pub mod worker;
 pub use backoff::Backoff;
 pub use d1_sync_derive::D1Sync;
 pub use error::{Error, Result};
+pub use hlc::Hlc;
 pub use migrate::{migrate, MigrationReport};
-pub use outbox::{open, Counts, DeadLetter, Outbox, Selection};
+pub use outbox::{open, Conflict, Counts, DeadLetter, Outbox, Selection};
 pub use registry::Registry;
-pub use row::{SyncRow, TableDef};
+pub use row::{SyncRow, TableDef, VersionField};
 pub use stats::{Stats, WorkerState};
 pub use target::{D1Config, D1Http, SqliteMode, SqliteTarget, Target, TargetError};
 pub use value::{ToValue, Value, ValueKind};
@@ -102,7 +104,7 @@ pub use rusqlite;
 /// What the derive's expansion names. Not public API: it may change in any release.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::row::SyncRow;
+    pub use crate::row::{SyncRow, VersionField};
     pub use crate::value::{ToValue, Value, ValueKind};
     pub use std::vec::Vec;
 }

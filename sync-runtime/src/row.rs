@@ -244,3 +244,26 @@ impl TableDef {
         (!diffs.is_empty()).then(|| diffs.join("; "))
     }
 }
+
+/// A type a `#[d1(version)]` field can have: a signed or small unsigned integer, which takes
+/// the version [`crate::Hlc::stamp`] gives it (`None` when it does not fit).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot hold a version: `#[d1(version)]` needs an integer type",
+    label = "not an integer",
+    note = "a version is an i64 (a counter, a hybrid logical clock from `d1_sync::Hlc`, or a time in ms); i32, i16, i8, u32, u16 and u8 work too"
+)]
+pub trait VersionField: Sized {
+    /// `version` in this type, if it fits.
+    fn from_version(version: i64) -> Option<Self>;
+}
+
+macro_rules! version_field {
+    ($($t:ty),*) => {$(
+        impl VersionField for $t {
+            fn from_version(version: i64) -> Option<Self> {
+                <$t>::try_from(version).ok()
+            }
+        }
+    )*};
+}
+version_field!(i64, i32, i16, i8, u32, u16, u8);

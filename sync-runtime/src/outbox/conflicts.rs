@@ -1,7 +1,8 @@
 //! The conflicts log: records the version guard refused because D1 held the same or a newer
-//! version of their row (see [`d1_sync_schema::guard`]). Such a record is *superseded*: it is
-//! done, marked synced like any other, and logged here with the version it carried and the one
-//! D1 held. Bounded like the synced log (see [`Outbox::purge`]).
+//! version of their row (see [`d1_sync_schema::guard`]), or whose parent row another device
+//! deleted (D1 refused them for the foreign key, and holds the parent's tombstone). Such a
+//! record is *superseded*: it is done, marked synced like any other, and logged here with the
+//! version it carried and the one D1 held. Bounded like the synced log (see [`Outbox::purge`]).
 
 use rusqlite::{params, Connection, Transaction};
 
@@ -19,8 +20,9 @@ pub struct Conflict {
     pub row_key: String,
     /// Operation.
     pub op: String,
-    /// The version the record carried.
-    pub sent_version: i64,
+    /// The version the record carried (`None` for a row of a table without one, superseded
+    /// because another device deleted its parent).
+    pub sent_version: Option<i64>,
     /// The version D1 held (of its row, or of a delete of it), where it could be read.
     pub held_version: Option<i64>,
     /// When D1 answered (ms).
@@ -32,7 +34,7 @@ pub struct Conflict {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Stale {
     pub(crate) id: i64,
-    pub(crate) sent: i64,
+    pub(crate) sent: Option<i64>,
     pub(crate) held: Option<i64>,
 }
 
@@ -50,7 +52,7 @@ impl Outbox {
                table_name TEXT NOT NULL,
                row_key TEXT NOT NULL,
                op TEXT NOT NULL,
-               sent_version INTEGER NOT NULL,
+               sent_version INTEGER,
                held_version INTEGER,
                at INTEGER NOT NULL
              )",

@@ -441,6 +441,27 @@ impl Target for D1Http {
         })
     }
 
+    fn deleted<'a>(
+        &'a self,
+        table: &'a TableDef,
+        row_key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<i64>, TargetError>> {
+        Box::pin(async move {
+            let pk: Vec<&str> = table.primary_key.iter().map(String::as_str).collect();
+            let s = Statement {
+                sql: d1_sync_schema::guard::deleted_sql(&table.name, &pk),
+                params: vec![Param::Text(row_key.to_string())],
+            };
+            match self.query(&[s]).await {
+                Ok(result) => Ok(result_column(&result, "deleted")
+                    .first()
+                    .and_then(|v| v.parse().ok())),
+                Err(TargetError::Rejected(m)) if m.contains("no such table") => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
     fn dump<'a>(
         &'a self,
         table: &'a TableDef,

@@ -95,6 +95,20 @@ pub trait Target: Send + Sync + 'static {
         Box::pin(async { Ok(None) })
     }
 
+    /// The version of the delete the database recorded for a row of `table` it does not hold
+    /// (its tombstone, see [`d1_sync_schema::guard`]); `row_key` is the row's key as a JSON
+    /// array. `None` when it holds the row, recorded no delete of it, or cannot tell. The
+    /// worker asks when a write is refused for a foreign key: a row whose parent another
+    /// device deleted is superseded by that delete, not failed.
+    fn deleted<'a>(
+        &'a self,
+        table: &'a TableDef,
+        row_key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<i64>, TargetError>> {
+        let _ = (table, row_key);
+        Box::pin(async { Ok(None) })
+    }
+
     /// Every row of `table` as [`crate::verify::dump_sql`] renders it, to compare with the
     /// local file ([`crate::verify::compare`]); `None` when the target cannot be read back.
     fn dump<'a>(
@@ -129,6 +143,13 @@ macro_rules! forward_target {
                 table: &'a str,
             ) -> BoxFuture<'a, Result<Option<Vec<String>>, TargetError>> {
                 (**self).applied_migrations(table)
+            }
+            fn deleted<'a>(
+                &'a self,
+                table: &'a TableDef,
+                row_key: &'a str,
+            ) -> BoxFuture<'a, Result<Option<i64>, TargetError>> {
+                (**self).deleted(table, row_key)
             }
             fn dump<'a>(
                 &'a self,
@@ -183,6 +204,11 @@ pub enum TargetError {
     /// goes on by itself once they are applied.
     #[error("D1 lacks migration {}; run `d1sync migrate`", .0.join(", "))]
     MissingMigrations(Vec<String>),
+}
+
+/// Whether a refusal is a foreign key's: a parent row missing at the end of the request.
+pub fn is_foreign_key_error(message: &str) -> bool {
+    message.contains("FOREIGN KEY constraint failed")
 }
 
 /// Whether a refusal says a table or column is missing: the database may be behind the

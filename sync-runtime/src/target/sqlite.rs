@@ -390,6 +390,28 @@ impl Target for SqliteTarget {
         }))
     }
 
+    fn deleted<'a>(
+        &'a self,
+        table: &'a TableDef,
+        row_key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<i64>, TargetError>> {
+        let (conn, table, key) = (self.conn.clone(), table.clone(), row_key.to_string());
+        Box::pin(blocking(move || {
+            let pk: Vec<&str> = table.primary_key.iter().map(String::as_str).collect();
+            let sql = guard::deleted_sql(&table.name, &pk);
+            let conn = lock(&conn);
+            let found: rusqlite::Result<Option<String>> = conn
+                .prepare_cached(&sql)
+                .and_then(|mut st| st.query_row([&key], |r| r.get(0)));
+            match found {
+                Ok(v) => Ok(v.and_then(|v| v.parse().ok())),
+                Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
+                Err(e) if e.to_string().contains("no such table") => Ok(None),
+                Err(e) => Err(classify(e)),
+            }
+        }))
+    }
+
     fn dump<'a>(
         &'a self,
         table: &'a TableDef,

@@ -268,6 +268,38 @@ pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool
                 return local(e);
             }
             if seg.changes.len() == 1 {
+                if crate::target::is_foreign_key_error(&message) {
+                    match parent_deleted(inner, &seg.changes[0]).await {
+                        Ok(Some(held)) => {
+                            // Another device deleted the parent: the delete wins, as it would
+                            // have cascaded over this row.
+                            let c = &seg.changes[0];
+                            let stale = vec![Stale {
+                                id: c.id,
+                                sent: c.version,
+                                held: Some(held),
+                            }];
+                            let ids = [c.id];
+                            if let Err(e) = db(inner, move |o, conn| {
+                                o.acknowledge(conn, &ids, None, &stale)
+                            })
+                            .await
+                            {
+                                return local(e);
+                            }
+                            let mut live = lock(&inner.live);
+                            live.records_synced += 1;
+                            live.records_superseded += 1;
+                            return TickEnd::Progress { acked: true };
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            // Not known yet: the record goes again, uncharged.
+                            st.plan.push_front(seg);
+                            return TickEnd::Failed(e);
+                        }
+                    }
+                }
                 if let Err(e) = charge(inner, st, &seg.changes[0], message).await {
                     return local(e);
                 }
@@ -295,6 +327,20 @@ pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool
     }
 }
 
+/// The version of the delete the target recorded for a parent row `c` needs and it lacks:
+/// then `c` can never apply, and is superseded by that delete.
+async fn parent_deleted(inner: &Arc<Inner>, c: &Change) -> Result<Option<i64>, TargetError> {
+    for (_, parent, key) in inner.deps.parents(c) {
+        let Some(def) = inner.registry.get(&parent) else {
+            continue;
+        };
+        if let Some(v) = inner.target.deleted(def, &key).await? {
+            return Ok(Some(v));
+        }
+    }
+    Ok(None)
+}
+
 /// The records the version guard refused, with the versions they carried, for the conflicts
 /// log.
 fn stale_records(changes: &[Change], superseded: &[crate::ledger::Superseded]) -> Vec<Stale> {
@@ -307,12 +353,10 @@ fn stale_records(changes: &[Change], superseded: &[crate::ledger::Superseded]) -
         .collect();
     superseded
         .iter()
-        .filter_map(|s| {
-            Some(Stale {
-                id: s.id,
-                sent: *sent.get(&s.id)?,
-                held: s.held,
-            })
+        .map(|s| Stale {
+            id: s.id,
+            sent: sent.get(&s.id).copied(),
+            held: s.held,
         })
         .collect()
 }

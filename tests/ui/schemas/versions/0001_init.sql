@@ -1,0 +1,7 @@
+CREATE TABLE notes (
+  id INTEGER PRIMARY KEY,
+  body TEXT,
+  version INTEGER NOT NULL DEFAULT 0,
+  edited TEXT NOT NULL DEFAULT '',
+  revision INTEGER
+);

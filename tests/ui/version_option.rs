@@ -1,0 +1,12 @@
+use d1_sync::D1Sync;
+
+#[derive(D1Sync)]
+struct Note {
+    #[d1(primary_key)]
+    id: i64,
+    body: String,
+    #[d1(version)]
+    version: Option<i64>,
+}
+
+fn main() {}
