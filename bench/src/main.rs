@@ -43,6 +43,8 @@ fn message(i: u64) -> Message {
         page_title: Some("Renewal".into()),
         created_at: 1_767_225_600_000 + i as i64,
         organization_id: Some("org-1".into()),
+        // Versioned rows: a write of row `i % n` at `i` is newer than the ones before it.
+        version: i as i64 + 1,
     }
 }
 

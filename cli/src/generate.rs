@@ -40,6 +40,16 @@ pub struct GenerateArgs {
     /// No insert-only columns.
     #[arg(long, conflicts_with = "insert_only")]
     no_insert_only: bool,
+    /// Columns made `#[d1(version)]` where they are INTEGER NOT NULL and not in the key.
+    #[arg(
+        long = "version-column",
+        value_delimiter = ',',
+        default_value = "version"
+    )]
+    version: Vec<String>,
+    /// No version columns.
+    #[arg(long, conflicts_with = "version")]
+    no_version: bool,
     #[command(flatten)]
     config: crate::config::ConfigArgs,
 }
@@ -66,6 +76,11 @@ pub fn run(a: &GenerateArgs) -> Result<ExitCode, CliError> {
             Vec::new()
         } else {
             a.insert_only.clone()
+        },
+        version: if a.no_version {
+            Vec::new()
+        } else {
+            a.version.clone()
         },
     };
     let code = codegen::generate(&schema, &opts).map_err(|e| match e {

@@ -128,7 +128,7 @@ pub fn d1_client(
 /// `migrations`.
 /// The tables of the schema files at `dir` that have a primary key; their insert-only columns
 /// from `insert_only` (`--insert-only`), else from `stored`, the definitions stored with the
-/// queue.
+/// queue; their version columns from `stored`.
 pub fn schema_registry(
     dir: &Path,
     insert_only: Option<&[String]>,
@@ -144,6 +144,7 @@ pub fn schema_registry(
     if insert_only.is_none() {
         r.adopt_insert_only(stored);
     }
+    r.adopt_version(stored);
     if r.is_empty() {
         return Err(CliError::Usage(format!(
             "the schema at `{}` has no table with a primary key to sync",

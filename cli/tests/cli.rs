@@ -542,7 +542,7 @@ fn migrate_continues_where_wrangler_left_off_and_a_second_run_does_nothing() {
 
     let (code, out, err) = run(in_project(dir.path()).arg("migrate"));
     assert_eq!(code, 0, "{out}\n{err}");
-    assert_eq!(out.matches("D1: applied").count(), 4, "{out}");
+    assert_eq!(out.matches("D1: applied").count(), 5, "{out}");
     assert_eq!(
         d1_names(&db),
         [
@@ -550,12 +550,13 @@ fn migrate_continues_where_wrangler_left_off_and_a_second_run_does_nothing() {
             "0002_sessions.sql",
             "0003_conversations.sql",
             "0004_policy_state.sql",
-            "0005_message_organization.sql"
+            "0005_message_organization.sql",
+            "0006_versions.sql"
         ]
     );
     let (code, out, _) = run(in_project(dir.path()).arg("migrate"));
     assert_eq!(code, 0);
-    assert_eq!(out.trim(), "D1: no migrations to apply (5 applied)");
+    assert_eq!(out.trim(), "D1: no migrations to apply (6 applied)");
 
     // The app's file, from the same folder.
     let app = dir.path().join("app.db");
@@ -564,7 +565,7 @@ fn migrate_continues_where_wrangler_left_off_and_a_second_run_does_nothing() {
         .args(["migrate", "--local", "--db"])
         .arg(&app));
     assert_eq!(code, 0, "{out}\n{err}");
-    assert_eq!(out.matches("applied").count(), 5, "{out}");
+    assert_eq!(out.matches("applied").count(), 6, "{out}");
     let (code, out, err) = run(in_project(dir.path())
         .args(["migrate", "list", "--db"])
         .arg(&app));
@@ -573,7 +574,7 @@ fn migrate_continues_where_wrangler_left_off_and_a_second_run_does_nothing() {
         out.lines()
             .filter(|l| l.contains("applied   applied"))
             .count(),
-        5,
+        6,
         "{out}"
     );
 }
@@ -608,7 +609,7 @@ fn migrate_reads_toml_environments_and_refuses_what_it_cannot_apply() {
     );
     let (code, out, err) = run(in_project(dir.path()).args(["migrate", "--env", "staging"]));
     assert_eq!(code, 0, "{out}\n{err}");
-    assert_eq!(d1_names(&staging).len(), 6);
+    assert_eq!(d1_names(&staging).len(), 7);
     assert!(
         d1_names(&main).is_empty(),
         "the environment does not touch the top level"
@@ -638,14 +639,15 @@ fn migrate_reads_toml_environments_and_refuses_what_it_cannot_apply() {
 
     // A changed file is a warning; a recorded file missing from the folder is an error.
     std::fs::write(
-        dir.path().join("db/migrations/0002_sessions.sql"),
+        dir.path()
+            .join("db/migrations/0005_message_organization.sql"),
         "-- edited after it was applied\n",
     )
     .unwrap();
     let (code, _, err) = run(in_project(dir.path()).args(["migrate", "--env", "staging"]));
     assert_eq!(code, 0, "{err}");
     assert!(
-        err.contains("warning: `0002_sessions.sql` changed after it was applied"),
+        err.contains("warning: `0005_message_organization.sql` changed after it was applied"),
         "{err}"
     );
     std::fs::remove_file(dir.path().join("db/migrations/0006_seed.sql")).unwrap();
@@ -760,7 +762,7 @@ fn logs_follow_rust_log_and_can_be_json() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();
-    assert_eq!(lines.len(), 5, "{err}");
+    assert_eq!(lines.len(), 6, "{err}");
     assert_eq!(lines[0]["level"], "INFO");
     assert_eq!(lines[0]["fields"]["migration"], "0001_messages.sql");
     // Without RUST_LOG, only warnings and errors: nothing here.
@@ -877,9 +879,9 @@ fn capture_queues_raw_writes_that_push_then_sends() {
 
     // Another tool writes with plain SQL.
     conn.execute_batch(
-        "INSERT INTO browser_request_policy_state VALUES ('a', '{}', 1);
-         INSERT INTO browser_request_policy_state VALUES ('b', '[]', 2);
-         UPDATE browser_request_policy_state SET value_json = '{\"x\":1}' WHERE state_key = 'a';
+        "INSERT INTO browser_request_policy_state VALUES ('a', '{}', 1, 1);
+         INSERT INTO browser_request_policy_state VALUES ('b', '[]', 2, 1);
+         UPDATE browser_request_policy_state SET value_json = '{\"x\":1}', version = version + 1 WHERE state_key = 'a';
          DELETE FROM browser_request_policy_state WHERE state_key = 'b';",
     )
     .unwrap();
@@ -900,7 +902,7 @@ fn capture_queues_raw_writes_that_push_then_sends() {
     let (code, out, _) = capture(&["--remove"]);
     assert!(code == 0 && out.contains("no longer capturing"), "{out}");
     conn.execute(
-        "INSERT INTO browser_request_policy_state VALUES ('c', '{}', 3)",
+        "INSERT INTO browser_request_policy_state VALUES ('c', '{}', 3, 1)",
         [],
     )
     .unwrap();

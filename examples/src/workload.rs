@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use crate::rows::*;
 use d1_sync::rusqlite::Connection;
-use d1_sync::Outbox;
+use d1_sync::{Hlc, Outbox};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -58,6 +58,7 @@ struct State {
     executions: BTreeMap<String, Execution>,
     sessions: BTreeMap<String, Session>,
     policies: std::collections::BTreeSet<String>,
+    hlc: Hlc,
 }
 
 const PLATFORMS: &[&str] = &["chatgpt", "claude", "gemini", "web"];
@@ -132,9 +133,16 @@ impl Workload {
                 executions: BTreeMap::new(),
                 sessions: BTreeMap::new(),
                 policies: Default::default(),
+                hlc: Hlc::new(),
             },
             written: Written::default(),
         }
+    }
+
+    /// The same workload stamping versions with `clock` (default: the file's [`Hlc::new`]).
+    pub fn with_clock(mut self, clock: Hlc) -> Workload {
+        self.st.hlc = clock;
+        self
     }
 
     /// Writes `n` changes in one transaction of `conn`. Returns what this call wrote.
@@ -187,12 +195,15 @@ fn one_change(
     tx: &d1_sync::rusqlite::Transaction<'_>,
     w: &mut Written,
 ) -> Result<(), d1_sync::Error> {
+    // Every write carries a newer version of its row (the example's tables are versioned).
+    let hlc = st.hlc.clone();
     let roll = st.rng.random_range(0..100);
     match roll {
         0..=9 => {
             let id = st.next("conv");
             let now = st.tick();
-            let row = LocalConversation {
+            let mut row = LocalConversation {
+                version: 0,
                 local_conversation_id: id.clone(),
                 platform: st.platform(),
                 automation_status: "active".into(),
@@ -214,6 +225,7 @@ fn one_change(
                 created_at: now,
                 updated_at: now,
             };
+            hlc.stamp(tx, &mut row)?;
             o.save(tx, &row)?;
             st.conversations.insert(
                 id,
@@ -244,6 +256,7 @@ fn one_change(
                 c.row.updated_at = now;
                 // created_at is insert-only: a different value here never reaches the row.
                 c.row.created_at = now;
+                hlc.stamp(tx, &mut c.row)?;
                 o.save(tx, &c.row)?;
                 w.updates += 1;
             }
@@ -254,7 +267,8 @@ fn one_change(
                 .unwrap_or_default();
             let id = st.next("link");
             let now = st.tick();
-            let row = ConversationLink {
+            let mut row = ConversationLink {
+                version: 0,
                 link_id: id.clone(),
                 local_conversation_id: conv.clone(),
                 platform: st.platform(),
@@ -273,6 +287,7 @@ fn one_change(
                 created_at: now,
                 updated_at: now,
             };
+            hlc.stamp(tx, &mut row)?;
             o.save(tx, &row)?;
             if let Some(c) = st.conversations.get_mut(&conv) {
                 c.links.push(id.clone());
@@ -287,7 +302,8 @@ fn one_change(
             if let Some(l) = st.links.get_mut(&id) {
                 l.is_active = !l.is_active;
                 l.updated_at = now;
-                o.patch(tx, &*l, &["is_active", "updated_at"])?;
+                hlc.stamp(tx, &mut *l)?;
+                o.patch(tx, &*l, &["is_active", "updated_at", "version"])?;
                 w.updates += 1;
             }
         }
@@ -297,7 +313,8 @@ fn one_change(
                 .unwrap_or_default();
             let id = st.next("job");
             let now = st.tick();
-            let row = RenewalJob {
+            let mut row = RenewalJob {
+                version: 0,
                 job_id: id.clone(),
                 local_conversation_id: conv.clone(),
                 message_id: None,
@@ -316,6 +333,7 @@ fn one_change(
                 created_at: now,
                 updated_at: now,
             };
+            hlc.stamp(tx, &mut row)?;
             o.save(tx, &row)?;
             if let Some(c) = st.conversations.get_mut(&conv) {
                 c.jobs.push(id.clone());
@@ -338,6 +356,7 @@ fn one_change(
                 j.last_attempt_at = Some(now);
                 j.finished_at = Some(now);
                 j.updated_at = now;
+                hlc.stamp(tx, &mut *j)?;
                 o.save(tx, &*j)?;
                 w.updates += 1;
             }
@@ -345,7 +364,8 @@ fn one_change(
         39..=58 => {
             let id = st.next("msg");
             let now = st.tick();
-            let row = Message {
+            let mut row = Message {
+                version: 0,
                 id: id.clone(),
                 platform: st.platform(),
                 conversation_id: pick(&mut st.rng, &st.conversations).cloned(),
@@ -364,6 +384,7 @@ fn one_change(
                 created_at: now,
                 organization_id: st.rng.random_bool(0.3).then(|| "org-1".to_string()),
             };
+            hlc.stamp(tx, &mut row)?;
             o.save(tx, &row)?;
             st.messages.insert(id, row);
             w.inserts += 1;
@@ -373,6 +394,7 @@ fn one_change(
             let summary = st.text(5);
             if let Some(m) = st.messages.get_mut(&id) {
                 m.summary = Some(summary);
+                hlc.stamp(tx, &mut *m)?;
                 o.save(tx, &*m)?;
                 w.updates += 1;
             }
@@ -381,7 +403,8 @@ fn one_change(
             let id = st.next("instr");
             let now = st.tick();
             let ok = st.rng.random_bool(0.8);
-            let row = Execution {
+            let mut row = Execution {
+                version: 0,
                 instruction_id: id.clone(),
                 message_id: pick(&mut st.rng, &st.messages).cloned(),
                 target: "browser".into(),
@@ -401,6 +424,7 @@ fn one_change(
                 static_path: None,
                 created_at: now,
             };
+            hlc.stamp(tx, &mut row)?;
             o.save(tx, &row)?;
             st.executions.insert(id, row);
             w.inserts += 1;
@@ -416,12 +440,14 @@ fn one_change(
                 Some(s) => {
                     s.message_count += 1;
                     s.last_activity_at = now;
+                    hlc.stamp(tx, &mut *s)?;
                     o.save(tx, &*s)?;
                     w.updates += 1;
                 }
                 None => {
                     let id = st.next("sess");
-                    let row = Session {
+                    let mut row = Session {
+                        version: 0,
                         id: id.clone(),
                         platform: st.platform(),
                         conversation_id: pick(&mut st.rng, &st.conversations).cloned(),
@@ -433,6 +459,7 @@ fn one_change(
                         static_path: None,
                         created_at: now,
                     };
+                    hlc.stamp(tx, &mut row)?;
                     o.save(tx, &row)?;
                     st.sessions.insert(id, row);
                     w.inserts += 1;
@@ -447,11 +474,13 @@ fn one_change(
             } else {
                 w.updates += 1;
             }
-            let row = BrowserRequestPolicyState {
+            let mut row = BrowserRequestPolicyState {
+                version: 0,
                 state_key: key,
                 value_json: format!("{{\"allowed\":{},\"at\":{now}}}", st.rng.random_bool(0.5)),
                 updated_at: now,
             };
+            hlc.stamp(tx, &mut row)?;
             o.save(tx, &row)?;
         }
         85..=89 if !st.messages.is_empty() => {
@@ -496,7 +525,8 @@ fn one_change(
             // Not applicable yet (nothing to update or delete): write a message instead.
             let id = st.next("msg");
             let now = st.tick();
-            let row = Message {
+            let mut row = Message {
+                version: 0,
                 id: id.clone(),
                 platform: st.platform(),
                 conversation_id: None,
@@ -510,6 +540,7 @@ fn one_change(
                 created_at: now,
                 organization_id: None,
             };
+            hlc.stamp(tx, &mut row)?;
             o.save(tx, &row)?;
             st.messages.insert(id, row);
             w.inserts += 1;

@@ -42,10 +42,14 @@ pub struct Options {
     pub type_overrides: BTreeMap<String, String>,
     /// Column names made `#[d1(insert_only)]` wherever they appear (default: `created_at`).
     pub insert_only: Vec<String>,
+    /// Column names made `#[d1(version)]` where they are `INTEGER NOT NULL` and not in the key
+    /// (default: `version`).
+    pub version: Vec<String>,
 }
 
 impl Options {
-    /// Defaults: every table, no extra derives, no overrides, `created_at` insert-only.
+    /// Defaults: every table, no extra derives, no overrides, `created_at` insert-only, a column
+    /// `version INTEGER NOT NULL` the version.
     pub fn new(schema_attr: impl Into<String>) -> Options {
         Options {
             schema_attr: schema_attr.into(),
@@ -53,6 +57,7 @@ impl Options {
             derives: Vec::new(),
             type_overrides: BTreeMap::new(),
             insert_only: vec!["created_at".to_string()],
+            version: vec!["version".to_string()],
         }
     }
 }
@@ -305,6 +310,13 @@ fn render_column(
     if col.pk_position.is_none() && opts.insert_only.contains(&col.name) {
         d1.push(quote!(insert_only));
     }
+    if col.pk_position.is_none()
+        && col.not_null
+        && col.affinity == crate::Affinity::Integer
+        && opts.version.contains(&col.name)
+    {
+        d1.push(quote!(version));
+    }
     let attr = (!d1.is_empty()).then(|| quote!(#[d1(#(#d1),*)]));
 
     let mut doc = format!(
@@ -556,6 +568,24 @@ mod tests {
             "generated columns are not fields: {code}"
         );
         assert!(code.contains("/// A WITHOUT ROWID table."), "{code}");
+    }
+
+    #[test]
+    fn an_integer_not_null_version_column_becomes_the_version() {
+        let (_d, s) = schema(
+            "CREATE TABLE a (id INTEGER PRIMARY KEY, version INTEGER NOT NULL DEFAULT 0);
+             CREATE TABLE b (id INTEGER PRIMARY KEY, version INTEGER);
+             CREATE TABLE c (id INTEGER PRIMARY KEY, version TEXT NOT NULL);",
+        );
+        let code = render(&s, &Options::new("m"), "h").unwrap();
+        assert_eq!(code.matches("#[d1(version)]").count(), 1, "{code}");
+        assert!(
+            code.contains("#[d1(version)]\n    pub version: i64,"),
+            "{code}"
+        );
+        let mut o = Options::new("m");
+        o.version.clear();
+        assert!(!render(&s, &o, "h").unwrap().contains("#[d1(version)]"));
     }
 
     #[test]

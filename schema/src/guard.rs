@@ -13,6 +13,10 @@
 //!   of the key is kept), whether or not the row was there: the upsert it must win against may
 //!   arrive later, from another device.
 //!
+//! Every row a target deletes leaves a tombstone at its own version too, through
+//! [`tombstone_trigger_sql`], so a row that a parent's delete cascades over is not brought back
+//! by an older write of it either.
+//!
 //! A version that is `NULL` in the table (a row written before the column existed) counts as
 //! older than any. Tombstones live in [`TOMBSTONES`] in D1 (one row per deleted key, its newest
 //! delete's version and when it was written); nothing deletes them but
@@ -66,6 +70,36 @@ pub fn create_tombstones_sql() -> String {
          \"version\" INTEGER NOT NULL, \"deleted_at\" INTEGER NOT NULL, \
          PRIMARY KEY (\"table_name\", \"row_key\")) WITHOUT ROWID",
         quote_ident(TOMBSTONES)
+    )
+}
+
+/// The trigger that gives every row of a versioned table that a target deletes a tombstone at
+/// the row's version: the deletes d1-sync sends, and those a foreign key cascades from a
+/// parent, so an older write of a cascaded child cannot bring it back either. Its name carries
+/// a digest of the key and version columns, so a changed definition gets its own trigger.
+///
+/// ```
+/// let sql = d1_sync_schema::guard::tombstone_trigger_sql("notes", &["id"], "v");
+/// assert!(sql.starts_with(r#"CREATE TRIGGER IF NOT EXISTS "d1_sync_tombstone_notes_"#), "{sql}");
+/// assert!(sql.contains(r#"AFTER DELETE ON "notes""#), "{sql}");
+/// ```
+pub fn tombstone_trigger_sql(table: &str, primary_key: &[&str], version: &str) -> String {
+    let digest = crate::definition::definition_id(&format!("{primary_key:?}/{version}"));
+    let name = format!("d1_sync_tombstone_{table}_{:016x}", digest as u64);
+    let old: Vec<String> = primary_key
+        .iter()
+        .map(|k| format!("OLD.{}", quote_ident(k)))
+        .collect();
+    format!(
+        "CREATE TRIGGER IF NOT EXISTS {} AFTER DELETE ON {} BEGIN {}; END",
+        quote_ident(&name),
+        quote_ident(table),
+        tombstone_insert(&format!(
+            "VALUES ({}, {}, coalesce(OLD.{}, {OLDEST}), unixepoch())",
+            quote_literal(table),
+            tombstone_key(&old),
+            quote_ident(version)
+        ))
     )
 }
 
@@ -660,6 +694,52 @@ mod tests {
             .query_row(&delete_local_sql("t", &["k"], "v"), [1], |r| r.get(0))
             .unwrap();
         assert_eq!(v, 6);
+    }
+
+    #[test]
+    fn a_cascaded_child_keeps_a_tombstone_at_its_version() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(&format!(
+            "PRAGMA foreign_keys = ON;
+             CREATE TABLE p (k INTEGER PRIMARY KEY, v INTEGER NOT NULL);
+             CREATE TABLE c (k INTEGER PRIMARY KEY, p INTEGER REFERENCES p (k) ON DELETE CASCADE, v INTEGER NOT NULL);
+             {}; {}; {};
+             INSERT INTO p VALUES (1, 3); INSERT INTO c VALUES (10, 1, 7);",
+            create_tombstones_sql(),
+            tombstone_trigger_sql("p", &["k"], "v"),
+            tombstone_trigger_sql("c", &["k"], "v"),
+        ))
+        .unwrap();
+        for s in delete_json_sql("p", &["k"], &[Plain, Plain], "v") {
+            conn.execute(&s, ["[[1,4]]"]).unwrap();
+        }
+        let tombs: Vec<(String, String, i64)> = conn
+            .prepare("SELECT table_name, row_key, version FROM d1_sync_tombstones ORDER BY 1")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            tombs,
+            [
+                ("c".into(), r#"["10"]"#.into(), 7),
+                ("p".into(), r#"["1"]"#.into(), 4)
+            ]
+        );
+        // The parent comes back; an older write of the cascaded child does not.
+        conn.execute("INSERT INTO p VALUES (1, 9)", []).unwrap();
+        let up = upsert_json_sql("c", &["k", "p", "v"], &[Plain; 3], &["k"], &[], "v");
+        conn.execute(&up, ["[[10,1,6]]"]).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM c", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0);
+        conn.execute(&up, ["[[10,1,8]]"]).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM c", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1, "a newer write does");
     }
 
     #[test]

@@ -189,7 +189,7 @@ pub fn enqueue_sql(e: &Enqueue<'_>) -> String {
          ON CONFLICT (id) DO UPDATE SET
            op = CASE WHEN excluded.op = 'delete' THEN 'delete'
                      WHEN excluded.op = 'upsert' OR {q}.op = 'upsert' THEN 'upsert' ELSE 'update' END,
-           payload = CASE WHEN excluded.op = 'delete' THEN '{{}}' ELSE {overlay} END,
+           payload = CASE WHEN excluded.op = 'delete' THEN excluded.payload ELSE {overlay} END,
            updated_at = excluded.updated_at",
         table = e.table,
         key = e.row_key,
@@ -350,6 +350,21 @@ mod tests {
             ),
             ("update", r#"{"a":1}"#, "delete", "{}", ("delete", "{}")),
             ("delete", "{}", "delete", "{}", ("delete", "{}")),
+            // A versioned row: the delete keeps the version it carries.
+            (
+                "upsert",
+                r#"{"a":1,"v":7}"#,
+                "delete",
+                r#"{"v":7}"#,
+                ("delete", r#"{"v":7}"#),
+            ),
+            (
+                "update",
+                r#"{"v":8}"#,
+                "upsert",
+                r#"{"a":2,"v":9}"#,
+                ("upsert", r#"{"a":2,"v":9}"#),
+            ),
         ];
         for (top, tp, nop, np, want) in cases {
             let conn = Connection::open_in_memory().unwrap();

@@ -317,9 +317,13 @@ fn check_values<'a>(
         }
         Op::Delete => key_positions,
     };
-    let (positions, version) = match table.version.as_deref() {
-        None => (positions, None),
-        Some(v) => versioned(table, op, positions, by_col, v)?,
+    // A missing or malformed version is reported after the values' own errors, which say more.
+    let (positions, version, unversioned) = match table.version.as_deref() {
+        None => (positions, None, None),
+        Some(v) => match versioned(table, op, positions.clone(), by_col, v) {
+            Ok((p, version)) => (p, Some(version), None),
+            Err(e) => (positions, None, Some(e)),
+        },
     };
     let mut row = String::with_capacity(record.payload.len() + record.row_key.len());
     row.push('[');
@@ -354,6 +358,9 @@ fn check_values<'a>(
         return Err(format!(
             "the row holds {row_bytes} bytes; D1 stores at most {MAX_VALUE_BYTES} bytes in one row"
         ));
+    }
+    if let Some(e) = unversioned {
+        return Err(e);
     }
     let make = || -> Arc<[String]> {
         positions
@@ -401,7 +408,7 @@ fn versioned(
     mut positions: Vec<usize>,
     by_col: &[Option<Result<Raw<'_>, String>>],
     column: &str,
-) -> Result<(Vec<usize>, Option<i64>), String> {
+) -> Result<(Vec<usize>, i64), String> {
     let Some(i) = table.columns.iter().position(|c| c == column) else {
         return Err(format!(
             "version column `{column}` is not a column of table `{}`",
@@ -412,8 +419,12 @@ fn versioned(
         Some(Ok(Raw::Integer(v))) => *v,
         None => {
             return Err(format!(
-                "a {} of `{}` must carry its version `{column}`: the guard against stale writes compares it",
-                op.as_str(),
+                "{} of `{}` must carry its version `{column}`: the guard against stale writes compares it",
+                match op {
+                    Op::Upsert => "an upsert",
+                    Op::Update => "an update",
+                    Op::Delete => "a delete",
+                },
                 table.name
             ))
         }
@@ -429,7 +440,7 @@ fn versioned(
     if op == Op::Delete {
         positions.push(i);
     }
-    Ok((positions, Some(version)))
+    Ok((positions, version))
 }
 
 #[cfg(test)]

@@ -133,28 +133,38 @@ impl Hlc {
         self
     }
 
-    /// Creates the clocks' table if missing: every time, as a cached statement, since a
-    /// transaction that created it may have rolled back.
-    fn install(&self, conn: &Connection) -> Result<()> {
-        conn.prepare_cached(&format!(
-            "CREATE TABLE IF NOT EXISTS {TABLE} (name TEXT PRIMARY KEY NOT NULL, last INTEGER NOT NULL)"
-        ))?
-        .execute([])?;
-        Ok(())
+    /// Runs `write` (a statement on the clocks' table), creating the table first if it is
+    /// missing. The write goes first: in a deferred transaction, a first statement that only
+    /// read would pin a snapshot a concurrent writer can make stale, and the write after it
+    /// would fail with "database is locked" instead of waiting its turn.
+    fn write<R>(
+        &self,
+        conn: &Connection,
+        write: impl Fn(&Connection) -> rusqlite::Result<R>,
+    ) -> Result<R> {
+        match write(conn) {
+            Err(e) if e.to_string().contains(&format!("no such table: {TABLE}")) => {
+                conn.execute_batch(&format!(
+                    "CREATE TABLE IF NOT EXISTS {TABLE} (name TEXT PRIMARY KEY NOT NULL, last INTEGER NOT NULL)"
+                ))?;
+                Ok(write(conn)?)
+            }
+            other => Ok(other?),
+        }
     }
 
     /// The next version: above every version this clock gave before (in this file), and not
     /// below the wall clock. Written in `conn`, in its transaction if one is open.
     pub fn now(&self, conn: &Connection) -> Result<i64> {
-        self.install(conn)?;
         let wall = version_at((self.physical)());
-        Ok(conn
-            .prepare_cached(&format!(
+        self.write(conn, |c| {
+            c.prepare_cached(&format!(
                 "INSERT INTO {TABLE} (name, last) VALUES (?1, ?2)
                  ON CONFLICT (name) DO UPDATE SET last = max(last + 1, excluded.last)
                  RETURNING last"
             ))?
-            .query_row(params![self.name, wall], |r| r.get(0))?)
+            .query_row(params![self.name, wall], |r| r.get(0))
+        })
     }
 
     /// Stamps `row`'s version field (`#[d1(version)]`) with [`Hlc::now`]; returns the version.
@@ -190,12 +200,13 @@ impl Hlc {
                 (wall_ms_of(version) - (self.physical)()) / 1000
             )));
         }
-        self.install(conn)?;
-        conn.prepare_cached(&format!(
-            "INSERT INTO {TABLE} (name, last) VALUES (?1, ?2)
-             ON CONFLICT (name) DO UPDATE SET last = max(last, excluded.last)"
-        ))?
-        .execute(params![self.name, version])?;
+        self.write(conn, |c| {
+            c.prepare_cached(&format!(
+                "INSERT INTO {TABLE} (name, last) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET last = max(last, excluded.last)"
+            ))?
+            .execute(params![self.name, version])
+        })?;
         Ok(())
     }
 }

@@ -267,6 +267,15 @@ fn check_sql(s: &Shape, c: &Change, single_row: bool) -> Option<(String, bool)> 
     Some((sql, whole))
 }
 
+/// The statement that makes a versioned table's deletes leave tombstones (see
+/// [`guard::tombstone_trigger_sql`]).
+fn tombstone_trigger(s: &Shape, c: &Change) -> Option<String> {
+    s.guard.as_ref()?;
+    let v = c.table.version.as_deref()?;
+    let pk: Vec<&str> = c.table.primary_key.iter().map(String::as_str).collect();
+    Some(guard::tombstone_trigger_sql(s.table, &pk, v))
+}
+
 /// Appends a row's key and version (`[k1, ..., v]`) to a check's JSON.
 fn push_key_and_version(json: &mut String, row: &str, g: &GuardShape) {
     let spans = crate::codec::element_spans(row).unwrap_or_default();
@@ -353,6 +362,8 @@ pub fn pack_with(changes: &[Change], limits: &PackLimits, sql: bool) -> Vec<Requ
     let opening = request_overhead();
     let mut cur_bytes = opening;
     let mut open: Option<Open> = None;
+    // The versioned tables whose tombstone trigger the current request creates.
+    let mut triggered: HashSet<&str> = HashSet::new();
 
     // Scratch buffers, reused for every change.
     let (mut encodings, mut bound) = (Vec::new(), Vec::new());
@@ -382,15 +393,28 @@ pub fn pack_with(changes: &[Change], limits: &PackLimits, sql: bool) -> Vec<Requ
             };
             let sql = statement_sql(&shape, c);
             let check = check_sql(&shape, c, single_row);
-            let more = sql.len() + usize::from(check.is_some());
+            let trigger = tombstone_trigger(&shape, c).filter(|_| !triggered.contains(shape.table));
+            let more = sql.len() + usize::from(check.is_some()) + usize::from(trigger.is_some());
             let sql_bytes: usize = sql.iter().map(String::len).sum::<usize>()
-                + check.as_ref().map_or(0, |(s, _)| s.len());
+                + check.as_ref().map_or(0, |(s, _)| s.len())
+                + trigger.as_ref().map_or(0, String::len);
             let full = cur.statements.len() + more > limits.max_statements.max(more + 2)
                 || cur_bytes + sql_bytes + (row.len() + 2) * more > limits.max_request_bytes;
             if full && !cur.ids.is_empty() {
                 let next_start = cur.range.end;
                 requests.push(std::mem::replace(&mut cur, new_request(next_start, true)));
                 cur_bytes = opening;
+                triggered.clear();
+            }
+            // A versioned table's rows get tombstones when deleted, cascades included: the
+            // trigger goes before the table's first statement in each request (a child row is in
+            // D1 only through such a request, so it is there before any parent's delete).
+            if let Some(sql) =
+                tombstone_trigger(&shape, c).filter(|_| !triggered.contains(shape.table))
+            {
+                cur_bytes += sql.len();
+                cur.statements.push(Statement::new(sql));
+                triggered.insert(shape.table);
             }
             // Room for the changes of this shape that follow, at this row's size and within
             // the limits: one allocation for most statements instead of a doubling series.

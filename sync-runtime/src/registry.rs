@@ -85,6 +85,21 @@ impl Registry {
         }
         self
     }
+
+    /// Takes the version column (`#[d1(version)]`) of each table from `stored`, the definitions
+    /// records were queued under, where this registry's table has that column: a registry read
+    /// from schema files alone cannot tell which column is the version.
+    pub fn adopt_version(&mut self, stored: &[TableDef]) -> &mut Registry {
+        for def in stored {
+            if let Some(mine) = self.tables.get_mut(&def.name) {
+                let usable = def.version.as_ref().is_none_or(|v| mine.has_column(v));
+                if mine.version != def.version && usable {
+                    Arc::make_mut(mine).version = def.version.clone();
+                }
+            }
+        }
+        self
+    }
 }
 
 #[doc(hidden)]

@@ -18,7 +18,14 @@ pub fn fast_backoff() -> Backoff {
     }
 }
 
-/// A `messages` row with some unicode and quotes in it.
+/// A version above every one this process gave before: the example's tables are versioned
+/// (`#[d1(version)]`), so each write of a row carries a newer one.
+pub fn next_version() -> i64 {
+    static NEXT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A `messages` row with some unicode and quotes in it, at a new version.
 pub fn message(id: &str, text: &str, created_at: i64) -> d1_sync_example::rows::Message {
     d1_sync_example::rows::Message {
         id: id.to_string(),
@@ -33,6 +40,7 @@ pub fn message(id: &str, text: &str, created_at: i64) -> d1_sync_example::rows::
         page_title: Some("Ünïcödé \"t\" 'q'".into()),
         created_at,
         organization_id: None,
+        version: next_version(),
     }
 }
 

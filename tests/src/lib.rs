@@ -3,5 +3,6 @@
 
 pub mod d1peer;
 pub mod fixture;
+pub mod fleet;
 pub mod proxy;
 pub mod targets;

@@ -8,7 +8,7 @@ use d1_sync::rusqlite::{params_from_iter, Connection};
 use d1_sync::schema::{Affinity, Schema, Table};
 use d1_sync::Value;
 use d1_sync_tests::d1peer::D1Peer;
-use d1_sync_tests::fixture::{message, registry, Fixture};
+use d1_sync_tests::fixture::{message, next_version, registry, Fixture};
 use d1_sync_tests::targets::TestTarget;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -93,6 +93,11 @@ fn row(rng: &mut StdRng, conn: &Connection, t: &Table) -> Option<Vec<(String, Va
             .foreign_keys
             .iter()
             .find(|f| f.from.first() == Some(&c.name));
+        // A versioned table's raw writes carry a newer version, as the app's would.
+        if c.name == "version" {
+            out.push((c.name.clone(), Value::Integer(next_version())));
+            continue;
+        }
         let v = match fk {
             Some(fk) if c.not_null || rng.random_bool(0.8) => one(
                 conn,
@@ -159,8 +164,11 @@ fn raw_write(rng: &mut StdRng, conn: &Connection, t: &Table) {
             };
             let pick: Vec<&(String, Value)> = cols
                 .iter()
-                .filter(|(c, _)| updatable(&t.name, c) && rng.random_bool(0.4))
+                .filter(|(c, _)| updatable(&t.name, c) && (c == "version" || rng.random_bool(0.4)))
                 .collect();
+            if pick.iter().all(|(c, _)| c == "version") {
+                return;
+            }
             if pick.is_empty() {
                 return;
             }
@@ -180,7 +188,17 @@ fn raw_write(rng: &mut StdRng, conn: &Connection, t: &Table) {
                 .collect();
             (sql, params)
         }
-        // A key change: a delete of the old key and an upsert of the new one.
+        // A key change: a delete of the old key and an upsert of the new one (at a newer
+        // version, where the table has one).
+        (7, Some(k)) if t.column("version").is_some() => (
+            format!(
+                "UPDATE {} SET {} = ?2, \"version\" = ?3 WHERE {} = ?1",
+                q(&t.name),
+                q(pk),
+                q(pk)
+            ),
+            vec![k, key(rng, t), Value::Integer(next_version())],
+        ),
         (7, Some(k)) => (
             format!(
                 "UPDATE {} SET {} = ?2 WHERE {} = ?1",
@@ -302,13 +320,14 @@ async fn a_typed_write_to_a_captured_table_is_queued_once() {
         .expect("installing again is a no-op");
     f.write(|o, tx| o.save(tx, &message("m1", "once", 1)).expect("save"));
     assert_eq!(f.counts().pending, 1);
-    f.write(|o, tx| o.save(tx, &message("m1", "twice", 1)).expect("save"));
+    let twice = message("m1", "twice", 1);
+    f.write(|o, tx| o.save(tx, &twice).expect("save"));
     assert_eq!(
         f.counts().pending,
         2,
         "each typed write queued once, by the trigger"
     );
-    let again = f.write(|o, tx| o.save(tx, &message("m1", "twice", 1)).expect("save"));
+    let again = f.write(|o, tx| o.save(tx, &twice).expect("save"));
     assert_eq!(
         (again, f.counts().pending),
         (None, 2),

@@ -35,7 +35,11 @@ fn generated_structs_have_the_schema_attribute_and_keys() {
     assert_eq!(BrowserRequestPolicyState::PRIMARY_KEY, ["state_key"]);
     assert_eq!(Message::INSERT_ONLY, ["created_at"]);
     assert_eq!(BrowserRequestPolicyState::INSERT_ONLY, [] as [&str; 0]);
-    // The seed's whitelists, column for column (organization_id comes from migration 0005).
+    // Every table is versioned (migration 0006), by `version`.
+    assert_eq!(Message::VERSION, Some("version"));
+    assert_eq!(BrowserRequestPolicyState::VERSION, Some("version"));
+    // The seed's whitelists, column for column (organization_id comes from migration 0005,
+    // version from 0006).
     assert_eq!(
         Message::COLUMNS,
         [
@@ -50,7 +54,8 @@ fn generated_structs_have_the_schema_attribute_and_keys() {
             "page_url",
             "page_title",
             "created_at",
-            "organization_id"
+            "organization_id",
+            "version"
         ]
     );
 }

@@ -219,10 +219,10 @@ async fn partial_updates_touch_only_their_columns(mut f: Fixture) {
     let mut changed = message("m", "ignored locally", 5);
     changed.summary = Some("a summary".into());
     f.write(|o, tx| {
-        // The patch writes summary locally too, and nothing else.
-        o.patch(tx, &changed, &["summary"]).unwrap();
+        // The patch writes summary (and the newer version) locally too, and nothing else.
+        o.patch(tx, &changed, &["summary", "version"]).unwrap();
         // A patch of a row neither side has creates nothing.
-        o.patch(tx, &message("absent", "x", 1), &["raw_text"])
+        o.patch(tx, &message("absent", "x", 1), &["raw_text", "version"])
             .unwrap();
     });
     let local = d1_sync::verify::dump_local(&f.app, &Message::table_def()).unwrap();

@@ -341,6 +341,7 @@ async fn the_client_keeps_under_its_request_budget() {
 
 fn conversation(id: &str) -> LocalConversation {
     LocalConversation {
+        version: d1_sync_tests::fixture::next_version(),
         local_conversation_id: id.into(),
         platform: "web".into(),
         automation_status: "active".into(),
@@ -366,6 +367,7 @@ fn conversation(id: &str) -> LocalConversation {
 
 fn link(id: &str, conversation: &str) -> ConversationLink {
     ConversationLink {
+        version: d1_sync_tests::fixture::next_version(),
         link_id: id.into(),
         local_conversation_id: conversation.into(),
         platform: "web".into(),
@@ -437,6 +439,14 @@ async fn a_lost_answer_to_a_child_upsert_and_parent_delete_is_recognised_not_app
         .exec(&["INSERT INTO local_conversations (local_conversation_id, platform, created_at, updated_at) VALUES ('p', 'web', 1, 1)"])
         .await
         .unwrap();
+    // Unversioned: a versioned child would be refused by the tombstone its cascade left,
+    // which makes this replay harmless on its own; most tables are not versioned.
+    let mut unversioned = d1_sync::Registry::new();
+    for name in ["conversation_links", "local_conversations"] {
+        let mut def = (**d1_sync_tests::fixture::registry().get(name).unwrap()).clone();
+        def.version = None;
+        unversioned.add(def);
+    }
     let changes: Vec<d1_sync::change::Change> = [
         (
             "conversation_links",
@@ -468,7 +478,7 @@ async fn a_lost_answer_to_a_child_upsert_and_parent_delete_is_recognised_not_app
             attempts: 0,
             def: None,
         };
-        d1_sync::change::check(&raw, &d1_sync_tests::fixture::registry()).unwrap()
+        d1_sync::change::check(&raw, &unversioned).unwrap()
     })
     .collect();
     let request = d1_sync::pack::pack(&changes, &d1_sync::target::PackLimits::default()).remove(0);

@@ -98,6 +98,7 @@ fn s(v: &str) -> String {
 
 fn message(id: &str, text: &str, created_at: i64) -> Message {
     Message {
+        version: d1_sync_tests::fixture::next_version(),
         id: s(id),
         platform: s("web"),
         conversation_id: Some(s("c1")),
@@ -115,6 +116,7 @@ fn message(id: &str, text: &str, created_at: i64) -> Message {
 
 fn conversation(id: &str, status: &str, created_at: i64) -> LocalConversation {
     LocalConversation {
+        version: d1_sync_tests::fixture::next_version(),
         local_conversation_id: s(id),
         platform: s("web"),
         automation_status: s(status),
@@ -154,6 +156,7 @@ fn executions() {
     let conn = db();
     upsert(&conn, &message("m1", "hello", 10));
     let e = |id: &str, ok: bool, created_at: i64| Execution {
+        version: d1_sync_tests::fixture::next_version(),
         instruction_id: s(id),
         message_id: Some(s("m1")),
         target: s("browser"),
@@ -176,6 +179,7 @@ fn executions() {
 fn sessions() {
     let conn = db();
     let row = |id: &str, n: i64, created_at: i64| Session {
+        version: d1_sync_tests::fixture::next_version(),
         id: s(id),
         platform: s("web"),
         conversation_id: None,
@@ -211,6 +215,7 @@ fn conversation_links() {
     let conn = db();
     upsert(&conn, &conversation("lc1", "active", 1));
     let row = |id: &str, active: bool, created_at: i64| ConversationLink {
+        version: d1_sync_tests::fixture::next_version(),
         link_id: s(id),
         local_conversation_id: s("lc1"),
         platform: s("web"),
@@ -242,6 +247,7 @@ fn renewal_jobs() {
     let conn = db();
     upsert(&conn, &conversation("lc1", "active", 1));
     let row = |id: &str, status: &str, created_at: i64| RenewalJob {
+        version: d1_sync_tests::fixture::next_version(),
         job_id: s(id),
         local_conversation_id: s("lc1"),
         message_id: None,
@@ -272,6 +278,7 @@ fn renewal_jobs() {
 fn browser_request_policy_state() {
     let conn = db();
     let row = |k: &str, v: &str| BrowserRequestPolicyState {
+        version: d1_sync_tests::fixture::next_version(),
         state_key: s(k),
         value_json: s(v),
         updated_at: 1,

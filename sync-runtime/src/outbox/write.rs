@@ -408,7 +408,7 @@ fn delete_payload<T: SyncRow>(row: &T, deleted: Option<i64>) -> Result<String> {
             }
         }
     };
-    Ok(codec::stored_object([(v, &version)].into_iter()))
+    Ok(codec::stored_object([(v, &version)]))
 }
 
 /// The columns a patch may set: named, in the whitelist, not key or insert-only; on a
@@ -417,12 +417,6 @@ fn check_patch<T: SyncRow>(columns: &[&str]) -> Result<()> {
     if columns.is_empty() {
         return Err(Error::Config(format!(
             "an update of `{}` must name at least one column",
-            T::TABLE
-        )));
-    }
-    if let Some(v) = T::VERSION.filter(|v| !columns.contains(v)) {
-        return Err(Error::Config(format!(
-            "an update of `{}` must set its version `{v}` too (stamp a newer one): the guard against stale writes compares it",
             T::TABLE
         )));
     }
@@ -439,6 +433,12 @@ fn check_patch<T: SyncRow>(columns: &[&str]) -> Result<()> {
                 column: (*c).to_string(),
             });
         }
+    }
+    if let Some(v) = T::VERSION.filter(|v| !columns.contains(v)) {
+        return Err(Error::Config(format!(
+            "an update of `{}` must set its version `{v}` too (stamp a newer one): the guard against stale writes compares it",
+            T::TABLE
+        )));
     }
     Ok(())
 }

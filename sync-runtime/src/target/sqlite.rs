@@ -165,6 +165,7 @@ fn apply_statements(
 /// The one-row SQL of a change's shape: for a versioned change, the read of the versions the
 /// target holds for its key (see [`guard::refusing`]), then the guarded statements.
 struct RowSql {
+    trigger: Option<String>,
     versions: Option<String>,
     apply: Vec<String>,
 }
@@ -177,6 +178,7 @@ fn row_sql(c: &Change) -> RowSql {
     let name = &c.table.name;
     match c.table.version.as_deref().filter(|_| c.version.is_some()) {
         None => RowSql {
+            trigger: None,
             versions: None,
             apply: vec![match c.op {
                 Op::Upsert => upsert_sql(name, &cols, &pk, &io),
@@ -185,6 +187,7 @@ fn row_sql(c: &Change) -> RowSql {
             }],
         },
         Some(v) => RowSql {
+            trigger: Some(guard::tombstone_trigger_sql(name, &pk, v)),
             versions: Some(guard::versions_row_sql(name, &pk, v)),
             apply: match c.op {
                 Op::Upsert => vec![guard::upsert_row_sql(name, &cols, &pk, &io, v)],
@@ -274,6 +277,7 @@ fn apply_rows(
         return ledger::outcome(Err(e));
     }
     let mut sql = RowSql {
+        trigger: None,
         versions: None,
         apply: Vec::new(),
     };
@@ -282,6 +286,11 @@ fn apply_rows(
     for c in changes {
         if !prev.is_some_and(|p| same_shape(p, c)) {
             sql = row_sql(c);
+            if let Some(trigger) = &sql.trigger {
+                tx.prepare_cached(trigger)
+                    .and_then(|mut st| st.execute([]))
+                    .map_err(classify)?;
+            }
         }
         prev = Some(c);
         let values = c.values();
