@@ -128,7 +128,7 @@ impl Device {
             .join(" ")
     }
 
-    /// Writes one change: a delete of a row the device holds (a fifth of the time), else an
+    /// Writes one change: a delete of a row the device holds (a third of the time), else an
     /// upsert of a row with new values (its parent written first if the device lacks it).
     pub fn write_one(&mut self, tx: &Transaction<'_>) -> d1_sync::Result<()> {
         let (table, n) = KEYS[self.rng.random_range(0..KEYS.len())];
@@ -150,7 +150,7 @@ impl Device {
             [&key],
             |r| r.get(0),
         )?;
-        if exists && self.rng.random_bool(0.2) {
+        if exists && self.rng.random_bool(0.35) {
             return self.delete(tx, table, &key);
         }
         if let Some((parent, pk)) = parent_of(table, &key) {
@@ -487,4 +487,75 @@ pub fn judge(
         }
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn w(device: u32, key: &str, op: &str, version: i64, text: &str) -> Write {
+        Write {
+            device,
+            table: "messages".into(),
+            key: key.into(),
+            op: op.into(),
+            version,
+            row: if op == "delete" {
+                BTreeMap::new()
+            } else {
+                [
+                    ("id".to_string(), serde_json::json!(key)),
+                    ("raw_text".to_string(), serde_json::json!(text)),
+                    ("version".to_string(), serde_json::json!(version)),
+                ]
+                .into_iter()
+                .collect()
+            },
+        }
+    }
+
+    type Rows = BTreeMap<String, BTreeMap<String, serde_json::Map<String, serde_json::Value>>>;
+
+    fn d1(rows: &[(&str, &str, i64)]) -> Rows {
+        let mut t = BTreeMap::new();
+        for (key, text, version) in rows {
+            let row = serde_json::json!({"id": key, "raw_text": text, "version": version});
+            t.insert(key.to_string(), row.as_object().unwrap().clone());
+        }
+        [("messages".to_string(), t)].into_iter().collect()
+    }
+
+    #[test]
+    fn the_oracle_names_every_kind_of_wrong_end() {
+        let writes = [
+            w(0, "msg-1", "upsert", 5, "old"),
+            w(1, "msg-1", "upsert", 9, "new"),
+            w(0, "msg-2", "upsert", 5, "x"),
+            w(1, "msg-2", "delete", 6, ""),
+            w(0, "msg-3", "upsert", 4, "kept"),
+            w(1, "msg-4", "upsert", 4, "v"),
+        ];
+        let none = BTreeSet::new();
+        let good = judge(
+            &writes,
+            &d1(&[("msg-1", "new", 9), ("msg-3", "kept", 4), ("msg-4", "v", 4)]),
+            &none,
+        );
+        assert!(good.holds(), "{good:?}");
+        assert_eq!((good.matched, good.deleted), (3, 1));
+        let bad = judge(
+            &writes,
+            &d1(&[
+                ("msg-1", "old", 5),
+                ("msg-2", "x", 5),
+                ("msg-3", "other", 4),
+            ]),
+            &none,
+        );
+        assert_eq!(bad.stale.len(), 1, "{bad:?}");
+        assert_eq!(bad.resurrected.len(), 1, "{bad:?}");
+        assert_eq!(bad.wrong.len(), 1, "{bad:?}");
+        assert_eq!(bad.lost.len(), 1, "{bad:?}");
+    }
 }

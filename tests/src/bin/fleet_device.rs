@@ -68,7 +68,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut written = 0;
     while written < writes {
         let n = rng.random_range(1..8).min(writes - written);
-        let tx = conn.transaction()?;
+        // It reads (does the row exist?) before it writes: an immediate transaction, so the
+        // worker's writes in between cannot make its snapshot stale.
+        let tx =
+            conn.transaction_with_behavior(d1_sync::rusqlite::TransactionBehavior::Immediate)?;
         for _ in 0..n {
             device.write_one(&tx)?;
         }
@@ -92,7 +95,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             None => {}
         }
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..15))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..60))).await;
     }
     let w = match online {
         Some(w) => w,
