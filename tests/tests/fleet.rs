@@ -11,7 +11,7 @@
 //! `D1SYNC_FLEET_SEED`) run a larger fleet.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use d1_sync::schema::migrations as m;
 use d1_sync::target::Statement;
