@@ -204,6 +204,12 @@ pub async fn run(a: &DemoArgs) -> Result<ExitCode, CliError> {
         drain_time.as_secs_f64()
     );
     println!("  failed     {} records", s.queue.failed);
+    if s.records_superseded > 0 {
+        println!(
+            "  superseded {} records (D1 held a newer version of their row)",
+            s.records_superseded
+        );
+    }
 
     // 3. Every table on the target equals the local one.
     let registry = d1_sync_example::registry();

@@ -68,6 +68,13 @@ enum Command {
         #[command(subcommand)]
         action: outbox_cmds::FailedAction,
     },
+    /// List the records D1's version guard refused (`#[d1(version)]`): another device had
+    /// written a newer version of their row.
+    #[command(after_help = "Example:\n  d1sync conflicts list --db app.db --limit 20")]
+    Conflicts {
+        #[command(subcommand)]
+        action: outbox_cmds::ConflictsAction,
+    },
     /// Drain the outbox once, with a progress bar; exits 1 if a record failed or the target
     /// could not be reached.
     #[command(
@@ -124,6 +131,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => generate::run(&a),
         Command::Status(a) => outbox_cmds::status(&a),
         Command::Failed { action } => outbox_cmds::failed(&action),
+        Command::Conflicts { action } => outbox_cmds::conflicts(&action),
         Command::Push(a) => runtime().and_then(|rt| rt.block_on(push::push(&a))),
         Command::Run(a) => runtime().and_then(|rt| rt.block_on(push::run(&a))),
         Command::Demo(a) => runtime().and_then(|rt| rt.block_on(demo::run(&a))),

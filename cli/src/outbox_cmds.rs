@@ -1,4 +1,4 @@
-//! `d1sync status` and `d1sync failed`: looking at and operating an outbox.
+//! `d1sync status`, `d1sync failed` and `d1sync conflicts`: looking at and operating an outbox.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -110,6 +110,12 @@ pub fn status(a: &DbArgs) -> Result<ExitCode, CliError> {
         c.synced
     );
     println!("  failed      {}", c.failed);
+    if c.superseded > 0 {
+        println!(
+            "  superseded  {} (D1 held a newer version of their row: `d1sync conflicts list`)",
+            c.superseded
+        );
+    }
     match report.oldest_unsynced_age_ms {
         Some(ms) => println!(
             "  oldest unsynced record: {} old",
@@ -193,4 +199,51 @@ pub fn failed(action: &FailedAction) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+#[derive(Subcommand)]
+pub enum ConflictsAction {
+    /// List the newest records the version guard refused, newest first: D1 held the same or a
+    /// newer version of their row (or had deleted their parent).
+    List {
+        #[command(flatten)]
+        db: DbArgs,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+pub fn conflicts(action: &ConflictsAction) -> Result<ExitCode, CliError> {
+    let ConflictsAction::List { db, limit } = action;
+    let (conn, outbox) = open_app_db(&db.db, &db.queue_table)?;
+    let list = outbox
+        .conflicts(&conn, *limit)
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    if db.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).map_err(|e| CliError::Failed(e.to_string()))?
+        );
+    } else if list.is_empty() {
+        println!("no conflicts: D1 took every write");
+    } else {
+        let show = |v: Option<i64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+        println!(
+            "{:>8}  {:<24} {:<7} {:<20} {:>20} {:>20}",
+            "id", "table", "op", "key", "sent version", "D1 held"
+        );
+        for c in &list {
+            println!(
+                "{:>8}  {:<24} {:<7} {:<20} {:>20} {:>20}",
+                c.id,
+                c.table,
+                c.op,
+                c.row_key,
+                show(c.sent_version),
+                show(c.held_version)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -94,14 +94,15 @@ pub async fn push(a: &PushArgs) -> Result<ExitCode, CliError> {
     outcome?;
     let took = started.elapsed();
     println!(
-        "pushed {} rows to {} in {} requests ({:.0} rows/request) in {}; {} pending, {} failed",
+        "pushed {} rows to {} in {} requests ({:.0} rows/request) in {}; {} pending, {} failed{}",
         s.records_synced,
         target.describe(),
         s.requests,
         s.rows_per_request(),
         human(took),
         s.queue.pending,
-        s.queue.failed
+        s.queue.failed,
+        superseded(s.records_superseded)
     );
     if s.records_failed > 0 || s.queue.failed > before.queue.failed {
         eprintln!(
@@ -129,8 +130,21 @@ pub async fn run(a: &PushArgs) -> Result<ExitCode, CliError> {
     let s = worker.stats().await?;
     worker.shutdown().await?;
     println!(
-        "synced {} rows in {} requests; {} pending, {} failed",
-        s.records_synced, s.requests, s.queue.pending, s.queue.failed
+        "synced {} rows in {} requests; {} pending, {} failed{}",
+        s.records_synced,
+        s.requests,
+        s.queue.pending,
+        s.queue.failed,
+        superseded(s.records_superseded)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `, N superseded (...)` when D1's version guard refused records, else nothing.
+fn superseded(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(", {n} superseded by newer versions in D1 (`d1sync conflicts list`)")
+    }
 }

@@ -921,3 +921,75 @@ fn figure(out: &str, label: &str) -> u64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no `{label}` figure in:\n{out}"))
 }
+
+/// Two devices' writes of one row: the older one pushed last is superseded, not failed, and
+/// the operator sees it in `status` and `conflicts list`.
+#[test]
+fn a_stale_write_is_superseded_and_listed_as_a_conflict() {
+    use d1_sync::{Outbox, SyncRow};
+    let dir = tempfile::tempdir().unwrap();
+    let schema = d1_sync_example::migrations_dir();
+    let (app, mirror) = (dir.path().join("app.db"), dir.path().join("mirror.db"));
+    let row = |text: &str, version: i64| d1_sync_example::rows::Message {
+        id: "m1".into(),
+        platform: "web".into(),
+        conversation_id: None,
+        role: "user".into(),
+        raw_text: Some(text.into()),
+        summary: None,
+        observed_at: 1,
+        static_path: None,
+        page_url: None,
+        page_title: None,
+        created_at: 1,
+        organization_id: None,
+        version,
+    };
+    // The other device already put version 9 in the mirror.
+    let other = d1_sync::open(&mirror).unwrap();
+    d1_sync_example::apply_migrations(&other).unwrap();
+    other
+        .execute(
+            d1_sync_example::rows::Message::UPSERT_SQL,
+            d1_sync::rusqlite::params_from_iter(row("newer, elsewhere", 9).values()),
+        )
+        .unwrap();
+    drop(other);
+    let mut conn = d1_sync::open(&app).unwrap();
+    d1_sync_example::apply_migrations(&conn).unwrap();
+    let tx = conn.transaction().unwrap();
+    Outbox::new().save(&tx, &row("older, here", 5)).unwrap();
+    tx.commit().unwrap();
+
+    let (code, out, err) = run(&mut push_to_sqlite(&app, &schema, &mirror));
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("pushed 1 rows") && out.contains("1 superseded by newer versions in D1"),
+        "{out}"
+    );
+    let (code, out, _) = run(d1sync().args(["status", "--db"]).arg(&app));
+    assert_eq!(code, 0);
+    assert!(out.contains("failed      0"), "{out}");
+    assert!(out.contains("superseded  1"), "{out}");
+    let (code, out, _) = run(d1sync().args(["conflicts", "list", "--db"]).arg(&app));
+    assert_eq!(code, 0);
+    let line = out.lines().nth(1).unwrap_or_default();
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        cells[1..],
+        ["messages", "upsert", "[\"m1\"]", "5", "9"],
+        "{out}"
+    );
+    let (_, out, _) = run(d1sync()
+        .args(["conflicts", "list", "--json", "--db"])
+        .arg(&app));
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json[0]["held_version"], 9, "{out}");
+    let mirror = d1_sync::open(&dir.path().join("mirror.db")).unwrap();
+    let text: String = mirror
+        .query_row("SELECT raw_text FROM messages WHERE id = 'm1'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(text, "newer, elsewhere", "the newer write stays");
+}
