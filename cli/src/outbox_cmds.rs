@@ -230,18 +230,19 @@ pub fn conflicts(action: &ConflictsAction) -> Result<ExitCode, CliError> {
     } else {
         let show = |v: Option<i64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
         println!(
-            "{:>8}  {:<24} {:<7} {:<20} {:>20} {:>20}",
+            "{:>8}  {:<24} {:<7} {:<20} {:>16} {:>16}  why",
             "id", "table", "op", "key", "sent version", "D1 held"
         );
         for c in &list {
             println!(
-                "{:>8}  {:<24} {:<7} {:<20} {:>20} {:>20}",
+                "{:>8}  {:<24} {:<7} {:<20} {:>16} {:>16}  {}",
                 c.id,
                 c.table,
                 c.op,
                 c.row_key,
                 show(c.sent_version),
-                show(c.held_version)
+                show(c.held_version),
+                c.reason
             );
         }
     }

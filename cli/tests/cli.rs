@@ -977,7 +977,7 @@ fn a_stale_write_is_superseded_and_listed_as_a_conflict() {
     let cells: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(
         cells[1..],
-        ["messages", "upsert", "[\"m1\"]", "5", "9"],
+        ["messages", "upsert", "[\"m1\"]", "5", "9", "newer", "version"],
         "{out}"
     );
     let (_, out, _) = run(d1sync()
@@ -985,7 +985,7 @@ fn a_stale_write_is_superseded_and_listed_as_a_conflict() {
         .arg(&app));
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(json[0]["held_version"], 9, "{out}");
-    let mirror = d1_sync::open(&dir.path().join("mirror.db")).unwrap();
+    let mirror = d1_sync::open(dir.path().join("mirror.db")).unwrap();
     let text: String = mirror
         .query_row("SELECT raw_text FROM messages WHERE id = 'm1'", [], |r| {
             r.get(0)

@@ -25,17 +25,23 @@ pub struct Conflict {
     pub sent_version: Option<i64>,
     /// The version D1 held (of its row, or of a delete of it), where it could be read.
     pub held_version: Option<i64>,
+    /// Why: `newer version` (D1 held the same or a newer version of the row, or of a delete
+    /// of it), or `parent deleted: <table> <key>` (another device deleted the row's parent,
+    /// and `held_version` is that delete's).
+    pub reason: String,
     /// When D1 answered (ms).
     pub at_ms: i64,
 }
 
 /// A record the guard refused, on its way to the log: its id, the version it carried, and the
 /// one the target held.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Stale {
     pub(crate) id: i64,
     pub(crate) sent: Option<i64>,
     pub(crate) held: Option<i64>,
+    /// The parent row whose delete superseded it (`table key`), if that is why.
+    pub(crate) parent: Option<String>,
 }
 
 impl Outbox {
@@ -54,6 +60,7 @@ impl Outbox {
                op TEXT NOT NULL,
                sent_version INTEGER,
                held_version INTEGER,
+               reason TEXT NOT NULL,
                at INTEGER NOT NULL
              )",
             self.conflicts
@@ -67,13 +74,17 @@ impl Outbox {
             return Ok(());
         }
         let mut stmt = tx.prepare_cached(&format!(
-            "INSERT INTO {} (id, table_name, row_key, op, sent_version, held_version, at)
-             SELECT id, table_name, row_key, op, ?2, ?3, ?4 FROM {} WHERE id = ?1",
+            "INSERT INTO {} (id, table_name, row_key, op, sent_version, held_version, reason, at)
+             SELECT id, table_name, row_key, op, ?2, ?3, ?4, ?5 FROM {} WHERE id = ?1",
             self.conflicts, self.q
         ))?;
         let now = now_ms();
         for s in stale {
-            stmt.execute(params![s.id, s.sent, s.held, now])?;
+            let reason = match &s.parent {
+                Some(p) => format!("parent deleted: {p}"),
+                None => "newer version".to_string(),
+            };
+            stmt.execute(params![s.id, s.sent, s.held, reason, now])?;
         }
         Ok(())
     }
@@ -92,7 +103,7 @@ impl Outbox {
             return Ok(Vec::new());
         }
         let mut stmt = conn.prepare(&format!(
-            "SELECT id, table_name, row_key, op, sent_version, held_version, at FROM {} ORDER BY seq DESC LIMIT ?1",
+            "SELECT id, table_name, row_key, op, sent_version, held_version, reason, at FROM {} ORDER BY seq DESC LIMIT ?1",
             self.conflicts
         ))?;
         let rows = stmt
@@ -104,7 +115,8 @@ impl Outbox {
                     op: r.get(3)?,
                     sent_version: r.get(4)?,
                     held_version: r.get(5)?,
-                    at_ms: r.get(6)?,
+                    reason: r.get(6)?,
+                    at_ms: r.get(7)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;

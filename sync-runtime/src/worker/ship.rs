@@ -270,7 +270,7 @@ pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool
             if seg.changes.len() == 1 {
                 if crate::target::is_foreign_key_error(&message) {
                     match parent_deleted(inner, &seg.changes[0]).await {
-                        Ok(Some(held)) => {
+                        Ok(Some((parent, held))) => {
                             // Another device deleted the parent: the delete wins, as it would
                             // have cascaded over this row.
                             let c = &seg.changes[0];
@@ -278,6 +278,7 @@ pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool
                                 id: c.id,
                                 sent: c.version,
                                 held: Some(held),
+                                parent: Some(parent),
                             }];
                             let ids = [c.id];
                             if let Err(e) = db(inner, move |o, conn| {
@@ -329,13 +330,16 @@ pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool
 
 /// The version of the delete the target recorded for a parent row `c` needs and it lacks:
 /// then `c` can never apply, and is superseded by that delete.
-async fn parent_deleted(inner: &Arc<Inner>, c: &Change) -> Result<Option<i64>, TargetError> {
+async fn parent_deleted(
+    inner: &Arc<Inner>,
+    c: &Change,
+) -> Result<Option<(String, i64)>, TargetError> {
     for (_, parent, key) in inner.deps.parents(c) {
         let Some(def) = inner.registry.get(&parent) else {
             continue;
         };
         if let Some(v) = inner.target.deleted(def, &key).await? {
-            return Ok(Some(v));
+            return Ok(Some((format!("{parent} {key}"), v)));
         }
     }
     Ok(None)
@@ -357,6 +361,7 @@ fn stale_records(changes: &[Change], superseded: &[crate::ledger::Superseded]) -
             id: s.id,
             sent: sent.get(&s.id).copied(),
             held: s.held,
+            parent: None,
         })
         .collect()
 }
