@@ -4,9 +4,11 @@
 //! ```text
 //! cargo run --release -p d1-sync-bench               # all of them (a few minutes)
 //! cargo run --release -p d1-sync-bench -- --quick    # smaller sizes
-//! cargo run --release -p d1-sync-bench -- enqueue capture coalesce drain d1 production latency memory schema
+//! cargo run --release -p d1-sync-bench -- enqueue capture coalesce drain d1 guard fleet production latency memory schema
 //! D1SYNC_BENCH_BATCH=2000 cargo run --release -p d1-sync-bench -- drain   # another batch size
 //! ```
+
+mod versions;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -1090,7 +1092,7 @@ async fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let want = |name: &str| picked.is_empty() || picked.contains(&name);
-    let needs_peer = ["d1", "faults", "production", "latency"]
+    let needs_peer = ["d1", "guard", "fleet", "faults", "production", "latency"]
         .iter()
         .any(|b| want(b));
     let peer = needs_peer.then(D1Peer::start);
@@ -1128,6 +1130,12 @@ async fn main() {
     if let Some(peer) = &peer {
         run("d1", &mut || {
             tokio::task::block_in_place(|| handle.block_on(bench_d1(peer, quick)))
+        });
+        run("guard", &mut || {
+            tokio::task::block_in_place(|| handle.block_on(versions::bench_guard(peer, quick)))
+        });
+        run("fleet", &mut || {
+            tokio::task::block_in_place(|| handle.block_on(versions::bench_fleet(peer, quick)))
         });
         run("faults", &mut || {
             tokio::task::block_in_place(|| handle.block_on(bench_faults(peer, quick)))

@@ -5,8 +5,9 @@
 //! that every write carries. The rules, the same in every form below:
 //!
 //! - an **upsert** applies only over a strictly older version (`excluded.v > t.v`); a tie keeps
-//!   what the table has. It is also refused when a delete of the key at the same or a newer
-//!   version left a *tombstone* (so an old upsert never resurrects a row deleted later);
+//!   what the table has. An upsert of a row the table does not hold is refused when a delete
+//!   of the key at the same or a newer version left a *tombstone* (so an old upsert never
+//!   resurrects a row deleted later);
 //! - a **partial update** applies only over a strictly older version, and creates no row;
 //! - a **delete** carries the version of the row it deleted. It removes the row only if the
 //!   row's version is not newer, and always leaves a tombstone of its version (the newest one
@@ -178,13 +179,30 @@ pub fn delete_local_sql(table: &str, primary_key: &[&str], version: &str) -> Str
     )
 }
 
-/// `NOT EXISTS` a tombstone of `table` for the key `key_values` at `version_value` or newer.
-fn no_newer_tombstone(table: &str, key_values: &[String], version_value: &str) -> String {
+/// The row of `key_values` is in `table`, or no tombstone of it is at `version_value` or newer.
+/// A tombstone guards an absent row only: a row the target holds was written over its
+/// tombstone, and decides by its own version (the conflict's `WHERE`).
+fn no_newer_tombstone(
+    table: &str,
+    primary_key: &[&str],
+    key_values: &[String],
+    version_value: &str,
+) -> String {
+    let held = primary_key
+        .iter()
+        .zip(key_values)
+        .map(|(k, v)| format!("{} = {v}", quote_ident(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    // The first test does not depend on the row: SQLite runs it once per statement, and a
+    // table without tombstones skips the rest.
     format!(
-        "NOT EXISTS (SELECT 1 FROM {} WHERE \"table_name\" = {} AND \"row_key\" = {} AND \"version\" >= {version_value})",
-        quote_ident(TOMBSTONES),
-        quote_literal(table),
-        tombstone_key(key_values)
+        "(NOT EXISTS (SELECT 1 FROM {ts} WHERE \"table_name\" = {name}) OR EXISTS (SELECT 1 FROM {} WHERE {held}) \
+         OR NOT EXISTS (SELECT 1 FROM {ts} WHERE \"table_name\" = {name} AND \"row_key\" = {} AND \"version\" >= {version_value}))",
+        quote_ident(table),
+        tombstone_key(key_values),
+        ts = quote_ident(TOMBSTONES),
+        name = quote_literal(table),
     )
 }
 
@@ -218,7 +236,7 @@ pub fn upsert_row_sql(
         quote_ident(table),
         join_quoted(columns),
         params.join(", "),
-        no_newer_tombstone(table, &key, &v),
+        no_newer_tombstone(table, primary_key, &key, &v),
         conflict_clause(columns, primary_key, insert_only),
         newer(table, version)
     )
@@ -297,7 +315,7 @@ pub fn deleted_sql(table: &str, primary_key: &[&str]) -> String {
 
 /// The version that refuses a `write` carrying `sent`, given the row's version and its
 /// tombstone's in the target (`None` when absent; a `NULL` version is absent): `None` when the
-/// write applies. The same rules as the SQL of this module, for targets that apply rows one
+/// write applies. A tombstone counts for an absent row only. The same rules as the SQL of this module, for targets that apply rows one
 /// by one.
 ///
 /// ```
@@ -311,7 +329,7 @@ pub fn deleted_sql(table: &str, primary_key: &[&str]) -> String {
 /// ```
 pub fn refusing(write: Write, sent: i64, row: Option<i64>, tombstone: Option<i64>) -> Option<i64> {
     match write {
-        Write::Upsert => row.max(tombstone).filter(|v| *v >= sent),
+        Write::Upsert => row.or(tombstone).filter(|v| *v >= sent),
         Write::Update => row.filter(|v| *v >= sent),
         Write::Delete => row.filter(|v| *v > sent),
     }
@@ -347,15 +365,6 @@ fn join_on(columns: &[&str], primary_key: &[&str]) -> String {
         .join(" AND ")
 }
 
-fn json_values(columns: &[&str], of: &[&str], encodings: &[JsonEncoding]) -> Vec<String> {
-    of.iter()
-        .map(|c| {
-            let i = position(columns, c);
-            json_expr(i, encodings.get(i).copied().unwrap_or(JsonEncoding::Plain))
-        })
-        .collect()
-}
-
 /// A target's many-row upsert of versioned rows: `?1` a JSON array of rows in `columns` order
 /// (see [`crate::sql::upsert_json_sql`]). Keys must be distinct within one statement, so that
 /// [`stale_json_sql`] sent before it is exact.
@@ -363,7 +372,7 @@ fn json_values(columns: &[&str], of: &[&str], encodings: &[JsonEncoding]) -> Vec
 /// ```
 /// use d1_sync_schema::{guard::upsert_json_sql, sql::JsonEncoding::Plain};
 /// let sql = upsert_json_sql("t", &["k", "v"], &[Plain, Plain], &["k"], &[], "v");
-/// assert!(sql.contains(r#"WHERE NOT EXISTS (SELECT 1 FROM "d1_sync_tombstones""#), "{sql}");
+/// assert!(sql.contains(r#"OR NOT EXISTS (SELECT 1 FROM "d1_sync_tombstones""#), "{sql}");
 /// assert!(sql.ends_with(r#"WHERE excluded."v" > coalesce("t"."v", -9223372036854775808)"#), "{sql}");
 /// ```
 pub fn upsert_json_sql(
@@ -374,17 +383,24 @@ pub fn upsert_json_sql(
     insert_only: &[&str],
     version: &str,
 ) -> String {
-    let exprs: Vec<String> = (0..columns.len())
-        .map(|i| json_expr(i, encodings.get(i).copied().unwrap_or(JsonEncoding::Plain)))
+    // `json_each` is named: the guard's subqueries read the table, which may have a column
+    // called `value` that would shadow json_each's.
+    let named = |i: usize| {
+        json_expr(i, encodings.get(i).copied().unwrap_or(JsonEncoding::Plain))
+            .replace("(value, ", "(\"j\".value, ")
+    };
+    let exprs: Vec<String> = (0..columns.len()).map(named).collect();
+    let key: Vec<String> = primary_key
+        .iter()
+        .map(|k| named(position(columns, k)))
         .collect();
-    let key = json_values(columns, primary_key, encodings);
-    let v = json_values(columns, &[version], encodings).remove(0);
+    let v = named(position(columns, version));
     format!(
-        "INSERT INTO {} ({}) SELECT {} FROM json_each(?1) WHERE {} {} WHERE {}",
+        "INSERT INTO {} ({}) SELECT {} FROM json_each(?1) AS \"j\" WHERE {} {} WHERE {}",
         quote_ident(table),
         join_quoted(columns),
         exprs.join(", "),
-        no_newer_tombstone(table, &key, &v),
+        no_newer_tombstone(table, primary_key, &key, &v),
         conflict_clause(columns, primary_key, insert_only),
         newer(table, version)
     )
@@ -479,16 +495,19 @@ pub fn stale_json_sql(
                 .iter()
                 .map(|k| format!("\"j\".\"c{}\"", position(columns, k)))
                 .collect();
+            // A row the target holds decides by its version (a tombstone of it is older: the
+            // row was written over it); only an absent row's tombstone is looked up.
+            // (The `EXISTS` does not depend on the row: SQLite runs it once.)
             let held = format!(
-                "max(coalesce(\"t\".{v}, {OLDEST}), coalesce(\"ts\".\"version\", {OLDEST}))"
+                "coalesce(\"t\".{v}, CASE WHEN EXISTS (SELECT 1 FROM {ts} WHERE \"table_name\" = {name}) \
+                 THEN (SELECT \"version\" FROM {ts} WHERE \"table_name\" = {name} AND \"row_key\" = {}) END)",
+                tombstone_key(&key),
+                ts = quote_ident(TOMBSTONES),
+                name = quote_literal(table),
             );
             format!(
                 "SELECT \"j\".\"i\", CAST({held} AS TEXT) AS \"v\" FROM {rows} LEFT JOIN {t} AS \"t\" ON {on} \
-                 LEFT JOIN {} AS \"ts\" ON \"ts\".\"table_name\" = {} AND \"ts\".\"row_key\" = {} \
-                 WHERE ({held}) >= {sent}",
-                quote_ident(TOMBSTONES),
-                quote_literal(table),
-                tombstone_key(&key)
+                 WHERE ({held}) >= {sent}"
             )
         }
         Write::Update | Write::Delete => {
@@ -756,6 +775,38 @@ mod tests {
         assert_eq!(deleted("[3]"), None, "never deleted");
         upsert(&conn, &[(1, "back", 6)]);
         assert_eq!(deleted("[1]"), None, "written again after its delete");
+    }
+
+    #[test]
+    fn a_table_with_a_column_named_value_is_guarded_too() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(&format!(
+            "CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT, v INTEGER NOT NULL); {};",
+            create_tombstones_sql()
+        ))
+        .unwrap();
+        let up = upsert_json_sql(
+            "kv",
+            &["key", "value", "v"],
+            &[Plain; 3],
+            &["key"],
+            &[],
+            "v",
+        );
+        conn.execute(&up, [r#"[["a","x",5]]"#]).unwrap();
+        conn.execute(&up, [r#"[["a","old",4],["b","y",1]]"#])
+            .unwrap();
+        let rows: Vec<(String, String, i64)> = conn
+            .prepare("SELECT key, value, v FROM kv ORDER BY key")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            [("a".into(), "x".into(), 5), ("b".into(), "y".into(), 1)]
+        );
     }
 
     #[test]

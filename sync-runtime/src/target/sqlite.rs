@@ -294,19 +294,22 @@ fn apply_rows(
         }
         prev = Some(c);
         let values = c.values();
-        if let Some(versions) = &sql.versions {
+        let mut changed = 0;
+        for apply in &sql.apply {
+            let mut stmt = tx.prepare_cached(apply).map_err(classify)?;
+            changed = stmt
+                .execute(params_from_iter(values.iter()))
+                .map_err(classify)?;
+        }
+        // The guarded statement (the last) changed nothing: refused, or (an update or delete)
+        // no such row. The versions the target holds now are the ones the guard saw.
+        if let (Some(versions), 0) = (&sql.versions, changed) {
             if let Some(held) = refused_by(&tx, versions, c, &values)? {
                 superseded.push(Superseded {
                     id: c.id,
                     held: Some(held),
                 });
-                continue;
             }
-        }
-        for apply in &sql.apply {
-            let mut stmt = tx.prepare_cached(apply).map_err(classify)?;
-            stmt.execute(params_from_iter(values.iter()))
-                .map_err(classify)?;
         }
     }
     tx.commit().map_err(classify)?;
