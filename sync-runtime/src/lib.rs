@@ -11,6 +11,9 @@
 //!   enqueued in the same transaction as the row write, raw SQL writes too once a table is
 //!   captured ([`Outbox::capture`]), and a row's pending records coalesce into their net
 //!   effect ([`Outbox::coalescing`]).
+//! - With a `#[d1(version)]` field, many devices can write one D1: only a newer version
+//!   overwrites a row, a delete leaves a tombstone, and a stale write is *superseded* (logged,
+//!   see [`Outbox::conflicts`]), never failed. [`Hlc`] stamps the versions.
 //! - The [`SyncWorker`] drains it to a [`Target`] — D1 over its REST API ([`D1Http`]) or a
 //!   local SQLite file ([`SqliteTarget`]) — in batches, in per-row order, with backoff,
 //!   pauses on rate limits and refused credentials, and a dead-letter state that never drops
