@@ -32,6 +32,16 @@ impl Op {
         }
     }
 
+    /// The write the version guard judges (see [`d1_sync_schema::guard`]).
+    pub fn guarded(self) -> d1_sync_schema::guard::Write {
+        use d1_sync_schema::guard::Write;
+        match self {
+            Op::Upsert => Write::Upsert,
+            Op::Update => Write::Update,
+            Op::Delete => Write::Delete,
+        }
+    }
+
     /// From the stored text.
     pub fn parse(s: &str) -> Option<Op> {
         match s {

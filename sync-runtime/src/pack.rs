@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use d1_sync_schema::guard::{self, Write};
+use d1_sync_schema::guard;
 use d1_sync_schema::sql::{delete_json_sql, update_json_sql, upsert_json_sql, JsonEncoding};
 
 use crate::change::{Change, Op, Special};
@@ -242,11 +242,7 @@ fn check_sql(s: &Shape, c: &Change, single_row: bool) -> Option<(String, bool)> 
     let g = s.guard.as_ref()?;
     let v = c.table.version.as_deref()?;
     let pk: Vec<&str> = c.table.primary_key.iter().map(String::as_str).collect();
-    let write = match s.op {
-        Op::Upsert => Write::Upsert,
-        Op::Update => Write::Update,
-        Op::Delete => Write::Delete,
-    };
+    let write = s.op.guarded();
     // A delete's row is its key and version already; a row with a bound real is checked
     // whole, with the same parameters.
     let whole = s.op == Op::Delete || single_row;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use d1_sync_schema::guard::{self, Write};
+use d1_sync_schema::guard;
 use d1_sync_schema::sql::{delete_sql, update_sql, upsert_sql};
 use rusqlite::{params_from_iter, Connection, ErrorCode};
 
@@ -219,12 +219,7 @@ fn refused_by(
         .prepare_cached(versions)
         .and_then(|mut st| st.query_row(params_from_iter(key), |r| Ok((r.get(0)?, r.get(1)?))))
         .map_err(classify)?;
-    let write = match c.op {
-        Op::Upsert => Write::Upsert,
-        Op::Update => Write::Update,
-        Op::Delete => Write::Delete,
-    };
-    Ok(guard::refusing(write, sent, row, tombstone))
+    Ok(guard::refusing(c.op.guarded(), sent, row, tombstone))
 }
 
 fn same_shape(a: &Change, b: &Change) -> bool {
