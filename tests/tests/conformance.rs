@@ -39,7 +39,84 @@ both_targets!(
     values_round_trip_exactly,
     partial_updates_touch_only_their_columns,
     a_request_applied_before_is_refused_as_a_whole_by_the_ledger,
+    the_version_guard_keeps_the_newest_write_of_every_row,
 );
+
+/// Another device's newer rows are in the target: older upserts, an older patch and an old
+/// write of a row deleted since are superseded, not applied and not failed; newer ones apply.
+async fn the_version_guard_keeps_the_newest_write_of_every_row(mut f: Fixture) {
+    let at = |id: &str, text: &str, version: i64| {
+        let mut m = message(id, text, 1);
+        m.version = version;
+        m
+    };
+    // The other device's writes, already in the target.
+    f.target
+        .exec(&[
+            "INSERT INTO messages (id, platform, role, raw_text, observed_at, created_at, version) VALUES
+               ('m1', 'web', 'user', 'theirs', 1, 1, 100),
+               ('m3', 'web', 'user', 'theirs', 1, 1, 5),
+               ('m4', 'web', 'user', 'theirs', 1, 1, 20)",
+        ])
+        .await
+        .unwrap();
+    let worker = f.worker().build().unwrap();
+    worker.start().unwrap();
+    f.write(|o, tx| {
+        o.save(tx, &at("m1", "older, ours", 50)).unwrap(); // refused: 100 is newer
+        o.save(tx, &at("m2", "new, ours", 10)).unwrap(); // applies: the target has no m2
+        o.remove(tx, &at("m3", "", 7)).unwrap(); // applies: 7 is not older than 5
+        o.save(tx, &at("m4", "older, ours", 15)).unwrap(); // refused: 20 is newer
+    });
+    worker.flush().await.unwrap();
+    f.write(|o, tx| {
+        o.enqueue_upsert(tx, &at("m3", "from before the delete", 6))
+            .unwrap(); // refused: deleted at 7
+        let mut newer = at("m4", "ignored", 30);
+        newer.summary = Some("patched".into());
+        o.patch(tx, &newer, &["summary", "version"]).unwrap(); // applies over 20
+    });
+    worker.flush().await.unwrap();
+    let stats = worker.stats().await.unwrap();
+    worker.shutdown().await.unwrap();
+    assert_eq!(stats.records_superseded, 3, "{stats:?}");
+    assert_eq!(f.counts().failed, 0);
+    let rows = f.target.dump(&Message::table_def()).await;
+    let find = |id: &str| {
+        rows.iter()
+            .find(|r| r.contains(&format!("\"{id}\"")))
+            .cloned()
+    };
+    let m1 = find("m1").expect("m1 stays");
+    assert!(m1.contains("\"theirs\"") && m1.contains("\"100\""), "{m1}");
+    assert!(find("m2").is_some_and(|r| r.contains("new, ours")));
+    assert_eq!(
+        find("m3"),
+        None,
+        "an old write never brings back a deleted row"
+    );
+    let m4 = find("m4").expect("m4 stays");
+    assert!(
+        m4.contains("\"theirs\"") && m4.contains("\"patched\"") && m4.contains("\"30\""),
+        "{m4}"
+    );
+    let mut held: Vec<(String, Option<i64>, Option<i64>)> = f
+        .outbox
+        .conflicts(&f.app, 10)
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.row_key, c.sent_version, c.held_version))
+        .collect();
+    held.sort();
+    assert_eq!(
+        held,
+        [
+            ("[\"m1\"]".to_string(), Some(50), Some(100)),
+            ("[\"m3\"]".to_string(), Some(6), Some(7)),
+            ("[\"m4\"]".to_string(), Some(15), Some(20)),
+        ]
+    );
+}
 
 async fn upsert_update_keeps_created_at_and_delete_removes_the_row(mut f: Fixture) {
     let worker = f.worker().build().unwrap();
