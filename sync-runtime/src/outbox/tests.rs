@@ -261,6 +261,44 @@ fn purge_keeps_the_newest_synced_records() {
 }
 
 #[test]
+fn superseded_records_are_logged_as_conflicts_and_trimmed_with_the_log() {
+    let (mut conn, o) = setup();
+    let all: Vec<i64> = (0..6).map(|i| put(&conn, &o, &i.to_string())).collect();
+    let stale: Vec<Stale> = all[..4]
+        .iter()
+        .map(|&id| Stale {
+            id,
+            sent: Some(id),
+            held: Some(id + 100),
+            parent: (id == all[3]).then(|| "p [\"k\"]".to_string()),
+        })
+        .collect();
+    assert_eq!(o.acknowledge(&mut conn, &all, None, &stale).unwrap(), 6);
+    let c = o.counts(&conn).unwrap();
+    assert_eq!((c.pending, c.synced, c.superseded), (0, 6, 4));
+    let listed = o.conflicts(&conn, 10).unwrap();
+    assert_eq!(listed.len(), 4);
+    assert_eq!(listed[0].id, all[3], "newest first");
+    assert_eq!(listed[0].reason, "parent deleted: p [\"k\"]");
+    assert_eq!(
+        (
+            listed[3].sent_version,
+            listed[3].held_version,
+            listed[3].reason.as_str()
+        ),
+        (Some(all[0]), Some(all[0] + 100), "newer version")
+    );
+    o.purge(&conn, 2).unwrap();
+    let kept: Vec<i64> = o
+        .conflicts(&conn, 10)
+        .unwrap()
+        .iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(kept, [all[3], all[2]], "the newest kept");
+}
+
+#[test]
 fn an_acknowledged_record_leaves_the_queue_for_the_log() {
     let (mut conn, o) = setup();
     let a = put(&conn, &o, "a");
