@@ -11,6 +11,7 @@ mod outbox_cmds;
 mod progress;
 mod push;
 mod target;
+mod tombstones;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -75,6 +76,12 @@ enum Command {
         #[command(subcommand)]
         action: outbox_cmds::ConflictsAction,
     },
+    /// Forget the deletes D1 remembers for versioned tables (tombstones) older than a horizon.
+    #[command(after_help = "Example:\n  d1sync tombstones prune --older-than-days 90 --target d1")]
+    Tombstones {
+        #[command(subcommand)]
+        action: tombstones::TombstonesAction,
+    },
     /// Drain the outbox once, with a progress bar; exits 1 if a record failed or the target
     /// could not be reached.
     #[command(
@@ -132,6 +139,9 @@ fn main() -> ExitCode {
         Command::Status(a) => outbox_cmds::status(&a),
         Command::Failed { action } => outbox_cmds::failed(&action),
         Command::Conflicts { action } => outbox_cmds::conflicts(&action),
+        Command::Tombstones { action } => {
+            runtime().and_then(|rt| rt.block_on(tombstones::run(&action)))
+        }
         Command::Push(a) => runtime().and_then(|rt| rt.block_on(push::push(&a))),
         Command::Run(a) => runtime().and_then(|rt| rt.block_on(push::run(&a))),
         Command::Demo(a) => runtime().and_then(|rt| rt.block_on(demo::run(&a))),

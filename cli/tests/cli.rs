@@ -993,3 +993,67 @@ fn a_stale_write_is_superseded_and_listed_as_a_conflict() {
         .unwrap();
     assert_eq!(text, "newer, elsewhere", "the newer write stays");
 }
+
+/// `d1sync tombstones prune` forgets old deletes and keeps recent ones, on a SQLite target and
+/// on D1, and says so; a target that never had a versioned delete has nothing to prune.
+#[test]
+fn tombstones_older_than_the_horizon_are_pruned() {
+    let seed = [
+        d1_sync::schema::guard::create_tombstones_sql(),
+        "INSERT INTO d1_sync_tombstones VALUES
+           ('messages', '[''old'']', 5, unixepoch() - 100 * 86400),
+           ('messages', '[''new'']', 9, unixepoch() - 86400)"
+            .to_string(),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = dir.path().join("mirror.db");
+    let conn = d1_sync::rusqlite::Connection::open(&mirror).unwrap();
+    for s in &seed {
+        conn.execute_batch(s).unwrap();
+    }
+    drop(conn);
+    let prune = |target: &str| {
+        let mut c = d1sync();
+        c.args([
+            "tombstones",
+            "prune",
+            "--older-than-days",
+            "30",
+            "--target",
+            target,
+        ]);
+        c
+    };
+    let (code, out, err) = run(&mut prune(&format!("sqlite:{}", mirror.display())));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "pruned 1 tombstones older than 30 days; 1 kept");
+    let (_, out, _) = run(&mut prune(&format!("sqlite:{}", mirror.display())));
+    assert_eq!(out.trim(), "pruned 0 tombstones older than 30 days; 1 kept");
+
+    let db = D1Peer::shared().database();
+    let with_db = |c: &mut Command| {
+        c.env("CLOUDFLARE_ACCOUNT_ID", &db.config.account_id)
+            .env("CLOUDFLARE_API_TOKEN", &db.config.api_token)
+            .env("D1_DATABASE_ID", &db.id)
+            .env("D1_BASE_URL", &db.config.base_url);
+    };
+    let mut fresh = prune("d1");
+    with_db(&mut fresh);
+    let (code, out, err) = run(&mut fresh);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "pruned 0 tombstones older than 30 days; 0 kept");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let statements: Vec<d1_sync::target::Statement> = seed
+        .iter()
+        .map(|s| d1_sync::target::Statement::new(s.as_str()))
+        .collect();
+    rt.block_on(db.client().query(&statements)).unwrap();
+    let mut c = prune("d1");
+    with_db(&mut c);
+    let (code, out, err) = run(&mut c);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "pruned 1 tombstones older than 30 days; 1 kept");
+}
