@@ -312,12 +312,12 @@ fn backlog(conn: &mut Connection, n: u64) {
 }
 
 /// Saves `row(0..n)` through `outbox`, `per_tx` to a commit.
-fn save_all(
+fn save_all<T: SyncRow>(
     conn: &mut Connection,
     outbox: &Outbox,
     n: u64,
     per_tx: u64,
-    row: impl Fn(u64) -> Message,
+    row: impl Fn(u64) -> T,
 ) {
     let mut i = 0;
     while i < n {
@@ -331,8 +331,18 @@ fn save_all(
 }
 
 async fn drain(path: &Path, target: Arc<dyn Target>, batch: usize) -> (Duration, d1_sync::Stats) {
+    drain_with(path, target, batch, d1_sync_example::registry()).await
+}
+
+/// [`drain`] with the tables of `registry`.
+async fn drain_with(
+    path: &Path,
+    target: Arc<dyn Target>,
+    batch: usize,
+    registry: d1_sync::Registry,
+) -> (Duration, d1_sync::Stats) {
     let worker = SyncWorker::builder(path, target)
-        .registry(d1_sync_example::registry())
+        .registry(registry)
         .batch_size(batch)
         .poll_interval(Duration::from_millis(20))
         .build()

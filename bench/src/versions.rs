@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use d1_sync::{D1Sync, Outbox, Registry, SqliteTarget, SyncRow, SyncWorker, Target};
+use d1_sync::{D1Sync, Outbox, Registry, SqliteTarget, SyncWorker, Target};
 use d1_sync_tests::d1peer::D1Peer;
 
 use super::{
-    app_db, batch_size, d1_table, fmt_rate, median_f64, message, rate, save_all, Row, ROUNDS,
+    app_db, batch_size, d1_table, drain_with, fmt_rate, median_f64, message, rate, save_all, Row,
+    ROUNDS,
 };
 
 /// `messages` without `#[d1(version)]`: the same columns (its `version` an ordinary one), so
@@ -61,29 +62,10 @@ async fn drain_messages(versioned: bool, n: u64, target: Arc<dyn Target>) -> f64
         save_all(&mut conn, &Outbox::new(), n, 10_000, message);
         registry.register::<d1_sync_example::rows::Message>();
     } else {
-        let mut i = 0;
-        while i < n {
-            let tx = conn.transaction().unwrap();
-            for _ in 0..10_000.min(n - i) {
-                Outbox::new().save(&tx, &plain(i)).unwrap();
-                i += 1;
-            }
-            tx.commit().unwrap();
-        }
+        save_all(&mut conn, &Outbox::new(), n, 10_000, plain);
         registry.register::<PlainMessage>();
     }
-    let worker = SyncWorker::builder(&path, target)
-        .registry(registry)
-        .batch_size(batch_size())
-        .poll_interval(Duration::from_millis(20))
-        .build()
-        .unwrap();
-    let t = Instant::now();
-    worker.start().unwrap();
-    worker.flush().await.unwrap();
-    let took = t.elapsed();
-    let stats = worker.stats().await.unwrap();
-    worker.shutdown().await.unwrap();
+    let (took, stats) = drain_with(&path, target, batch_size(), registry).await;
     assert_eq!((stats.records_synced, stats.records_superseded), (n, 0));
     rate(n, took)
 }
@@ -191,6 +173,5 @@ pub(super) async fn bench_fleet(peer: &D1Peer, quick: bool) -> Vec<Row> {
             target: "report",
         });
     }
-    let _ = d1_sync_example::rows::Message::VERSION;
     rows
 }

@@ -42,8 +42,8 @@
 //! ```
 
 use crate::sql::{
-    conflict_clause, join_quoted, json_expr, numbered_assignments, quote_ident, quote_literal,
-    update_sql, upsert_sql, JsonEncoding,
+    conflict_clause, join_quoted, json_expr, json_rows, numbered_assignments, quote_ident,
+    quote_literal, update_sql, upsert_sql, JsonEncoding,
 };
 
 /// The table of tombstones in a target: `(table_name, row_key)` → the newest delete's
@@ -335,21 +335,6 @@ pub fn refusing(write: Write, sent: i64, row: Option<i64>, tombstone: Option<i64
     }
 }
 
-/// `(SELECT key AS "i", <e0> AS "c0", ... FROM json_each(?1)) AS "j"`: the rows of a JSON
-/// parameter with their position.
-fn json_rows(n: usize, encodings: &[JsonEncoding]) -> String {
-    let exprs: Vec<String> = (0..n)
-        .map(|i| {
-            let e = json_expr(i, encodings.get(i).copied().unwrap_or(JsonEncoding::Plain));
-            format!("{e} AS \"c{i}\"")
-        })
-        .collect();
-    format!(
-        "(SELECT key AS \"i\", {} FROM json_each(?1)) AS \"j\"",
-        exprs.join(", ")
-    )
-}
-
 /// `"t"."k1" = "j"."c<p1>" AND ...`: the table's row of each JSON row.
 fn join_on(columns: &[&str], primary_key: &[&str]) -> String {
     primary_key
@@ -385,10 +370,7 @@ pub fn upsert_json_sql(
 ) -> String {
     // `json_each` is named: the guard's subqueries read the table, which may have a column
     // called `value` that would shadow json_each's.
-    let named = |i: usize| {
-        json_expr(i, encodings.get(i).copied().unwrap_or(JsonEncoding::Plain))
-            .replace("(value, ", "(\"j\".value, ")
-    };
+    let named = |i: usize| json_expr("\"j\".value", encodings, i);
     let exprs: Vec<String> = (0..columns.len()).map(named).collect();
     let key: Vec<String> = primary_key
         .iter()
@@ -435,10 +417,8 @@ pub fn delete_json_sql(
     let k = primary_key.len();
     let mut columns: Vec<&str> = primary_key.to_vec();
     columns.push(version);
-    let key: Vec<String> = (0..k)
-        .map(|i| json_expr(i, encodings.get(i).copied().unwrap_or(JsonEncoding::Plain)))
-        .collect();
-    let v = json_expr(k, encodings.get(k).copied().unwrap_or(JsonEncoding::Plain));
+    let key: Vec<String> = (0..k).map(|i| json_expr("value", encodings, i)).collect();
+    let v = json_expr("value", encodings, k);
     let lhs = if k == 1 {
         quote_ident(primary_key[0])
     } else {
@@ -457,7 +437,7 @@ pub fn delete_json_sql(
         format!(
             "DELETE FROM {t} WHERE {lhs} IN (SELECT {} FROM {} JOIN {t} AS \"t\" ON {} WHERE coalesce(\"t\".{}, {OLDEST}) <= \"j\".\"c{k}\")",
             picked.join(", "),
-            json_rows(k + 1, encodings),
+            json_rows(k + 1, encodings, true),
             join_on(&columns, primary_key),
             quote_ident(version),
             t = quote_ident(table),
@@ -485,7 +465,7 @@ pub fn stale_json_sql(
     version: &str,
 ) -> String {
     let t = quote_ident(table);
-    let rows = json_rows(columns.len(), encodings);
+    let rows = json_rows(columns.len(), encodings, true);
     let on = join_on(columns, primary_key);
     let v = quote_ident(version);
     let sent = format!("\"j\".\"c{}\"", position(columns, version));
@@ -547,6 +527,18 @@ mod tests {
 
     const COLS: [&str; 4] = ["k", "body", "v", "created"];
 
+    /// The rows a stale check names: (position, the version that refuses it).
+    fn stale_rows(conn: &Connection, stale: &str, json: &str) -> Vec<(i64, i64)> {
+        conn.prepare(stale)
+            .unwrap()
+            .query_map([json], |r| {
+                Ok((r.get(0)?, r.get::<_, String>(1)?.parse().unwrap()))
+            })
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+    }
+
     /// Upserts rows `(k, body, v)` in the JSON form, after asking which are stale.
     fn upsert(conn: &Connection, rows: &[(i64, &str, i64)]) -> Vec<(i64, i64)> {
         let json = serde_json::to_string(
@@ -558,15 +550,7 @@ mod tests {
         .unwrap();
         let enc = [Plain; 4];
         let stale = stale_json_sql(Write::Upsert, "t", &COLS, &enc, &["k"], "v");
-        let refused = conn
-            .prepare(&stale)
-            .unwrap()
-            .query_map([&json], |r| {
-                Ok((r.get(0)?, r.get::<_, String>(1)?.parse().unwrap()))
-            })
-            .unwrap()
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
+        let refused = stale_rows(conn, &stale, &json);
         conn.execute(
             &upsert_json_sql("t", &COLS, &enc, &["k"], &["created"], "v"),
             [&json],
@@ -579,15 +563,7 @@ mod tests {
         let json = serde_json::to_string(&rows).unwrap();
         let enc = [Plain; 2];
         let stale = stale_json_sql(Write::Delete, "t", &["k", "v"], &enc, &["k"], "v");
-        let refused = conn
-            .prepare(&stale)
-            .unwrap()
-            .query_map([&json], |r| {
-                Ok((r.get(0)?, r.get::<_, String>(1)?.parse().unwrap()))
-            })
-            .unwrap()
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
+        let refused = stale_rows(conn, &stale, &json);
         for s in delete_json_sql("t", &["k"], &enc, "v") {
             conn.execute(&s, [&json]).unwrap();
         }
@@ -650,15 +626,7 @@ mod tests {
         let cols = ["k", "body", "v"];
         let run = |json: &str| -> Vec<(i64, i64)> {
             let stale = stale_json_sql(Write::Update, "t", &cols, &enc, &["k"], "v");
-            let refused = conn
-                .prepare(&stale)
-                .unwrap()
-                .query_map([json], |r| {
-                    Ok((r.get(0)?, r.get::<_, String>(1)?.parse().unwrap()))
-                })
-                .unwrap()
-                .collect::<Result<Vec<_>, _>>()
-                .unwrap();
+            let refused = stale_rows(&conn, &stale, json);
             conn.execute(&update_json_sql("t", &["k"], &set, &enc, "v"), [json])
                 .unwrap();
             refused

@@ -230,17 +230,30 @@ pub enum JsonEncoding {
 /// The expressions reading elements `0..n` of a row, comma-separated.
 fn json_exprs(n: usize, encodings: &[JsonEncoding]) -> String {
     (0..n)
-        .map(|i| json_expr(i, encodings.get(i).copied().unwrap_or(JsonEncoding::Plain)))
+        .map(|i| json_expr("value", encodings, i))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-pub(crate) fn json_expr(index: usize, encoding: JsonEncoding) -> String {
-    match encoding {
-        JsonEncoding::Plain => format!("json_extract(value, '$[{index}]')"),
-        JsonEncoding::Hex => format!("unhex(json_extract(value, '$[{index}]'))"),
+/// Element `index` of the JSON row `source` (`json_each`'s `value`, qualified where a
+/// subquery could shadow it), as its encoding `encodings[index]` says (plain when missing).
+pub(crate) fn json_expr(source: &str, encodings: &[JsonEncoding], index: usize) -> String {
+    match encodings.get(index).copied().unwrap_or(JsonEncoding::Plain) {
+        JsonEncoding::Plain => format!("json_extract({source}, '$[{index}]')"),
+        JsonEncoding::Hex => format!("unhex(json_extract({source}, '$[{index}]'))"),
         JsonEncoding::Param(n) => format!("?{n}"),
     }
+}
+
+/// `(SELECT [key AS "i", ]<e0> AS "c0", ... FROM json_each(?1)) AS j`: the first `n` elements
+/// of each row of the JSON parameter, as columns, with the row's position if `position`.
+pub(crate) fn json_rows(n: usize, encodings: &[JsonEncoding], position: bool) -> String {
+    let exprs = (0..n)
+        .map(|i| format!("{} AS \"c{i}\"", json_expr("value", encodings, i)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let key = if position { "key AS \"i\", " } else { "" };
+    format!("(SELECT {key}{exprs} FROM json_each(?1)) AS j")
 }
 
 /// Many-row upsert: `?1` is a JSON array of rows, each row an array of values in `columns`
@@ -316,14 +329,7 @@ pub fn update_json_sql(
     set: &[&str],
     encodings: &[JsonEncoding],
 ) -> String {
-    let n = primary_key.len() + set.len();
-    let exprs = (0..n)
-        .map(|i| {
-            let e = json_expr(i, encodings.get(i).copied().unwrap_or(JsonEncoding::Plain));
-            format!("{e} AS \"c{i}\"")
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
+    let rows = json_rows(primary_key.len() + set.len(), encodings, false);
     let t = quote_ident(table);
     let assignments = set
         .iter()
@@ -337,9 +343,7 @@ pub fn update_json_sql(
         .map(|(i, c)| format!("{t}.{} = j.\"c{i}\"", quote_ident(c)))
         .collect::<Vec<_>>()
         .join(" AND ");
-    format!(
-        "UPDATE {t} SET {assignments} FROM (SELECT {exprs} FROM json_each(?1)) AS j WHERE {cond}"
-    )
+    format!("UPDATE {t} SET {assignments} FROM {rows} WHERE {cond}")
 }
 
 #[cfg(test)]

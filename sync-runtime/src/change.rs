@@ -305,7 +305,7 @@ fn check_values<'a>(
             Some(_) => key_positions.push(i),
         }
     }
-    let positions: Vec<usize> = match op {
+    let mut positions: Vec<usize> = match op {
         Op::Upsert => (0..table.columns.len())
             .filter(|i| by_col[*i].is_some())
             .collect(),
@@ -328,11 +328,11 @@ fn check_values<'a>(
         Op::Delete => key_positions,
     };
     // A missing or malformed version is reported after the values' own errors, which say more.
-    let (positions, version, unversioned) = match table.version.as_deref() {
-        None => (positions, None, None),
-        Some(v) => match versioned(table, op, positions.clone(), by_col, v) {
-            Ok((p, version)) => (p, Some(version), None),
-            Err(e) => (positions, None, Some(e)),
+    let (version, unversioned) = match table.version.as_deref() {
+        None => (None, None),
+        Some(v) => match versioned(table, op, &mut positions, by_col, v) {
+            Ok(version) => (Some(version), None),
+            Err(e) => (None, Some(e)),
         },
     };
     let mut row = String::with_capacity(record.payload.len() + record.row_key.len());
@@ -415,10 +415,10 @@ fn check_values<'a>(
 fn versioned(
     table: &TableDef,
     op: Op,
-    mut positions: Vec<usize>,
+    positions: &mut Vec<usize>,
     by_col: &[Option<Result<Raw<'_>, String>>],
     column: &str,
-) -> Result<(Vec<usize>, i64), String> {
+) -> Result<i64, String> {
     let Some(i) = table.columns.iter().position(|c| c == column) else {
         return Err(format!(
             "version column `{column}` is not a column of table `{}`",
@@ -450,7 +450,7 @@ fn versioned(
     if op == Op::Delete {
         positions.push(i);
     }
-    Ok((positions, version))
+    Ok(version)
 }
 
 #[cfg(test)]

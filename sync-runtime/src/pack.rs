@@ -389,11 +389,15 @@ pub fn pack_with(changes: &[Change], limits: &PackLimits, sql: bool) -> Vec<Requ
             };
             let sql = statement_sql(&shape, c);
             let check = check_sql(&shape, c, single_row);
-            let trigger = tombstone_trigger(&shape, c).filter(|_| !triggered.contains(shape.table));
-            let more = sql.len() + usize::from(check.is_some()) + usize::from(trigger.is_some());
+            let trigger = tombstone_trigger(&shape, c);
+            let new_trigger = trigger
+                .as_ref()
+                .filter(|_| !triggered.contains(shape.table));
+            let more =
+                sql.len() + usize::from(check.is_some()) + usize::from(new_trigger.is_some());
             let sql_bytes: usize = sql.iter().map(String::len).sum::<usize>()
                 + check.as_ref().map_or(0, |(s, _)| s.len())
-                + trigger.as_ref().map_or(0, String::len);
+                + new_trigger.map_or(0, String::len);
             let full = cur.statements.len() + more > limits.max_statements.max(more + 2)
                 || cur_bytes + sql_bytes + (row.len() + 2) * more > limits.max_request_bytes;
             if full && !cur.ids.is_empty() {
@@ -405,9 +409,7 @@ pub fn pack_with(changes: &[Change], limits: &PackLimits, sql: bool) -> Vec<Requ
             // A versioned table's rows get tombstones when deleted, cascades included: the
             // trigger goes before the table's first statement in each request (a child row is in
             // D1 only through such a request, so it is there before any parent's delete).
-            if let Some(sql) =
-                tombstone_trigger(&shape, c).filter(|_| !triggered.contains(shape.table))
-            {
+            if let Some(sql) = trigger.filter(|_| !triggered.contains(shape.table)) {
                 cur_bytes += sql.len();
                 cur.statements.push(Statement::new(sql));
                 triggered.insert(shape.table);

@@ -269,35 +269,15 @@ pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool
             }
             if seg.changes.len() == 1 {
                 if crate::target::is_foreign_key_error(&message) {
-                    match parent_deleted(inner, &seg.changes[0]).await {
-                        Ok(Some((parent, held))) => {
-                            // Another device deleted the parent: the delete wins, as it would
-                            // have cascaded over this row.
-                            let c = &seg.changes[0];
-                            let stale = vec![Stale {
-                                id: c.id,
-                                sent: c.version,
-                                held: Some(held),
-                                parent: Some(parent),
-                            }];
-                            let ids = [c.id];
-                            if let Err(e) = db(inner, move |o, conn| {
-                                o.acknowledge(conn, &ids, None, &stale)
-                            })
-                            .await
-                            {
-                                return local(e);
+                    match supersede_under_deleted_parent(inner, &seg.changes[0]).await {
+                        Ok(true) => return TickEnd::Progress { acked: true },
+                        Ok(false) => {}
+                        Err(end) => {
+                            if matches!(end, TickEnd::Failed(_)) {
+                                // Not known yet: the record goes again, uncharged.
+                                st.plan.push_front(seg);
                             }
-                            let mut live = lock(&inner.live);
-                            live.records_synced += 1;
-                            live.records_superseded += 1;
-                            return TickEnd::Progress { acked: true };
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            // Not known yet: the record goes again, uncharged.
-                            st.plan.push_front(seg);
-                            return TickEnd::Failed(e);
+                            return end;
                         }
                     }
                 }
@@ -328,21 +308,41 @@ pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool
     }
 }
 
-/// The version of the delete the target recorded for a parent row `c` needs and it lacks:
-/// then `c` can never apply, and is superseded by that delete.
-async fn parent_deleted(
-    inner: &Arc<Inner>,
-    c: &Change,
-) -> Result<Option<(String, i64)>, TargetError> {
+/// A record the target refused for its foreign key: when the target recorded a delete of a
+/// parent row it needs and lacks (another device deleted it), the record can never apply and
+/// is superseded by that delete, as the cascade would have taken it. `true` when so: marked
+/// synced and logged as a conflict.
+async fn supersede_under_deleted_parent(inner: &Arc<Inner>, c: &Change) -> Result<bool, TickEnd> {
     for (_, parent, key) in inner.deps.parents(c) {
         let Some(def) = inner.registry.get(&parent) else {
             continue;
         };
-        if let Some(v) = inner.target.deleted(def, &key).await? {
-            return Ok(Some((format!("{parent} {key}"), v)));
-        }
+        let Some(held) = inner
+            .target
+            .deleted(def, &key)
+            .await
+            .map_err(TickEnd::Failed)?
+        else {
+            continue;
+        };
+        let stale = vec![Stale {
+            id: c.id,
+            sent: c.version,
+            held: Some(held),
+            parent: Some(format!("{parent} {key}")),
+        }];
+        let ids = [c.id];
+        db(inner, move |o, conn| {
+            o.acknowledge(conn, &ids, None, &stale)
+        })
+        .await
+        .map_err(local)?;
+        let mut live = lock(&inner.live);
+        live.records_synced += 1;
+        live.records_superseded += 1;
+        return Ok(true);
     }
-    Ok(None)
+    Ok(false)
 }
 
 /// The records the version guard refused, with the versions they carried, for the conflicts
