@@ -69,6 +69,8 @@ pub mod change;
 pub mod clock;
 #[doc(hidden)]
 pub mod codec;
+#[doc(hidden)]
+pub mod commute;
 pub mod error;
 mod guard;
 pub mod hlc;
@@ -79,6 +81,7 @@ pub mod outbox;
 pub mod pack;
 pub mod registry;
 pub mod row;
+pub mod sizing;
 pub mod stats;
 pub mod target;
 pub mod value;

@@ -8,13 +8,14 @@
 //! so that a child written before its parent within one request is still accepted, as it would
 //! be in one local transaction.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 
 use d1_sync_schema::guard;
 use d1_sync_schema::sql::{delete_json_sql, update_json_sql, upsert_json_sql, JsonEncoding};
 
 use crate::change::{Change, Op, Special};
+use crate::commute::{Commute, Facts};
 
 /// The first statement of every request.
 pub const DEFER_FOREIGN_KEYS: &str = "PRAGMA defer_foreign_keys = on";
@@ -60,6 +61,13 @@ impl Statement {
 }
 
 /// Size limits of a request.
+///
+/// The defaults fill a request up to D1's own limits: a JSON parameter stays under D1's
+/// 2,000,000 bytes per string, statement text is a few hundred bytes (D1 allows 100,000), and
+/// a request holds at most 10,000 rows, D1's advice for one bulk write, at which the local
+/// engine applies a request in well under a second, far from D1's 30 s per request. The
+/// worker narrows the rows and bytes further when D1 answers slowly or with 413
+/// ([`crate::sizing`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PackLimits {
     /// Bytes of the JSON parameter of one statement (D1: 2,000,000 per string).
@@ -70,15 +78,18 @@ pub struct PackLimits {
     pub max_statements: usize,
     /// Bytes of SQL and parameters in one request.
     pub max_request_bytes: usize,
+    /// Rows (changes) in one request.
+    pub max_rows_per_request: usize,
 }
 
 impl Default for PackLimits {
     fn default() -> Self {
         PackLimits {
-            max_param_bytes: 1_000_000,
-            max_rows_per_statement: 5_000,
+            max_param_bytes: 1_900_000,
+            max_rows_per_statement: 10_000,
             max_statements: 1_000,
-            max_request_bytes: 4_000_000,
+            max_request_bytes: 8_000_000,
+            max_rows_per_request: 10_000,
         }
     }
 }
@@ -288,58 +299,183 @@ fn push_key_and_version(json: &mut String, row: &str, g: &GuardShape) {
     json.push(']');
 }
 
-struct Open<'a> {
+/// A statement being filled: the changes of one shape, in queue order, that the arrangement
+/// put together.
+struct Group<'a> {
     shape: Shape<'a>,
     /// The statements applying the rows (one, or two for a versioned delete).
     sql: Vec<String>,
-    json: String,
+    /// A versioned shape's check, and whether its JSON is the rows' own.
+    check: Option<(String, bool)>,
+    /// Its changes (positions in the slice given to the packer).
+    members: Vec<usize>,
+    /// Bytes of its JSON parameter so far.
+    json: usize,
     bound: Vec<Param>,
-    rows: usize,
-    /// Row keys in this statement (kept when they must be distinct: see
-    /// [`Shape::distinct_keys`]).
+    /// Row keys in it (kept when they must be distinct: see [`Shape::distinct_keys`]).
     keys: HashSet<&'a str>,
-    /// A versioned shape's check: its SQL, its JSON (`None`: the rows' own), and where its row
-    /// `0` is in the request.
-    check: Option<(String, Option<String>)>,
-    first: usize,
+    /// Whether another change may join it (a change with a bound real stands alone).
+    single: bool,
 }
 
-impl Open<'_> {
-    fn bytes(&self) -> usize {
-        let sql: usize = self.sql.iter().map(String::len).sum();
-        let check = self.check.as_ref().map_or(0, |(sql, json)| {
-            sql.len() + json.as_ref().map_or(self.json.len(), String::len)
-        });
-        sql + self.json.len() * self.sql.len() + check + self.bound.len() * 24
+impl Group<'_> {
+    /// Bytes a row adds: its JSON in each statement, and in the check.
+    fn row_bytes(&self, row: usize) -> usize {
+        (row + 1) * (self.sql.len() + usize::from(self.check.is_some()))
     }
 }
 
-/// Packs `changes` (in queue order) into requests. Changes too large for any statement cannot
-/// reach here: [`crate::change::check`] refuses values and rows over D1's limits, and the
-/// default limits leave room for one such row.
+/// A table name, lower-cased only when it must be (the schema's facts are kept lower-case).
+fn folded(name: &str) -> Cow<'_, str> {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    }
+}
+
+/// Whether a row key holds a real: two texts of one real are one row, so such a row is kept
+/// in order with every change of its table.
+fn key_has_real(key: &str) -> bool {
+    key.bytes().any(|b| matches!(b, b'.' | b'e' | b'E' | b'"'))
+        && crate::codec::element_spans(key).map_or(true, |spans| {
+            spans.iter().any(|sp| {
+                let v = &key[sp.clone()];
+                !v.starts_with('"') && v.bytes().any(|b| matches!(b, b'.' | b'e' | b'E'))
+            })
+        })
+}
+
+/// One request being filled.
+struct Building<'a> {
+    groups: Vec<Group<'a>>,
+    /// Position of its first change.
+    start: usize,
+    rows: usize,
+    statements: usize,
+    bytes: usize,
+    /// Versioned tables whose tombstone trigger it creates.
+    triggered: HashSet<&'a str>,
+    /// The last group holding a change of each row, of each table, reaching each table, of a
+    /// real-keyed row of each table, and of a change kept in order with everything.
+    last_row: HashMap<(&'a str, &'a str), usize>,
+    last_table: HashMap<Cow<'a, str>, usize>,
+    last_reaching: HashMap<&'a str, usize>,
+    last_real: HashMap<Cow<'a, str>, usize>,
+    last_barrier: Option<usize>,
+    /// The groups of each table and operation, oldest first (the candidates to join).
+    by_shape: HashMap<(&'a str, Op), Vec<usize>>,
+}
+
+impl<'a> Building<'a> {
+    fn new(start: usize) -> Building<'a> {
+        Building {
+            groups: Vec::new(),
+            start,
+            rows: 0,
+            statements: 2,
+            bytes: request_overhead(),
+            triggered: HashSet::new(),
+            last_row: HashMap::new(),
+            last_table: HashMap::new(),
+            last_reaching: HashMap::new(),
+            last_real: HashMap::new(),
+            last_barrier: None,
+            by_shape: HashMap::new(),
+        }
+    }
+
+    /// The first group `c` may go in: after every group holding a change it must follow, or
+    /// in that group when it has `c`'s shape (a statement applies its rows in order).
+    fn lower(
+        &self,
+        c: &'a Change,
+        encodings: &[JsonEncoding],
+        facts: Option<&'a Facts>,
+        distinct: bool,
+    ) -> usize {
+        let after = |g: usize, may_join: bool| -> usize {
+            if may_join && self.groups[g].shape.fits(c, encodings) {
+                g
+            } else {
+                g + 1
+            }
+        };
+        let mut lower = 0;
+        if let Some(&g) = self
+            .last_row
+            .get(&(c.table.name.as_str(), c.row_key.as_str()))
+        {
+            lower = lower.max(after(g, !distinct));
+        }
+        let Some(facts) = facts else {
+            // Kept in order with everything.
+            return match self.groups.len() {
+                0 => lower,
+                n => lower.max(after(n - 1, true)),
+            };
+        };
+        let own = folded(&c.table.name);
+        let mut take = |g: Option<&usize>| {
+            if let Some(&g) = g {
+                lower = lower.max(after(g, true));
+            }
+        };
+        take(self.last_barrier.as_ref());
+        take(self.last_reaching.get(own.as_ref()));
+        for t in facts.reach(c.op) {
+            take(self.last_table.get(t));
+        }
+        if facts.rows_ordered || key_has_real(&c.row_key) {
+            take(self.last_table.get(own.as_ref()));
+        } else {
+            take(self.last_real.get(own.as_ref()));
+        }
+        lower
+    }
+
+    /// Notes that `c` went into group `g`.
+    fn placed(&mut self, c: &'a Change, facts: Option<&'a Facts>, g: usize) {
+        let up = |slot: &mut usize| *slot = (*slot).max(g);
+        up(self
+            .last_row
+            .entry((c.table.name.as_str(), c.row_key.as_str()))
+            .or_insert(g));
+        let own = folded(&c.table.name);
+        match facts {
+            None => {
+                self.last_barrier = Some(self.last_barrier.map_or(g, |b| b.max(g)));
+            }
+            Some(facts) => {
+                for t in facts.reach(c.op) {
+                    up(self.last_reaching.entry(t).or_insert(g));
+                }
+                if key_has_real(&c.row_key) {
+                    up(self.last_real.entry(own.clone()).or_insert(g));
+                }
+            }
+        }
+        up(self.last_table.entry(own).or_insert(g));
+    }
+}
+
+/// Packs `changes` (in queue order) into requests, each change in its place: consecutive
+/// changes of one shape share a statement. Changes too large for any statement cannot reach
+/// here: [`crate::change::check`] refuses values and rows over D1's limits, and the default
+/// limits leave room for one such row.
 pub fn pack(changes: &[Change], limits: &PackLimits) -> Vec<Request> {
     pack_with(changes, limits, true)
 }
 
-/// [`pack_with`] into exactly one request, whatever its size: for sending again a request that
-/// was sent before (it fitted then; a target that now refuses its size answers with an error
-/// that splits it like any refused request).
-pub fn pack_one(changes: &[Change], limits: &PackLimits, sql: bool) -> Request {
-    let limits = PackLimits {
-        max_statements: usize::MAX,
-        max_request_bytes: usize::MAX,
-        ..*limits
-    };
-    pack_with(changes, &limits, sql)
-        .pop()
-        .unwrap_or_else(|| new_request(0, sql))
-}
-
 /// [`pack`], or, with `sql` false, only the request boundaries (for targets that apply the
-/// changes themselves): one request of up to `max_statements` changes.
+/// changes themselves): one request of up to `max_statements` (and `max_rows_per_request`)
+/// changes.
 pub fn pack_with(changes: &[Change], limits: &PackLimits, sql: bool) -> Vec<Request> {
     if !sql {
-        let step = limits.max_statements.max(1);
+        let step = limits
+            .max_statements
+            .min(limits.max_rows_per_request)
+            .max(1);
         return (0..changes.len())
             .step_by(step)
             .map(|start| {
@@ -353,157 +489,251 @@ pub fn pack_with(changes: &[Change], limits: &PackLimits, sql: bool) -> Vec<Requ
             })
             .collect();
     }
-    let mut requests = Vec::new();
-    let mut cur = new_request(0, true);
-    let opening = request_overhead();
-    let mut cur_bytes = opening;
-    let mut open: Option<Open> = None;
-    // The versioned tables whose tombstone trigger the current request creates.
-    let mut triggered: HashSet<&str> = HashSet::new();
+    packed(changes, limits, &Commute::none())
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect()
+}
 
-    // Scratch buffers, reused for every change.
+/// Packs `changes` (in queue order) into requests cut in queue order, and inside each request
+/// lets the changes that commute ([`Commute`]) trade places so that the changes of one shape
+/// share one statement: a workload spread over several tables then costs about as few
+/// statements as one table's. `changes` is reordered to match: each request's
+/// [`Request::range`] and [`Request::ids`] follow the new order. Without `sql`, as
+/// [`pack_with`] (nothing moves).
+pub fn pack_arranged(
+    changes: &mut Vec<Change>,
+    limits: &PackLimits,
+    sql: bool,
+    commute: &Commute,
+) -> Vec<Request> {
+    if !sql || commute.is_none() {
+        return pack_with(changes, limits, sql);
+    }
+    let packed = packed(changes, limits, commute);
+    let moved = packed
+        .iter()
+        .any(|(_, order)| order.windows(2).any(|w| w[0] + 1 != w[1]));
+    if moved {
+        let mut slots: Vec<Option<Change>> =
+            std::mem::take(changes).into_iter().map(Some).collect();
+        for (_, order) in &packed {
+            changes.extend(order.iter().filter_map(|&i| slots[i].take()));
+        }
+    }
+    packed.into_iter().map(|(r, _)| r).collect()
+}
+
+/// [`pack_arranged`] into exactly one request, whatever its size: for sending again a request
+/// that was sent before (it fitted then; a target that now refuses its size answers with an
+/// error that splits it like any refused request).
+pub fn pack_one(
+    changes: &mut Vec<Change>,
+    limits: &PackLimits,
+    sql: bool,
+    commute: &Commute,
+) -> Request {
+    let limits = PackLimits {
+        max_statements: usize::MAX,
+        max_request_bytes: usize::MAX,
+        max_rows_per_request: usize::MAX,
+        ..*limits
+    };
+    pack_arranged(changes, &limits, sql, commute)
+        .pop()
+        .unwrap_or_else(|| new_request(0, sql))
+}
+
+/// The requests, each with the positions of its changes in the order it applies them.
+fn packed(
+    changes: &[Change],
+    limits: &PackLimits,
+    commute: &Commute,
+) -> Vec<(Request, Vec<usize>)> {
+    let mut out = Vec::new();
+    let mut b = Building::new(0);
     let (mut encodings, mut bound) = (Vec::new(), Vec::new());
     for (n, c) in changes.iter().enumerate() {
         encode_shape(c, &mut encodings, &mut bound);
-        let row = &c.row;
-        let single_row = encodings
+        let facts = commute.facts(&c.table.name);
+        // A row with a bound real stands alone. So does an update of a table whose rows are
+        // ordered, or that the schema does not vouch for: one `UPDATE ... FROM json_each`
+        // updates its rows in the table's order, not the JSON's, which a `UNIQUE` index or a
+        // trigger could tell apart.
+        let single = encodings
             .iter()
-            .any(|e| matches!(e, JsonEncoding::Param(_)));
-
-        let fits_open = open.as_ref().is_some_and(|o| {
-            o.shape.fits(c, &encodings)
-                && !single_row
-                && o.rows < limits.max_rows_per_statement
-                && o.json.len() + 1 + row.len() < limits.max_param_bytes
-                && cur_bytes + o.bytes() + row.len() + 2 <= limits.max_request_bytes
-                && !(o.shape.distinct_keys() && o.keys.contains(c.row_key.as_str()))
-        });
-        if !fits_open {
-            close(&mut open, &mut cur, &mut cur_bytes);
-            let shape = Shape {
-                table: &c.table.name,
-                op: c.op,
-                columns: &c.columns,
-                encodings: encodings.clone(),
-                guard: GuardShape::of(c),
-            };
-            let sql = statement_sql(&shape, c);
-            let check = check_sql(&shape, c, single_row);
-            let trigger = tombstone_trigger(&shape, c);
-            let new_trigger = trigger
-                .as_ref()
-                .filter(|_| !triggered.contains(shape.table));
-            let more =
-                sql.len() + usize::from(check.is_some()) + usize::from(new_trigger.is_some());
-            let sql_bytes: usize = sql.iter().map(String::len).sum::<usize>()
-                + check.as_ref().map_or(0, |(s, _)| s.len())
-                + new_trigger.map_or(0, String::len);
-            let full = cur.statements.len() + more > limits.max_statements.max(more + 2)
-                || cur_bytes + sql_bytes + (row.len() + 2) * more > limits.max_request_bytes;
-            if full && !cur.ids.is_empty() {
-                let next_start = cur.range.end;
-                requests.push(std::mem::replace(&mut cur, new_request(next_start, true)));
-                cur_bytes = opening;
-                triggered.clear();
-            }
-            // A versioned table's rows get tombstones when deleted, cascades included: the
-            // trigger goes before the table's first statement in each request (a child row is in
-            // D1 only through such a request, so it is there before any parent's delete).
-            if let Some(sql) = trigger.filter(|_| !triggered.contains(shape.table)) {
-                cur_bytes += sql.len();
-                cur.statements.push(Statement::new(sql));
-                triggered.insert(shape.table);
-            }
-            // Room for the changes of this shape that follow, at this row's size and within
-            // the limits: one allocation for most statements instead of a doubling series.
-            let run = if single_row {
-                1
-            } else {
-                changes[n..]
-                    .iter()
-                    .take(limits.max_rows_per_statement)
-                    .take_while(|d| {
-                        d.op == c.op
-                            && Arc::ptr_eq(&d.table, &c.table)
-                            && Arc::ptr_eq(&d.columns, &c.columns)
-                    })
-                    .count()
-                    .max(1)
-            };
-            let room = (row.len() + 1)
-                .saturating_mul(run)
-                .min(limits.max_param_bytes)
-                + 2;
-            let mut json = String::with_capacity(room);
-            json.push('[');
-            open = Some(Open {
-                shape,
-                sql,
-                json,
-                bound: std::mem::take(&mut bound),
-                rows: 0,
-                keys: HashSet::new(),
-                check: check.map(|(sql, whole)| (sql, (!whole).then(|| String::from("[")))),
-                first: cur.ids.len(),
-            });
-        }
-        if let Some(o) = open.as_mut() {
-            if o.rows > 0 {
-                o.json.push(',');
-            }
-            o.json.push_str(row);
-            if let (Some((_, Some(json))), Some(g)) = (o.check.as_mut(), o.shape.guard.as_ref()) {
-                if o.rows > 0 {
-                    json.push(',');
+            .any(|e| matches!(e, JsonEncoding::Param(_)))
+            || (c.op == Op::Update && facts.is_none_or(|f| f.rows_ordered));
+        let distinct = c.op == Op::Update || c.version.is_some();
+        loop {
+            let lower = b.lower(c, &encodings, facts, distinct);
+            let candidate = b
+                .by_shape
+                .get(&(c.table.name.as_str(), c.op))
+                .filter(|_| !single)
+                .and_then(|groups| {
+                    groups
+                        .iter()
+                        .rev()
+                        .take_while(|&&g| g >= lower)
+                        .copied()
+                        .find(|&g| {
+                            let o = &b.groups[g];
+                            !o.single
+                                && o.shape.fits(c, &encodings)
+                                && o.members.len() < limits.max_rows_per_statement
+                                && o.json + 1 + c.row.len() < limits.max_param_bytes
+                                && !(o.shape.distinct_keys() && o.keys.contains(c.row_key.as_str()))
+                        })
+                });
+            // What the change adds to the request.
+            let (more_statements, more_bytes, fresh) = match candidate {
+                Some(g) => (0, b.groups[g].row_bytes(c.row.len()), None),
+                None => {
+                    let shape = Shape {
+                        table: &c.table.name,
+                        op: c.op,
+                        columns: &c.columns,
+                        encodings: encodings.clone(),
+                        guard: GuardShape::of(c),
+                    };
+                    let sql = statement_sql(&shape, c);
+                    let check = check_sql(&shape, c, single);
+                    let trigger =
+                        tombstone_trigger(&shape, c).filter(|_| !b.triggered.contains(shape.table));
+                    let group = Group {
+                        shape,
+                        sql,
+                        check,
+                        members: Vec::new(),
+                        json: 1,
+                        bound: std::mem::take(&mut bound),
+                        keys: HashSet::new(),
+                        single,
+                    };
+                    let statements = group.sql.len()
+                        + usize::from(group.check.is_some())
+                        + usize::from(trigger.is_some());
+                    let bytes = group.sql.iter().map(String::len).sum::<usize>()
+                        + group.check.as_ref().map_or(0, |(s, _)| s.len())
+                        + trigger.as_ref().map_or(0, String::len)
+                        + group.bound.len() * 24
+                        + group.row_bytes(c.row.len() + 1);
+                    (statements, bytes, Some((group, trigger.is_some())))
                 }
-                push_key_and_version(json, row, g);
+            };
+            let full = b.rows + 1 > limits.max_rows_per_request
+                || b.statements + more_statements > limits.max_statements
+                || b.bytes + more_bytes > limits.max_request_bytes;
+            if full && b.rows > 0 {
+                let next = Building::new(n);
+                out.push(finish(std::mem::replace(&mut b, next), changes));
+                if let Some((group, _)) = fresh {
+                    bound = group.bound;
+                }
+                continue;
             }
-            o.rows += 1;
-            if o.shape.distinct_keys() {
-                o.keys.insert(&c.row_key);
+            let g = match fresh {
+                None => candidate.unwrap_or_default(),
+                Some((group, triggers)) => {
+                    if triggers {
+                        b.triggered.insert(group.shape.table);
+                    }
+                    b.groups.push(group);
+                    b.groups.len() - 1
+                }
+            };
+            b.rows += 1;
+            b.statements += more_statements;
+            b.bytes += more_bytes;
+            let group = &mut b.groups[g];
+            group.members.push(n);
+            group.json += c.row.len() + 1;
+            if group.shape.distinct_keys() {
+                group.keys.insert(&c.row_key);
             }
+            if !single && candidate.is_none() {
+                b.by_shape
+                    .entry((c.table.name.as_str(), c.op))
+                    .or_default()
+                    .push(g);
+            }
+            b.placed(c, facts, g);
+            break;
         }
-        cur.ids.push(c.id);
-        cur.range.end += 1;
     }
-    close(&mut open, &mut cur, &mut cur_bytes);
-    if !cur.ids.is_empty() {
-        requests.push(cur);
+    if b.rows > 0 {
+        out.push(finish(b, changes));
     }
-    requests
+    out
 }
 
-fn close(open: &mut Option<Open>, cur: &mut Request, cur_bytes: &mut usize) {
-    if let Some(o) = open.take() {
-        *cur_bytes += o.bytes() + 1;
-        let mut json = o.json;
+/// The request a [`Building`] stands for, with the positions of its changes in their new
+/// order.
+fn finish(b: Building<'_>, changes: &[Change]) -> (Request, Vec<usize>) {
+    let mut req = new_request(b.start, true);
+    req.range = b.start..b.start + b.rows;
+    req.ids.reserve(b.rows);
+    let mut order = Vec::with_capacity(b.rows);
+    let mut triggered: HashSet<&str> = HashSet::new();
+    for group in b.groups {
+        let first = order.len();
+        let c0 = &changes[group.members[0]];
+        if let Some(sql) = tombstone_trigger(&group.shape, c0) {
+            if triggered.insert(group.shape.table) {
+                req.statements.push(Statement::new(sql));
+            }
+        }
+        let mut json = String::with_capacity(group.json + 1);
+        json.push('[');
+        let mut keys = group
+            .check
+            .as_ref()
+            .filter(|(_, whole)| !whole)
+            .map(|_| String::from("["));
+        for (i, &m) in group.members.iter().enumerate() {
+            let c = &changes[m];
+            if i > 0 {
+                json.push(',');
+            }
+            json.push_str(&c.row);
+            if let (Some(k), Some(g)) = (keys.as_mut(), group.shape.guard.as_ref()) {
+                if i > 0 {
+                    k.push(',');
+                }
+                push_key_and_version(k, &c.row, g);
+            }
+            req.ids.push(c.id);
+            order.push(m);
+        }
         json.push(']');
         let mut params = vec![Param::Text(json)];
-        params.extend(o.bound);
-        if let Some((sql, own)) = o.check {
-            cur.checks.push(StaleCheck {
-                statement: cur.statements.len(),
-                first: o.first,
+        params.extend(group.bound);
+        if let Some((sql, _)) = group.check {
+            req.checks.push(StaleCheck {
+                statement: req.statements.len(),
+                first,
             });
-            let params = match own {
-                Some(mut json) => {
-                    json.push(']');
-                    vec![Param::Text(json)]
+            let params = match keys {
+                Some(mut k) => {
+                    k.push(']');
+                    vec![Param::Text(k)]
                 }
                 None => params.clone(),
             };
-            cur.statements.push(Statement { sql, params });
+            req.statements.push(Statement { sql, params });
         }
-        let n = o.sql.len();
-        for (i, sql) in o.sql.into_iter().enumerate() {
+        let n = group.sql.len();
+        for (i, sql) in group.sql.into_iter().enumerate() {
             let params = if i + 1 == n {
                 std::mem::take(&mut params)
             } else {
                 params.clone()
             };
-            cur.statements.push(Statement { sql, params });
+            req.statements.push(Statement { sql, params });
         }
     }
+    (req, order)
 }
 
 /// A request's first statements: the PRAGMA and the ledger write (parameters set later).
@@ -631,6 +861,7 @@ mod tests {
             max_rows_per_statement: 5_000,
             max_statements: 4,
             max_request_bytes: 1_000_000,
+            max_rows_per_request: 10_000,
         };
         let reqs = pack(&changes, &limits);
         let ids: Vec<i64> = reqs.iter().flat_map(|r| r.ids.clone()).collect();
@@ -710,7 +941,9 @@ mod tests {
                 &[Value::Integer(k), Value::Integer(id)],
             )
         };
-        let reqs = pack(&[upd(1, 7), upd(2, 8), upd(3, 7)], &PackLimits::default());
+        let known = Commute::from_parts(["a"], &[], &HashSet::new(), &HashSet::new());
+        let mut changes = vec![upd(1, 7), upd(2, 8), upd(3, 7)];
+        let reqs = pack_arranged(&mut changes, &PackLimits::default(), true, &known);
         assert_eq!(
             reqs[0].statements.len(),
             4,
@@ -719,6 +952,17 @@ mod tests {
         assert!(reqs[0].statements[2]
             .sql
             .starts_with("UPDATE \"a\" SET \"v\""));
+        assert_eq!(
+            reqs[0].ids,
+            [1, 2, 3],
+            "the second update of key 7 stays last"
+        );
+        let unknown = pack(&[upd(1, 7), upd(2, 8), upd(4, 9)], &PackLimits::default());
+        assert_eq!(
+            unknown[0].statements.len(),
+            5,
+            "updates of a table the schema does not vouch for stand alone"
+        );
     }
 
     #[test]

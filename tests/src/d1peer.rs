@@ -18,7 +18,7 @@ use d1_sync::{D1Config, D1Http};
 
 /// The miniflare release the harness installs: the last one that runs on Node 20.
 pub const MINIFLARE_VERSION: &str = "4.20260426.0";
-const DATABASES: usize = 32;
+const DATABASES: usize = 48;
 const TOKEN: &str = "test-token";
 
 fn workspace_dir() -> PathBuf {

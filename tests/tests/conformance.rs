@@ -356,10 +356,14 @@ async fn a_request_applied_before_is_refused_as_a_whole_by_the_ledger(f: Fixture
                 attempts: 0,
                 def: None,
             };
-            let changes =
+            let mut changes =
                 vec![d1_sync::change::check(&raw, &d1_sync_tests::fixture::registry()).unwrap()];
-            let mut request =
-                d1_sync::pack::pack_one(&changes, &target.limits(), target.wants_statements());
+            let mut request = d1_sync::pack::pack_one(
+                &mut changes,
+                &target.limits(),
+                target.wants_statements(),
+                &d1_sync::commute::Commute::none(),
+            );
             request.stamp(&id);
             target
                 .execute(Batch {

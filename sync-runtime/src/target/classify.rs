@@ -121,7 +121,9 @@ pub fn classify_response(
                     status,
                     message: described(),
                 })
-            } else if status == 413 || codes.contains(&7500) {
+            } else if status == 413 {
+                Err(TargetError::TooLarge(described()))
+            } else if codes.contains(&7500) {
                 Err(TargetError::Rejected(described()))
             } else {
                 Err(TargetError::Config {
@@ -195,7 +197,7 @@ mod tests {
         }
         assert!(matches!(
             classify_response(413, None, b"too big", 2),
-            Err(TargetError::Rejected(_))
+            Err(TargetError::TooLarge(m)) if m.contains("HTTP 413")
         ));
     }
 

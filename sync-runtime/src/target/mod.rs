@@ -199,6 +199,10 @@ pub enum TargetError {
     /// back; some record in it is at fault, and the worker splits the request to find it.
     #[error("rejected: {0}")]
     Rejected(String),
+    /// The request was refused for its size (HTTP 413) and not applied. The worker splits it
+    /// like a rejected one and packs smaller requests from then on.
+    #[error("request too large: {0}")]
+    TooLarge(String),
     /// The request was refused for a missing table or column, and the database lacks
     /// migrations the application's file has applied: the worker pauses, charges nothing, and
     /// goes on by itself once they are applied.

@@ -16,6 +16,7 @@ mod prepare;
 mod read;
 mod run;
 mod ship;
+mod thread;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -28,10 +29,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::backoff::Backoff;
+use crate::commute::Commute;
 use crate::error::{Error, Result};
 use crate::outbox::{now_ms, Outbox};
 use crate::registry::Registry;
 use crate::row::SyncRow;
+use crate::sizing::Sizing;
 use crate::stats::{Stats, WorkerState};
 use crate::target::{Target, TargetError};
 
@@ -41,10 +44,15 @@ use crate::target::{Target, TargetError};
 pub struct WorkerConfig {
     /// How often to look for work when nothing wakes the worker (default 1 s).
     pub poll_interval: Duration,
-    /// Records claimed per tick, and so the most rows per request (default 2000). D1 allows
+    /// Records claimed per tick, and so the most rows per request (default 10,000, the most
+    /// the target's [`PackLimits`](crate::target::PackLimits) put in one request). D1 allows
     /// about 4 API requests a second, so under load rows per request set the sustained rate:
-    /// about 6,600 rows/s within [`crate::D1Http`]'s default budget.
+    /// up to about 33,000 rows/s within [`crate::D1Http`]'s default budget.
     pub batch_size: usize,
+    /// The longest a request should take to apply (default 10 s, a third of D1's 30 s per
+    /// request). A slower answer makes the next requests smaller in proportion (see
+    /// [`crate::sizing`]).
+    pub expected_request_time: Duration,
     /// Attempts before a record is dead-lettered (default 10).
     pub max_attempts: u32,
     /// Backoff of records and of the whole worker (default 1 s to 5 min, full jitter).
@@ -70,7 +78,8 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             poll_interval: Duration::from_secs(1),
-            batch_size: 2000,
+            batch_size: 10_000,
+            expected_request_time: Duration::from_secs(10),
             max_attempts: 10,
             backoff: Backoff::default(),
             purge_keep: 1000,
@@ -134,6 +143,8 @@ impl WorkerBuilder {
         poll_interval: Duration);
     setter!(/// See [`WorkerConfig::batch_size`].
         batch_size: usize);
+    setter!(/// See [`WorkerConfig::expected_request_time`].
+        expected_request_time: Duration);
     setter!(/// See [`WorkerConfig::max_attempts`].
         max_attempts: u32);
     setter!(/// See [`WorkerConfig::backoff`].
@@ -168,10 +179,17 @@ impl WorkerBuilder {
         let conn = open_queue_connection(&self.db_path)?;
         self.outbox.install(&conn)?;
         let deps = Arc::new(prepare::Deps::read(&conn, &self.registry));
+        let commute = Arc::new(
+            Commute::read(&conn, self.registry.names()).unwrap_or_else(|e| {
+                warn!(error = %e, "could not read the schema's foreign keys; every request keeps the queue's order");
+                Commute::none()
+            }),
+        );
         // Stats count the queue on a connection of their own: a count walks the whole queue,
         // and on the worker's connection it would hold the worker up for as long.
         let reader = open_queue_connection(&self.db_path)?;
         let (ticks, _) = watch::channel(Ticks::default());
+        let sizing = Sizing::new(&self.target.limits(), self.config.expected_request_time);
         Ok(SyncWorker {
             inner: Arc::new(Inner {
                 owner: format!("{}-{:016x}", std::process::id(), rand::random::<u64>()),
@@ -180,7 +198,10 @@ impl WorkerBuilder {
                 target: self.target,
                 registry: self.registry,
                 deps,
+                commute,
                 conn: Arc::new(Mutex::new(conn)),
+                queue: thread::QueueThread::spawn()?,
+                sizing: Mutex::new(sizing),
                 reader: Arc::new(Mutex::new(reader)),
                 notify: Notify::new(),
                 control: Mutex::new(Control::default()),
@@ -239,7 +260,13 @@ struct Inner {
     registry: Registry,
     /// Which tables depend on which (the app file's foreign keys).
     deps: Arc<prepare::Deps>,
+    /// Which changes may trade places inside a request (the app file's schema).
+    commute: Arc<Commute>,
     conn: Arc<Mutex<Connection>>,
+    /// How large the next request may be (see [`crate::sizing`]).
+    sizing: Mutex<Sizing>,
+    /// Where every call on `conn` runs (see [`thread`]).
+    queue: thread::QueueThread,
     /// For [`SyncWorker::stats`]: reads only.
     reader: Arc<Mutex<Connection>>,
     owner: String,
@@ -249,6 +276,13 @@ struct Inner {
     /// The plan and pipeline between ticks: one tick at a time holds it.
     ship: tokio::sync::Mutex<ship::ShipState>,
     ticks: watch::Sender<Ticks>,
+}
+
+impl Inner {
+    /// The limits of the next batch's requests: the target's, narrowed by its answers.
+    fn limits(&self) -> crate::target::PackLimits {
+        lock(&self.sizing).limits(&self.target.limits())
+    }
 }
 
 #[derive(Default)]
@@ -479,9 +513,10 @@ where
 {
     let conn = inner.conn.clone();
     let outbox = inner.outbox.clone();
-    tokio::task::spawn_blocking(move || f(&outbox, &mut lock(&conn)))
-        .await
-        .map_err(|e| Error::Task(e.to_string()))?
+    inner
+        .queue
+        .run(move || f(&outbox, &mut lock(&conn)))
+        .await?
 }
 
 /// What one [`SyncWorker::step`] did.

@@ -13,9 +13,10 @@ use super::prepare::{self, Sorted, Waiting};
 use super::ship::{recheck_at, Segment};
 use super::{db, Inner};
 use crate::change::{self, Change};
+use crate::commute::Commute;
 use crate::error::Result;
 use crate::outbox::{now_ms, Claim, Claimant, Outbox};
-use crate::pack::pack_with;
+use crate::pack::pack_arranged;
 use crate::registry::Definitions;
 
 /// A batch read, sorted and packed, its first request journaled.
@@ -32,6 +33,7 @@ pub(super) struct Reading {
     pub(super) limit: usize,
     pub(super) registry: crate::Registry,
     pub(super) deps: Arc<prepare::Deps>,
+    pub(super) commute: Arc<Commute>,
     pub(super) limits: crate::pack::PackLimits,
     pub(super) with_sql: bool,
     pub(super) recheck: i64,
@@ -45,7 +47,8 @@ impl Reading {
             limit: inner.config.batch_size,
             registry: inner.registry.clone(),
             deps: inner.deps.clone(),
-            limits: inner.target.limits(),
+            commute: inner.commute.clone(),
+            limits: inner.limits(),
             with_sql: inner.target.wants_statements(),
             recheck: recheck_at(inner),
         }
@@ -71,7 +74,7 @@ pub(super) fn read_next(
     let defs = Definitions::with_stored(&r.registry, o.definitions_of(c, &raw)?)?;
     let mut sorted = prepare::sort(raw, &defs, &r.deps, &waiting, r.recheck);
     let changes = std::mem::take(&mut sorted.changes);
-    let mut segments = segments(changes, &r.limits, r.with_sql);
+    let mut segments = segments(changes, &r.limits, r.with_sql, &r.commute);
     if let Some(first) = segments.first_mut() {
         if let Some(r) = &first.request {
             first.id = Some(o.journal(c, &r.ids)?);
@@ -80,13 +83,15 @@ pub(super) fn read_next(
     Ok(Some(Next { sorted, segments }))
 }
 
-/// Packs `changes` once into requests, one segment each, in order.
+/// Packs `changes` once into requests, one segment each, in order (inside a request, in the
+/// order it applies them: see [`pack_arranged`]).
 pub(super) fn segments(
-    changes: Vec<Change>,
+    mut changes: Vec<Change>,
     limits: &crate::pack::PackLimits,
     with_sql: bool,
+    commute: &Commute,
 ) -> Vec<Segment> {
-    let requests = pack_with(&changes, limits, with_sql);
+    let requests = pack_arranged(&mut changes, limits, with_sql, commute);
     let mut it = changes.into_iter();
     requests
         .into_iter()

@@ -129,15 +129,16 @@ pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool
             Err(e) => return local(e),
         }
     }
-    let (limits, with_sql) = (inner.target.limits(), inner.target.wants_statements());
+    let (limits, with_sql) = (inner.limits(), inner.target.wants_statements());
+    let commute = &inner.commute;
     let mut request = match seg.request.take() {
         Some(r) => r,
-        None if seg.id.is_some() => pack_one(&seg.changes, &limits, with_sql),
+        None if seg.id.is_some() => pack_one(&mut seg.changes, &limits, with_sql, commute),
         None => {
             // A half of a split, or a segment some changes were held out of: packed again, and
             // if it no longer fits one request, the rest goes back to the front of the plan.
             let mut parts =
-                segments(std::mem::take(&mut seg.changes), &limits, with_sql).into_iter();
+                segments(std::mem::take(&mut seg.changes), &limits, with_sql, commute).into_iter();
             let Some(first) = parts.next() else {
                 return TickEnd::Progress { acked: false };
             };
@@ -147,7 +148,7 @@ pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool
             seg = first;
             seg.request
                 .take()
-                .unwrap_or_else(|| pack_one(&seg.changes, &limits, with_sql))
+                .unwrap_or_else(|| pack_one(&mut seg.changes, &limits, with_sql, commute))
         }
     };
     let id = match seg.id.clone() {
@@ -182,7 +183,30 @@ pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool
         changes: &seg.changes,
         checks: &request.checks,
     };
+    let sent = std::time::Instant::now();
     let result = inner.target.execute(batch).await;
+    let took = sent.elapsed();
+    let result = {
+        let mut sizing = lock(&inner.sizing);
+        let rows = request.ids.len();
+        match result {
+            Ok(a) => {
+                sizing.applied(rows, took, &inner.target.limits());
+                Ok(a)
+            }
+            // Not applied, for its size: split like a rejection, and smaller from now on.
+            Err(TargetError::TooLarge(m)) => {
+                sizing.too_large(crate::sizing::request_bytes(&request.statements));
+                Err(TargetError::Rejected(m))
+            }
+            Err(e) => {
+                if !matches!(e, TargetError::Rejected(_)) {
+                    sizing.failed(rows, took);
+                }
+                Err(e)
+            }
+        }
+    };
     let next = match read_ahead {
         Some(h) => h.await.ok().flatten(),
         None => None,
@@ -212,9 +236,9 @@ pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool
                     o.acknowledge(c, &ids, Some(seq), &stale)
                 })
                 .await;
-                // The finished batch is freed on the blocking pool, off the path to the next
+                // The finished batch is freed on the queue's thread, off the path to the next
                 // request.
-                tokio::task::spawn_blocking(move || drop(spent));
+                inner2.queue.detach(move || drop(spent));
                 match marked {
                     Ok(n) => {
                         let mut live = lock(&inner2.live);
@@ -286,7 +310,11 @@ pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool
                 }
             } else {
                 debug!(records = seg.changes.len(), error = %message, "request refused; splitting it to find the records at fault");
+                // Halves of the queue's order: a request may apply its changes in another
+                // order (see `pack_arranged`), but only the queue's order can be cut anywhere
+                // (a child sent in a request before its parent's would fail its foreign key).
                 let mut left = seg.changes;
+                left.sort_unstable_by_key(|c| c.id);
                 let right = left.split_off(left.len() / 2);
                 for half in [right, left] {
                     st.plan.push_front(Segment {

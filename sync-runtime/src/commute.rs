@@ -1,0 +1,300 @@
+//! Which changes of one request may trade places, read from the schema: the foreign keys'
+//! actions, `UNIQUE` indexes and triggers of the application's file (the same migrations as
+//! D1's).
+//!
+//! A request is one transaction in D1, with foreign keys deferred to its end
+//! ([`crate::pack::DEFER_FOREIGN_KEYS`]). So the order of two changes in it matters only where
+//! one can change what the other does:
+//!
+//! - two changes of **one row**: always kept in order;
+//! - a **delete** of a row of a table that is the parent of a foreign key with an action,
+//!   `ON DELETE CASCADE`, `SET NULL`, `SET DEFAULT` or `RESTRICT` (which acts at once, deferred
+//!   or not): kept in order with every change of the tables the action reaches, followed
+//!   transitively (a cascaded delete cascades on);
+//! - a foreign key that names columns other than its parent's primary key: any write of the
+//!   parent may change them and fire `ON UPDATE`, so every write of the parent is kept in order
+//!   with the tables its actions reach;
+//! - two rows of a table with a `UNIQUE` index besides its key (partial and expression
+//!   indexes included): kept in order, since a write moved past another could take a value the
+//!   order had freed first;
+//! - a table with triggers of its own (capture's aside: in D1 they may write anything), or a
+//!   table the file does not have: kept in order with everything.
+//!
+//! A foreign key without an action is checked when the request commits, on the end state,
+//! which the order does not change. Everything else commutes: upserts of different rows,
+//! writes of tables no action ties together. [`crate::pack::pack_arranged`] uses this to put
+//! the changes of one shape into one statement.
+//!
+//! Only inside one request: across requests a child written before its parent would fail the
+//! foreign key at the end of the first, so requests are always cut in queue order.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use rusqlite::Connection;
+
+use crate::change::Op;
+
+/// What the order of a batch's changes may ignore, per table.
+#[derive(Debug, Clone, Default)]
+pub struct Commute {
+    tables: HashMap<String, Facts>,
+}
+
+/// One table's facts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Facts {
+    /// The tables a delete of one of its rows may write through foreign-key actions.
+    pub(crate) delete_reach: Vec<String>,
+    /// The tables any write of one of its rows may write (`ON UPDATE` of a key that names
+    /// columns other than its primary key).
+    pub(crate) write_reach: Vec<String>,
+    /// Two of its rows must stay in order (a `UNIQUE` index besides the key).
+    pub(crate) rows_ordered: bool,
+    /// Its changes stay in order with every change (triggers of its own).
+    pub(crate) barrier: bool,
+}
+
+/// A foreign key as far as the order goes: from the child's table to its parent's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// The child table.
+    pub child: String,
+    /// The parent table.
+    pub parent: String,
+    /// Deleting a parent row acts on the child (`CASCADE`, `SET NULL`, `SET DEFAULT`,
+    /// `RESTRICT`).
+    pub on_delete: bool,
+    /// Updating the parent's referenced columns acts on the child, and those columns are not
+    /// the parent's primary key (which the runtime's writes never change).
+    pub on_update: bool,
+}
+
+fn acts(action: &str) -> bool {
+    !action.eq_ignore_ascii_case("NO ACTION")
+}
+
+impl Commute {
+    /// Nothing commutes: every change keeps its place (the order of the queue).
+    pub fn none() -> Commute {
+        Commute::default()
+    }
+
+    /// The facts for `tables` (the synced ones), from their foreign keys (`links`, of every
+    /// table of the schema), the tables with a `UNIQUE` index besides their key, and the
+    /// tables with triggers of their own.
+    pub fn from_parts<'a>(
+        tables: impl IntoIterator<Item = &'a str>,
+        links: &[Link],
+        unique: &HashSet<String>,
+        triggers: &HashSet<String>,
+    ) -> Commute {
+        let key = |s: &str| s.to_ascii_lowercase();
+        let mut deletes: HashMap<String, Vec<String>> = HashMap::new();
+        let mut writes: HashMap<String, Vec<String>> = HashMap::new();
+        for l in links {
+            if l.on_delete {
+                deletes
+                    .entry(key(&l.parent))
+                    .or_default()
+                    .push(key(&l.child));
+            }
+            if l.on_update {
+                writes
+                    .entry(key(&l.parent))
+                    .or_default()
+                    .push(key(&l.child));
+            }
+        }
+        // What acting on the rows of `start`'s children reaches in turn: a cascaded delete
+        // deletes on, and a SET NULL is an update of the child's columns.
+        let closure = |first: &[String]| -> Vec<String> {
+            let mut seen: HashSet<String> = HashSet::new();
+            let mut todo: VecDeque<String> = first.iter().cloned().collect();
+            while let Some(t) = todo.pop_front() {
+                if seen.insert(t.clone()) {
+                    for next in [deletes.get(&t), writes.get(&t)].into_iter().flatten() {
+                        todo.extend(next.iter().cloned());
+                    }
+                }
+            }
+            let mut v: Vec<String> = seen.into_iter().collect();
+            v.sort();
+            v
+        };
+        let empty = Vec::new();
+        let tables = tables
+            .into_iter()
+            .map(|t| {
+                let k = key(t);
+                let facts = Facts {
+                    delete_reach: closure(deletes.get(&k).unwrap_or(&empty)),
+                    write_reach: closure(writes.get(&k).unwrap_or(&empty)),
+                    rows_ordered: unique.contains(&k),
+                    barrier: triggers.contains(&k),
+                };
+                (k, facts)
+            })
+            .collect();
+        Commute { tables }
+    }
+
+    /// Reads the facts for `tables` from the application's file. A table the file lacks is
+    /// left out, and so keeps its changes in order with every other.
+    pub fn read<'a>(
+        conn: &Connection,
+        tables: impl IntoIterator<Item = &'a str>,
+    ) -> rusqlite::Result<Commute> {
+        let names: Vec<String> = conn
+            .prepare(
+                "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+            )?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut links = Vec::new();
+        let mut unique = HashSet::new();
+        for name in &names {
+            let t = d1_sync_schema::load::read_table(conn, name)?;
+            for fk in &t.foreign_keys {
+                let parent_key = d1_sync_schema::load::read_table(conn, &fk.table)
+                    .map(|p| p.primary_key)
+                    .unwrap_or_default();
+                let names_key = fk.to.is_empty()
+                    || (fk.to.len() == parent_key.len()
+                        && fk
+                            .to
+                            .iter()
+                            .all(|c| parent_key.iter().any(|k| k.eq_ignore_ascii_case(c))));
+                links.push(Link {
+                    child: name.clone(),
+                    parent: fk.table.clone(),
+                    on_delete: acts(&fk.on_delete),
+                    on_update: acts(&fk.on_update) && !names_key,
+                });
+            }
+            let has_unique: bool = conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM pragma_index_list(?1) WHERE \"unique\" AND origin <> 'pk')",
+                [name],
+                |r| r.get(0),
+            )?;
+            if has_unique {
+                unique.insert(name.to_ascii_lowercase());
+            }
+        }
+        let triggers: HashSet<String> = conn
+            .prepare(
+                "SELECT lower(tbl_name) FROM sqlite_schema WHERE type = 'trigger'
+                   AND substr(name, 1, 16) <> 'd1_sync_capture_'",
+            )?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let present: HashSet<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
+        let known: Vec<&str> = tables
+            .into_iter()
+            .filter(|t| present.contains(&t.to_ascii_lowercase()))
+            .collect();
+        Ok(Commute::from_parts(known, &links, &unique, &triggers))
+    }
+
+    /// The facts of `table`; `None` when it keeps its changes in order with every other.
+    pub(crate) fn facts(&self, table: &str) -> Option<&Facts> {
+        if self.tables.is_empty() {
+            return None;
+        }
+        match self.tables.get(table) {
+            Some(f) => Some(f),
+            None => self.tables.get(&table.to_ascii_lowercase()),
+        }
+        .filter(|f| !f.barrier)
+    }
+
+    /// Whether any change may move at all.
+    pub(crate) fn is_none(&self) -> bool {
+        self.tables.is_empty()
+    }
+}
+
+impl Facts {
+    /// The tables a change of this table by `op` may write besides its own row.
+    pub(crate) fn reach(&self, op: Op) -> impl Iterator<Item = &str> {
+        let deletes = if op == Op::Delete {
+            &self.delete_reach[..]
+        } else {
+            &[]
+        };
+        deletes
+            .iter()
+            .chain(self.write_reach.iter())
+            .map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(sql: &str) -> Commute {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(sql).unwrap();
+        let names: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_schema WHERE type = 'table'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        Commute::read(&conn, names.iter().map(String::as_str)).unwrap()
+    }
+
+    fn reach(c: &Commute, t: &str, op: Op) -> Vec<String> {
+        let mut v: Vec<String> = c.facts(t).unwrap().reach(op).map(String::from).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    #[test]
+    fn deletes_reach_through_actions_transitively_and_plain_keys_reach_nothing() {
+        let c = read(
+            "CREATE TABLE a (id TEXT PRIMARY KEY);
+             CREATE TABLE b (id TEXT PRIMARY KEY, a TEXT REFERENCES a (id) ON DELETE CASCADE);
+             CREATE TABLE c (id TEXT PRIMARY KEY, b TEXT REFERENCES b (id) ON DELETE SET NULL);
+             CREATE TABLE d (id TEXT PRIMARY KEY, a TEXT REFERENCES a (id));
+             CREATE TABLE e (id TEXT PRIMARY KEY, d TEXT REFERENCES d (id) ON DELETE RESTRICT);",
+        );
+        assert_eq!(reach(&c, "a", Op::Delete), ["b", "c"]);
+        assert!(
+            reach(&c, "a", Op::Upsert).is_empty(),
+            "an upsert never changes a key"
+        );
+        assert_eq!(reach(&c, "b", Op::Delete), ["c"]);
+        assert!(reach(&c, "c", Op::Delete).is_empty());
+        assert_eq!(reach(&c, "d", Op::Delete), ["e"], "RESTRICT acts at once");
+        assert!(!c.facts("a").unwrap().rows_ordered);
+    }
+
+    #[test]
+    fn unique_indexes_order_rows_and_triggers_order_everything() {
+        let c = read(
+            "CREATE TABLE u (id TEXT PRIMARY KEY, email TEXT);
+             CREATE UNIQUE INDEX u_email ON u (email) WHERE email IS NOT NULL;
+             CREATE TABLE t (id TEXT PRIMARY KEY, n INTEGER);
+             CREATE TABLE log (x TEXT);
+             CREATE TRIGGER t_log AFTER UPDATE ON t BEGIN INSERT INTO log VALUES (new.id); END;
+             CREATE TRIGGER d1_sync_capture_u_ins AFTER INSERT ON u BEGIN SELECT 1; END;",
+        );
+        assert!(c.facts("u").unwrap().rows_ordered, "a partial UNIQUE index");
+        assert!(c.facts("t").is_none(), "a trigger of its own");
+        assert!(c.facts("missing").is_none(), "unknown to the file");
+        assert!(Commute::none().facts("u").is_none());
+    }
+
+    #[test]
+    fn an_update_action_on_a_key_other_than_the_primary_reaches_on_any_write() {
+        let c = read(
+            "CREATE TABLE p (id TEXT PRIMARY KEY, code TEXT UNIQUE);
+             CREATE TABLE k (id TEXT PRIMARY KEY, p TEXT REFERENCES p (code) ON UPDATE CASCADE);
+             CREATE TABLE j (id TEXT PRIMARY KEY, p TEXT REFERENCES p (id) ON UPDATE CASCADE);",
+        );
+        assert_eq!(reach(&c, "p", Op::Upsert), ["k"]);
+    }
+}
