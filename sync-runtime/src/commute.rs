@@ -7,10 +7,15 @@
 //! one can change what the other does:
 //!
 //! - two changes of **one row**: always kept in order;
-//! - a **delete** of a row of a table that is the parent of a foreign key with an action,
-//!   `ON DELETE CASCADE`, `SET NULL`, `SET DEFAULT` or `RESTRICT` (which acts at once, deferred
-//!   or not): kept in order with every change of the tables the action reaches, followed
-//!   transitively (a cascaded delete cascades on);
+//! - a **delete** of a row of a table that is the parent of a foreign key with
+//!   `ON DELETE CASCADE` or `RESTRICT` (which acts at once, deferred or not): kept in order with
+//!   every change of the tables the action reaches, followed transitively (a cascaded delete
+//!   cascades on). Which child rows the action meets depends on what D1 holds, which the
+//!   worker does not know;
+//! - a delete of a parent row under `ON DELETE SET NULL` or `SET DEFAULT` on its primary key:
+//!   kept in order only with the child writes that set the key to that row. A child write that
+//!   sets the key to another row, or leaves it alone, ends the same either way (the action
+//!   clears a value the write replaces, or one it keeps), as does a child delete;
 //! - a foreign key that names columns other than its parent's primary key: any write of the
 //!   parent may change them and fire `ON UPDATE`, so every write of the parent is kept in order
 //!   with the tables its actions reach;
@@ -52,6 +57,11 @@ pub(crate) struct Facts {
     pub(crate) rows_ordered: bool,
     /// Its changes stay in order with every change (triggers of its own).
     pub(crate) barrier: bool,
+    /// Its foreign keys to a parent's primary key that `SET NULL` (or `SET DEFAULT`) when the
+    /// parent row is deleted: the parent, and the key's columns in the parent key's order.
+    pub(crate) nulled_by: Vec<(String, Vec<String>)>,
+    /// Whether some table's key to this one's primary key is `SET NULL` on delete.
+    pub(crate) nulls: bool,
 }
 
 /// A foreign key as far as the order goes: from the child's table to its parent's.
@@ -67,6 +77,10 @@ pub struct Link {
     /// Updating the parent's referenced columns acts on the child, and those columns are not
     /// the parent's primary key (which the runtime's writes never change).
     pub on_update: bool,
+    /// The delete's action is `SET NULL` or `SET DEFAULT`, on the parent's primary key: the
+    /// child's columns, in the order of the parent's key. Such a key is tracked row by row
+    /// instead of in `on_delete`.
+    pub nulls: Option<Vec<String>>,
 }
 
 fn acts(action: &str) -> bool {
@@ -91,7 +105,15 @@ impl Commute {
         let key = |s: &str| s.to_ascii_lowercase();
         let mut deletes: HashMap<String, Vec<String>> = HashMap::new();
         let mut writes: HashMap<String, Vec<String>> = HashMap::new();
+        // SET NULL keys, by parent (the nulled rows themselves are tracked row by row).
+        let mut nulling: HashMap<String, Vec<String>> = HashMap::new();
         for l in links {
+            if l.nulls.is_some() {
+                nulling
+                    .entry(key(&l.parent))
+                    .or_default()
+                    .push(key(&l.child));
+            }
             if l.on_delete {
                 deletes
                     .entry(key(&l.parent))
@@ -126,11 +148,33 @@ impl Commute {
             .into_iter()
             .map(|t| {
                 let k = key(t);
+                // A delete reaches the tables its cascades reach, and what nulling a child's
+                // key writes on; the nulled child rows themselves are tracked row by row.
+                let mut first: Vec<String> = deletes
+                    .get(&k)
+                    .unwrap_or(&empty)
+                    .iter()
+                    .filter(|c| {
+                        links.iter().any(|l| {
+                            key(&l.parent) == k && key(&l.child) == **c && l.nulls.is_none()
+                        })
+                    })
+                    .cloned()
+                    .collect();
+                for c in nulling.get(&k).unwrap_or(&empty) {
+                    first.extend(writes.get(c).into_iter().flatten().cloned());
+                }
                 let facts = Facts {
-                    delete_reach: closure(deletes.get(&k).unwrap_or(&empty)),
+                    delete_reach: closure(&first),
                     write_reach: closure(writes.get(&k).unwrap_or(&empty)),
                     rows_ordered: unique.contains(&k),
                     barrier: triggers.contains(&k),
+                    nulled_by: links
+                        .iter()
+                        .filter(|l| key(&l.child) == k)
+                        .filter_map(|l| Some((key(&l.parent), l.nulls.clone()?)))
+                        .collect(),
+                    nulls: nulling.contains_key(&k),
                 };
                 (k, facts)
             })
@@ -164,11 +208,29 @@ impl Commute {
                             .to
                             .iter()
                             .all(|c| parent_key.iter().any(|k| k.eq_ignore_ascii_case(c))));
+                // The child's columns in the order of the parent's key.
+                let in_key_order: Option<Vec<String>> = if fk.to.is_empty() {
+                    (fk.from.len() == parent_key.len()).then(|| fk.from.clone())
+                } else {
+                    parent_key
+                        .iter()
+                        .map(|k| {
+                            let i = fk.to.iter().position(|t| t.eq_ignore_ascii_case(k))?;
+                            fk.from.get(i).cloned()
+                        })
+                        .collect()
+                };
+                let nulling = matches!(
+                    fk.on_delete.to_ascii_uppercase().as_str(),
+                    "SET NULL" | "SET DEFAULT"
+                );
+                let nulls = in_key_order.filter(|_| nulling && names_key && !parent_key.is_empty());
                 links.push(Link {
                     child: name.clone(),
                     parent: fk.table.clone(),
                     on_delete: acts(&fk.on_delete),
                     on_update: acts(&fk.on_update) && !names_key,
+                    nulls,
                 });
             }
             let has_unique: bool = conn.query_row(
@@ -266,7 +328,13 @@ mod tests {
             reach(&c, "a", Op::Upsert).is_empty(),
             "an upsert never changes a key"
         );
-        assert_eq!(reach(&c, "b", Op::Delete), ["c"]);
+        assert!(
+            reach(&c, "b", Op::Delete).is_empty(),
+            "SET NULL on a primary key is tracked row by row"
+        );
+        let facts = c.facts("c").unwrap();
+        assert_eq!(facts.nulled_by, [("b".to_string(), vec!["b".to_string()])]);
+        assert!(c.facts("b").unwrap().nulls);
         assert!(reach(&c, "c", Op::Delete).is_empty());
         assert_eq!(reach(&c, "d", Op::Delete), ["e"], "RESTRICT acts at once");
         assert!(!c.facts("a").unwrap().rows_ordered);

@@ -346,6 +346,58 @@ fn key_has_real(key: &str) -> bool {
         })
 }
 
+/// The parent rows a change meets through `SET NULL` keys ([`Facts::nulled_by`]), as (parent
+/// table, parent row key): the row it deletes, and the rows its child keys point at.
+#[derive(Default)]
+struct Nulling {
+    deletes: Option<(String, String)>,
+    points_at: Vec<(String, String)>,
+}
+
+impl Nulling {
+    fn of(c: &Change, facts: Option<&Facts>) -> Nulling {
+        let Some(facts) = facts else {
+            return Nulling::default();
+        };
+        if c.op == Op::Delete {
+            return Nulling {
+                deletes: facts
+                    .nulls
+                    .then(|| (c.table.name.to_ascii_lowercase(), c.row_key.clone())),
+                points_at: Vec::new(),
+            };
+        }
+        if facts.nulled_by.is_empty() {
+            return Nulling::default();
+        }
+        let texts = c.stored_texts();
+        let points_at = facts
+            .nulled_by
+            .iter()
+            .filter_map(|(parent, columns)| {
+                let mut key = String::from("[");
+                for (n, col) in columns.iter().enumerate() {
+                    let i = c.columns.iter().position(|x| x.eq_ignore_ascii_case(col))?;
+                    let t = texts.get(i)?;
+                    if t == "null" {
+                        return None;
+                    }
+                    if n > 0 {
+                        key.push(',');
+                    }
+                    key.push_str(t);
+                }
+                key.push(']');
+                Some((parent.clone(), key))
+            })
+            .collect();
+        Nulling {
+            deletes: None,
+            points_at,
+        }
+    }
+}
+
 /// One request being filled.
 struct Building<'a> {
     groups: Vec<Group<'a>>,
@@ -363,6 +415,10 @@ struct Building<'a> {
     last_reaching: HashMap<&'a str, usize>,
     last_real: HashMap<Cow<'a, str>, usize>,
     last_barrier: Option<usize>,
+    /// Under `SET NULL` keys ([`Facts::nulled_by`]), by (parent table, parent row key): the
+    /// last group deleting that parent row, and the last group pointing a child at it.
+    last_nulling: HashMap<(String, String), usize>,
+    last_pointing: HashMap<(String, String), usize>,
     /// The groups of each table and operation, oldest first (the candidates to join).
     by_shape: HashMap<(&'a str, Op), Vec<usize>>,
 }
@@ -381,6 +437,8 @@ impl<'a> Building<'a> {
             last_reaching: HashMap::new(),
             last_real: HashMap::new(),
             last_barrier: None,
+            last_nulling: HashMap::new(),
+            last_pointing: HashMap::new(),
             by_shape: HashMap::new(),
         }
     }
@@ -393,6 +451,7 @@ impl<'a> Building<'a> {
         encodings: &[JsonEncoding],
         facts: Option<&'a Facts>,
         distinct: bool,
+        nulling: &Nulling,
     ) -> usize {
         let after = |g: usize, may_join: bool| -> usize {
             if may_join && self.groups[g].shape.fits(c, encodings) {
@@ -431,12 +490,24 @@ impl<'a> Building<'a> {
         } else {
             take(self.last_real.get(own.as_ref()));
         }
+        if let Some(row) = &nulling.deletes {
+            take(self.last_pointing.get(row));
+        }
+        for row in &nulling.points_at {
+            take(self.last_nulling.get(row));
+        }
         lower
     }
 
     /// Notes that `c` went into group `g`.
-    fn placed(&mut self, c: &'a Change, facts: Option<&'a Facts>, g: usize) {
+    fn placed(&mut self, c: &'a Change, facts: Option<&'a Facts>, g: usize, nulling: Nulling) {
         let up = |slot: &mut usize| *slot = (*slot).max(g);
+        if let Some(row) = nulling.deletes {
+            up(self.last_nulling.entry(row).or_insert(g));
+        }
+        for row in nulling.points_at {
+            up(self.last_pointing.entry(row).or_insert(g));
+        }
         up(self
             .last_row
             .entry((c.table.name.as_str(), c.row_key.as_str()))
@@ -565,8 +636,9 @@ fn packed(
             .any(|e| matches!(e, JsonEncoding::Param(_)))
             || (c.op == Op::Update && facts.is_none_or(|f| f.rows_ordered));
         let distinct = c.op == Op::Update || c.version.is_some();
+        let nulling = Nulling::of(c, facts);
         loop {
-            let lower = b.lower(c, &encodings, facts, distinct);
+            let lower = b.lower(c, &encodings, facts, distinct, &nulling);
             let candidate = b
                 .by_shape
                 .get(&(c.table.name.as_str(), c.op))
@@ -658,7 +730,7 @@ fn packed(
                     .or_default()
                     .push(g);
             }
-            b.placed(c, facts, g);
+            b.placed(c, facts, g, nulling);
             break;
         }
     }
