@@ -367,10 +367,12 @@ impl Target for SqliteTarget {
 
     fn limits(&self) -> PackLimits {
         match self.mode {
-            // One transaction of one-row statements: nothing on the way to bound, so a
-            // request is the whole batch the worker claimed.
+            // One transaction of one-row statements: nothing on the way to bound, and no
+            // request budget to save, so a request is 2,000 rows: larger transactions gain a
+            // local file nothing and hold more of the backlog in memory.
             SqliteMode::Rows => PackLimits {
                 max_statements: usize::MAX,
+                max_rows_per_request: self.limits.max_rows_per_request.min(2_000),
                 ..self.limits
             },
             SqliteMode::Statements => self.limits,

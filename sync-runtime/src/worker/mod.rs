@@ -44,8 +44,10 @@ use crate::target::{Target, TargetError};
 pub struct WorkerConfig {
     /// How often to look for work when nothing wakes the worker (default 1 s).
     pub poll_interval: Duration,
-    /// Records claimed per tick, and so the most rows per request (default 10,000, the most
-    /// the target's [`PackLimits`](crate::target::PackLimits) put in one request). D1 allows
+    /// Records claimed per tick, and so the most rows per request (default 10,000, D1's
+    /// advice for one bulk write; never more than the target's
+    /// [`PackLimits::max_rows_per_request`](crate::target::PackLimits), 2,000 for a
+    /// [`crate::SqliteTarget`]). D1 allows
     /// about 4 API requests a second, so under load rows per request set the sustained rate:
     /// up to about 33,000 rows/s within [`crate::D1Http`]'s default budget.
     pub batch_size: usize,

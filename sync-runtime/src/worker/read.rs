@@ -44,7 +44,12 @@ impl Reading {
         Reading {
             owner: inner.owner.clone(),
             lease: inner.config.lease,
-            limit: inner.config.batch_size,
+            // No more than the target takes in one request: the rest would wait in memory.
+            limit: inner
+                .config
+                .batch_size
+                .min(inner.limits().max_rows_per_request)
+                .max(1),
             registry: inner.registry.clone(),
             deps: inner.deps.clone(),
             commute: inner.commute.clone(),
