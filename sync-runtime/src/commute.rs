@@ -105,14 +105,18 @@ impl Commute {
         let key = |s: &str| s.to_ascii_lowercase();
         let mut deletes: HashMap<String, Vec<String>> = HashMap::new();
         let mut writes: HashMap<String, Vec<String>> = HashMap::new();
-        // SET NULL keys, by parent (the nulled rows themselves are tracked row by row).
+        // A delete's first step, by parent: the children it acts on table by table (cascade,
+        // restrict), and those whose keys it nulls (tracked row by row).
+        let mut cascades: HashMap<String, Vec<String>> = HashMap::new();
         let mut nulling: HashMap<String, Vec<String>> = HashMap::new();
         for l in links {
-            if l.nulls.is_some() {
-                nulling
-                    .entry(key(&l.parent))
-                    .or_default()
-                    .push(key(&l.child));
+            if l.on_delete {
+                let first = if l.nulls.is_some() {
+                    &mut nulling
+                } else {
+                    &mut cascades
+                };
+                first.entry(key(&l.parent)).or_default().push(key(&l.child));
             }
             if l.on_delete {
                 deletes
@@ -127,8 +131,9 @@ impl Commute {
                     .push(key(&l.child));
             }
         }
-        // What acting on the rows of `start`'s children reaches in turn: a cascaded delete
-        // deletes on, and a SET NULL is an update of the child's columns.
+        // The tables acting on the rows of `first` reaches, those included: past the first
+        // step a cascaded delete meets rows nobody named, so every action counts, and a
+        // SET NULL is an update of the child's columns.
         let closure = |first: &[String]| -> Vec<String> {
             let mut seen: HashSet<String> = HashSet::new();
             let mut todo: VecDeque<String> = first.iter().cloned().collect();
@@ -150,17 +155,7 @@ impl Commute {
                 let k = key(t);
                 // A delete reaches the tables its cascades reach, and what nulling a child's
                 // key writes on; the nulled child rows themselves are tracked row by row.
-                let mut first: Vec<String> = deletes
-                    .get(&k)
-                    .unwrap_or(&empty)
-                    .iter()
-                    .filter(|c| {
-                        links.iter().any(|l| {
-                            key(&l.parent) == k && key(&l.child) == **c && l.nulls.is_none()
-                        })
-                    })
-                    .cloned()
-                    .collect();
+                let mut first: Vec<String> = cascades.get(&k).cloned().unwrap_or_default();
                 for c in nulling.get(&k).unwrap_or(&empty) {
                     first.extend(writes.get(c).into_iter().flatten().cloned());
                 }

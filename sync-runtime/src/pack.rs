@@ -314,8 +314,9 @@ struct Group<'a> {
     bound: Vec<Param>,
     /// Row keys in it (kept when they must be distinct: see [`Shape::distinct_keys`]).
     keys: HashSet<&'a str>,
-    /// Whether another change may join it (a change with a bound real stands alone).
-    single: bool,
+    /// The tombstone trigger it opens with: the first group of a versioned table in the
+    /// request (see [`tombstone_trigger`]).
+    trigger: Option<String>,
 }
 
 impl Group<'_> {
@@ -651,8 +652,7 @@ fn packed(
                         .copied()
                         .find(|&g| {
                             let o = &b.groups[g];
-                            !o.single
-                                && o.shape.fits(c, &encodings)
+                            o.shape.fits(c, &encodings)
                                 && o.members.len() < limits.max_rows_per_statement
                                 && o.json + 1 + c.row.len() < limits.max_param_bytes
                                 && !(o.shape.distinct_keys() && o.keys.contains(c.row_key.as_str()))
@@ -671,8 +671,11 @@ fn packed(
                     };
                     let sql = statement_sql(&shape, c);
                     let check = check_sql(&shape, c, single);
-                    let trigger =
-                        tombstone_trigger(&shape, c).filter(|_| !b.triggered.contains(shape.table));
+                    let trigger = if b.triggered.contains(shape.table) {
+                        None
+                    } else {
+                        tombstone_trigger(&shape, c)
+                    };
                     let group = Group {
                         shape,
                         sql,
@@ -681,17 +684,17 @@ fn packed(
                         json: 1,
                         bound: std::mem::take(&mut bound),
                         keys: HashSet::new(),
-                        single,
+                        trigger,
                     };
                     let statements = group.sql.len()
                         + usize::from(group.check.is_some())
-                        + usize::from(trigger.is_some());
+                        + usize::from(group.trigger.is_some());
                     let bytes = group.sql.iter().map(String::len).sum::<usize>()
                         + group.check.as_ref().map_or(0, |(s, _)| s.len())
-                        + trigger.as_ref().map_or(0, String::len)
+                        + group.trigger.as_ref().map_or(0, String::len)
                         + group.bound.len() * 24
                         + group.row_bytes(c.row.len() + 1);
-                    (statements, bytes, Some((group, trigger.is_some())))
+                    (statements, bytes, Some(group))
                 }
             };
             let full = b.rows + 1 > limits.max_rows_per_request
@@ -700,15 +703,15 @@ fn packed(
             if full && b.rows > 0 {
                 let next = Building::new(n);
                 out.push(finish(std::mem::replace(&mut b, next), changes));
-                if let Some((group, _)) = fresh {
+                if let Some(group) = fresh {
                     bound = group.bound;
                 }
                 continue;
             }
             let g = match fresh {
                 None => candidate.unwrap_or_default(),
-                Some((group, triggers)) => {
-                    if triggers {
+                Some(group) => {
+                    if group.trigger.is_some() {
                         b.triggered.insert(group.shape.table);
                     }
                     b.groups.push(group);
@@ -747,14 +750,10 @@ fn finish(b: Building<'_>, changes: &[Change]) -> (Request, Vec<usize>) {
     req.range = b.start..b.start + b.rows;
     req.ids.reserve(b.rows);
     let mut order = Vec::with_capacity(b.rows);
-    let mut triggered: HashSet<&str> = HashSet::new();
     for group in b.groups {
         let first = order.len();
-        let c0 = &changes[group.members[0]];
-        if let Some(sql) = tombstone_trigger(&group.shape, c0) {
-            if triggered.insert(group.shape.table) {
-                req.statements.push(Statement::new(sql));
-            }
+        if let Some(sql) = group.trigger {
+            req.statements.push(Statement::new(sql));
         }
         let mut json = String::with_capacity(group.json + 1);
         json.push('[');

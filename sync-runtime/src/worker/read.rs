@@ -41,6 +41,7 @@ pub(super) struct Reading {
 
 impl Reading {
     pub(super) fn of(inner: &Inner) -> Reading {
+        let limits = inner.limits();
         Reading {
             owner: inner.owner.clone(),
             lease: inner.config.lease,
@@ -48,12 +49,12 @@ impl Reading {
             limit: inner
                 .config
                 .batch_size
-                .min(inner.limits().max_rows_per_request)
+                .min(limits.max_rows_per_request)
                 .max(1),
             registry: inner.registry.clone(),
             deps: inner.deps.clone(),
             commute: inner.commute.clone(),
-            limits: inner.limits(),
+            limits,
             with_sql: inner.target.wants_statements(),
             recheck: recheck_at(inner),
         }
