@@ -31,6 +31,7 @@
 //! ```
 
 pub mod capture;
+pub mod cascade;
 pub mod definition;
 pub mod guard;
 pub mod ledger;

@@ -12,6 +12,13 @@
 //!   every change of the tables the action reaches, followed transitively (a cascaded delete
 //!   cascades on). Which child rows the action meets depends on what D1 holds, which the
 //!   worker does not know;
+//! - a delete of a parent row under `ON DELETE CASCADE` on its primary key, when the child
+//!   table is a *leaf* (no foreign key names it, no `UNIQUE` index, no triggers): kept in order
+//!   with every child write before it, and with the child writes after it that set the key to
+//!   that row. A later child write that sets the key to another row (or leaves it) may move
+//!   ahead of the delete: the packer then sends, before it, the cascade the delete would have
+//!   done to that row ([`d1_sync_schema::sql::cascade_ahead_sql`]), since only D1 knows whether
+//!   the row pointed at the deleted parent;
 //! - a delete of a parent row under `ON DELETE SET NULL` or `SET DEFAULT` on its primary key:
 //!   kept in order only with the child writes that set the key to that row. A child write that
 //!   sets the key to another row, or leaves it alone, ends the same either way (the action
@@ -62,6 +69,12 @@ pub(crate) struct Facts {
     pub(crate) nulled_by: Vec<(String, Vec<String>)>,
     /// Whether some table's key to this one's primary key is `SET NULL` on delete.
     pub(crate) nulls: bool,
+    /// Its foreign keys to a parent's primary key that `CASCADE` on delete and are tracked
+    /// row by row (this table is a leaf): the parent, and the key's columns in the parent
+    /// key's order.
+    pub(crate) cascaded_by: Vec<(String, Vec<String>)>,
+    /// The leaf tables whose keys to this one's primary key `CASCADE` row by row.
+    pub(crate) cascades_rows: Vec<String>,
 }
 
 /// A foreign key as far as the order goes: from the child's table to its parent's.
@@ -81,6 +94,10 @@ pub struct Link {
     /// child's columns, in the order of the parent's key. Such a key is tracked row by row
     /// instead of in `on_delete`.
     pub nulls: Option<Vec<String>>,
+    /// The delete's action is `CASCADE`, on the parent's primary key: the child's columns, in
+    /// the order of the parent's key. When the child is a leaf (see [`Commute::from_parts`])
+    /// such a key is tracked row by row.
+    pub cascades: Option<Vec<String>>,
 }
 
 fn acts(action: &str) -> bool {
@@ -95,7 +112,9 @@ impl Commute {
 
     /// The facts for `tables` (the synced ones), from their foreign keys (`links`, of every
     /// table of the schema), the tables with a `UNIQUE` index besides their key, and the
-    /// tables with triggers of their own.
+    /// tables with triggers of their own. A `CASCADE` key is tracked row by row when its child
+    /// is a leaf: no foreign key names the child, which has no `UNIQUE` index besides its key
+    /// and no triggers (so removing one of its rows early changes nothing but that row).
     pub fn from_parts<'a>(
         tables: impl IntoIterator<Item = &'a str>,
         links: &[Link],
@@ -103,6 +122,13 @@ impl Commute {
         triggers: &HashSet<String>,
     ) -> Commute {
         let key = |s: &str| s.to_ascii_lowercase();
+        let parents: HashSet<String> = links.iter().map(|l| key(&l.parent)).collect();
+        let leaf = |child: &str| {
+            let c = key(child);
+            !parents.contains(&c) && !unique.contains(&c) && !triggers.contains(&c)
+        };
+        let by_row = |l: &Link| l.on_delete && l.cascades.is_some() && leaf(&l.child);
+        let mut rows_cascades: HashMap<String, Vec<String>> = HashMap::new();
         let mut deletes: HashMap<String, Vec<String>> = HashMap::new();
         let mut writes: HashMap<String, Vec<String>> = HashMap::new();
         // A delete's first step, by parent: the children it acts on table by table (cascade,
@@ -113,6 +139,8 @@ impl Commute {
             if l.on_delete {
                 let first = if l.nulls.is_some() {
                     &mut nulling
+                } else if by_row(l) {
+                    &mut rows_cascades
                 } else {
                     &mut cascades
                 };
@@ -170,6 +198,12 @@ impl Commute {
                         .filter_map(|l| Some((key(&l.parent), l.nulls.clone()?)))
                         .collect(),
                     nulls: nulling.contains_key(&k),
+                    cascaded_by: links
+                        .iter()
+                        .filter(|l| key(&l.child) == k && by_row(l))
+                        .filter_map(|l| Some((key(&l.parent), l.cascades.clone()?)))
+                        .collect(),
+                    cascades_rows: rows_cascades.get(&k).cloned().unwrap_or_default(),
                 };
                 (k, facts)
             })
@@ -219,13 +253,17 @@ impl Commute {
                     fk.on_delete.to_ascii_uppercase().as_str(),
                     "SET NULL" | "SET DEFAULT"
                 );
-                let nulls = in_key_order.filter(|_| nulling && names_key && !parent_key.is_empty());
+                let on_key = names_key && !parent_key.is_empty();
+                let nulls = in_key_order.clone().filter(|_| nulling && on_key);
+                let cascades =
+                    in_key_order.filter(|_| on_key && fk.on_delete.eq_ignore_ascii_case("CASCADE"));
                 links.push(Link {
                     child: name.clone(),
                     parent: fk.table.clone(),
                     on_delete: acts(&fk.on_delete),
                     on_update: acts(&fk.on_update) && !names_key,
                     nulls,
+                    cascades,
                 });
             }
             let has_unique: bool = conn.query_row(
@@ -240,7 +278,8 @@ impl Commute {
         let triggers: HashSet<String> = conn
             .prepare(
                 "SELECT lower(tbl_name) FROM sqlite_schema WHERE type = 'trigger'
-                   AND substr(name, 1, 16) <> 'd1_sync_capture_'",
+                   AND substr(name, 1, 16) <> 'd1_sync_capture_'
+                   AND substr(name, 1, 18) <> 'd1_sync_tombstone_'",
             )?
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
@@ -333,6 +372,31 @@ mod tests {
         assert!(reach(&c, "c", Op::Delete).is_empty());
         assert_eq!(reach(&c, "d", Op::Delete), ["e"], "RESTRICT acts at once");
         assert!(!c.facts("a").unwrap().rows_ordered);
+    }
+
+    #[test]
+    fn a_cascade_to_a_leaf_is_tracked_row_by_row_and_to_anything_else_table_by_table() {
+        let c = read(
+            "CREATE TABLE a (id TEXT PRIMARY KEY);
+             CREATE TABLE leaf (id TEXT PRIMARY KEY, a TEXT REFERENCES a (id) ON DELETE CASCADE);
+             CREATE TABLE mid (id TEXT PRIMARY KEY, a TEXT REFERENCES a (id) ON DELETE CASCADE);
+             CREATE TABLE under (id TEXT PRIMARY KEY, m TEXT REFERENCES mid (id));
+             CREATE TABLE uniq (id TEXT PRIMARY KEY, e TEXT UNIQUE,
+                                a TEXT REFERENCES a (id) ON DELETE CASCADE);
+             CREATE TABLE trig (id TEXT PRIMARY KEY, a TEXT REFERENCES a (id) ON DELETE CASCADE);
+             CREATE TRIGGER trig_t AFTER DELETE ON trig BEGIN SELECT 1; END;
+             CREATE TRIGGER d1_sync_tombstone_leaf_0 AFTER DELETE ON leaf BEGIN SELECT 1; END;",
+        );
+        let a = c.facts("a").unwrap();
+        assert_eq!(a.cascades_rows, ["leaf"]);
+        assert_eq!(reach(&c, "a", Op::Delete), ["mid", "trig", "uniq"]);
+        assert_eq!(
+            c.facts("leaf").unwrap().cascaded_by,
+            [("a".to_string(), vec!["a".to_string()])],
+            "d1-sync's own tombstone trigger does not make a table a barrier"
+        );
+        assert!(c.facts("mid").unwrap().cascaded_by.is_empty(), "a parent");
+        assert!(c.facts("uniq").unwrap().cascaded_by.is_empty(), "a UNIQUE index");
     }
 
     #[test]

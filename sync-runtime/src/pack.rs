@@ -149,6 +149,9 @@ struct Shape<'a> {
     encodings: Vec<JsonEncoding>,
     /// Versioned: where the key's columns and the version are in a row.
     guard: Option<GuardShape>,
+    /// A write (not a delete) of a leaf table whose `CASCADE` keys are tracked row by row
+    /// ([`Facts::cascaded_by`]): its rows may move ahead of parent deletes.
+    cascaded_by: &'a [(String, Vec<String>)],
 }
 
 /// Where a versioned change's key and version are in its row.
@@ -174,9 +177,10 @@ impl GuardShape {
 impl Shape<'_> {
     /// Whether two rows of one key must go in separate statements: an update's (SQLite would
     /// apply one of them) and a versioned write's (the check before it sees the table as it
-    /// was before the statement).
+    /// was before the statement), and a row that may move ahead of a parent's delete (the
+    /// early cascade reads the row as it was before the statement).
     fn distinct_keys(&self) -> bool {
-        self.op == Op::Update || self.guard.is_some()
+        self.op == Op::Update || self.guard.is_some() || !self.cascaded_by.is_empty()
     }
 
     /// Whether `c`, whose value encodings are `encodings`, has this shape. Changes of one
@@ -317,6 +321,50 @@ struct Group<'a> {
     /// The tombstone trigger it opens with: the first group of a versioned table in the
     /// request (see [`tombstone_trigger`]).
     trigger: Option<String>,
+    /// The early cascade sent before it, when its rows moved ahead of parent deletes.
+    ahead: Option<Ahead>,
+}
+
+/// The early cascade of a group of a leaf's writes
+/// ([`d1_sync_schema::cascade::cascade_ahead_sql`]) and where a row's key is.
+struct Ahead {
+    sql: String,
+    key: Vec<usize>,
+}
+
+/// A leaf's writes may move ahead of its parents' deletes: the statement that does, before
+/// them, the cascade those deletes would have done.
+fn ahead_sql(s: &Shape, c: &Change) -> Option<Ahead> {
+    if s.cascaded_by.is_empty() {
+        return None;
+    }
+    let key = c
+        .table
+        .primary_key
+        .iter()
+        .map(|k| s.columns.iter().position(|x| x == k))
+        .collect::<Option<Vec<usize>>>()?;
+    let encodings: Vec<JsonEncoding> = key
+        .iter()
+        .map(|&i| s.encodings.get(i).copied().unwrap_or(JsonEncoding::Plain))
+        .collect();
+    if encodings
+        .iter()
+        .any(|e| matches!(e, JsonEncoding::Param(_)))
+    {
+        return None;
+    }
+    let pk: Vec<&str> = c.table.primary_key.iter().map(String::as_str).collect();
+    let links: Vec<Vec<&str>> = s
+        .cascaded_by
+        .iter()
+        .map(|(_, cols)| cols.iter().map(String::as_str).collect())
+        .collect();
+    let links: Vec<&[&str]> = links.iter().map(Vec::as_slice).collect();
+    Some(Ahead {
+        sql: d1_sync_schema::cascade::cascade_ahead_sql(s.table, &pk, &encodings, &links),
+        key,
+    })
 }
 
 impl Group<'_> {
@@ -347,34 +395,44 @@ fn key_has_real(key: &str) -> bool {
         })
 }
 
-/// The parent rows a change meets through `SET NULL` keys ([`Facts::nulled_by`]), as (parent
-/// table, parent row key): the row it deletes, and the rows its child keys point at.
+/// The parent rows a change meets through the keys tracked row by row (`SET NULL`,
+/// [`Facts::nulled_by`], and a leaf's `CASCADE`, [`Facts::cascaded_by`]), as (parent table,
+/// parent row key): the row it deletes, and the rows its child keys point at.
 #[derive(Default)]
-struct Nulling {
+struct RowTies {
     deletes: Option<(String, String)>,
     points_at: Vec<(String, String)>,
+    /// A delete whose key the early cascade cannot read (not plain JSON): the leaf children
+    /// it cascades to keep their writes after it, table by table.
+    opaque_delete: bool,
 }
 
-impl Nulling {
-    fn of(c: &Change, facts: Option<&Facts>) -> Nulling {
+impl RowTies {
+    fn of(c: &Change, facts: Option<&Facts>, encodings: &[JsonEncoding]) -> RowTies {
         let Some(facts) = facts else {
-            return Nulling::default();
+            return RowTies::default();
         };
         if c.op == Op::Delete {
-            return Nulling {
-                deletes: facts
-                    .nulls
+            let cascades = !facts.cascades_rows.is_empty();
+            return RowTies {
+                deletes: (facts.nulls || cascades)
                     .then(|| (c.table.name.to_ascii_lowercase(), c.row_key.clone())),
                 points_at: Vec::new(),
+                opaque_delete: cascades
+                    && encodings
+                        .iter()
+                        .take(c.table.primary_key.len())
+                        .any(|e| *e != JsonEncoding::Plain),
             };
         }
-        if facts.nulled_by.is_empty() {
-            return Nulling::default();
+        if facts.nulled_by.is_empty() && facts.cascaded_by.is_empty() {
+            return RowTies::default();
         }
         let texts = c.stored_texts();
         let points_at = facts
             .nulled_by
             .iter()
+            .chain(&facts.cascaded_by)
             .filter_map(|(parent, columns)| {
                 let mut key = String::from("[");
                 for (n, col) in columns.iter().enumerate() {
@@ -392,9 +450,10 @@ impl Nulling {
                 Some((parent.clone(), key))
             })
             .collect();
-        Nulling {
+        RowTies {
             deletes: None,
             points_at,
+            opaque_delete: false,
         }
     }
 }
@@ -416,7 +475,7 @@ struct Building<'a> {
     last_reaching: HashMap<&'a str, usize>,
     last_real: HashMap<Cow<'a, str>, usize>,
     last_barrier: Option<usize>,
-    /// Under `SET NULL` keys ([`Facts::nulled_by`]), by (parent table, parent row key): the
+    /// Under the keys tracked row by row ([`RowTies`]), by (parent table, parent row key): the
     /// last group deleting that parent row, and the last group pointing a child at it.
     last_nulling: HashMap<(String, String), usize>,
     last_pointing: HashMap<(String, String), usize>,
@@ -452,7 +511,7 @@ impl<'a> Building<'a> {
         encodings: &[JsonEncoding],
         facts: Option<&'a Facts>,
         distinct: bool,
-        nulling: &Nulling,
+        nulling: &RowTies,
     ) -> usize {
         let after = |g: usize, may_join: bool| -> usize {
             if may_join && self.groups[g].shape.fits(c, encodings) {
@@ -486,6 +545,13 @@ impl<'a> Building<'a> {
         for t in facts.reach(c.op) {
             take(self.last_table.get(t));
         }
+        if c.op == Op::Delete {
+            // A leaf's earlier writes stay ahead of its parent's delete: D1's row may point at
+            // the parent, and the delete would remove what those writes made.
+            for t in &facts.cascades_rows {
+                take(self.last_table.get(t.as_str()));
+            }
+        }
         if facts.rows_ordered || key_has_real(&c.row_key) {
             take(self.last_table.get(own.as_ref()));
         } else {
@@ -501,8 +567,13 @@ impl<'a> Building<'a> {
     }
 
     /// Notes that `c` went into group `g`.
-    fn placed(&mut self, c: &'a Change, facts: Option<&'a Facts>, g: usize, nulling: Nulling) {
+    fn placed(&mut self, c: &'a Change, facts: Option<&'a Facts>, g: usize, nulling: RowTies) {
         let up = |slot: &mut usize| *slot = (*slot).max(g);
+        if nulling.opaque_delete {
+            for t in facts.map_or(&[][..], |f| &f.cascades_rows[..]) {
+                up(self.last_reaching.entry(t.as_str()).or_insert(g));
+            }
+        }
         if let Some(row) = nulling.deletes {
             up(self.last_nulling.entry(row).or_insert(g));
         }
@@ -636,8 +707,19 @@ fn packed(
             .iter()
             .any(|e| matches!(e, JsonEncoding::Param(_)))
             || (c.op == Op::Update && facts.is_none_or(|f| f.rows_ordered));
-        let distinct = c.op == Op::Update || c.version.is_some();
-        let nulling = Nulling::of(c, facts);
+        let cascaded_by: &[(String, Vec<String>)] = match facts {
+            Some(f) if c.op != Op::Delete => &f.cascaded_by,
+            _ => &[],
+        };
+        let distinct = c.op == Op::Update || c.version.is_some() || !cascaded_by.is_empty();
+        let nulling = RowTies::of(c, facts, &encodings);
+        // Bytes the early cascade may carry for it: a moved row's key, or a parent delete's
+        // key once per leaf it cascades to.
+        let ahead_bytes = match facts {
+            Some(f) if c.op == Op::Delete => (c.row_key.len() + 16) * f.cascades_rows.len(),
+            _ if !cascaded_by.is_empty() => c.row_key.len() + 16,
+            _ => 0,
+        };
         loop {
             let lower = b.lower(c, &encodings, facts, distinct, &nulling);
             let candidate = b
@@ -660,7 +742,7 @@ fn packed(
                 });
             // What the change adds to the request.
             let (more_statements, more_bytes, fresh) = match candidate {
-                Some(g) => (0, b.groups[g].row_bytes(c.row.len()), None),
+                Some(g) => (0, b.groups[g].row_bytes(c.row.len()) + ahead_bytes, None),
                 None => {
                     let shape = Shape {
                         table: &c.table.name,
@@ -668,8 +750,10 @@ fn packed(
                         columns: &c.columns,
                         encodings: encodings.clone(),
                         guard: GuardShape::of(c),
+                        cascaded_by,
                     };
                     let sql = statement_sql(&shape, c);
+                    let ahead = ahead_sql(&shape, c);
                     let check = check_sql(&shape, c, single);
                     let trigger = if b.triggered.contains(shape.table) {
                         None
@@ -685,15 +769,19 @@ fn packed(
                         bound: std::mem::take(&mut bound),
                         keys: HashSet::new(),
                         trigger,
+                        ahead,
                     };
                     let statements = group.sql.len()
                         + usize::from(group.check.is_some())
-                        + usize::from(group.trigger.is_some());
+                        + usize::from(group.trigger.is_some())
+                        + usize::from(group.ahead.is_some());
                     let bytes = group.sql.iter().map(String::len).sum::<usize>()
                         + group.check.as_ref().map_or(0, |(s, _)| s.len())
                         + group.trigger.as_ref().map_or(0, String::len)
+                        + group.ahead.as_ref().map_or(0, |a| a.sql.len())
                         + group.bound.len() * 24
-                        + group.row_bytes(c.row.len() + 1);
+                        + group.row_bytes(c.row.len() + 1)
+                        + ahead_bytes;
                     (statements, bytes, Some(group))
                 }
             };
@@ -750,10 +838,16 @@ fn finish(b: Building<'_>, changes: &[Change]) -> (Request, Vec<usize>) {
     req.range = b.start..b.start + b.rows;
     req.ids.reserve(b.rows);
     let mut order = Vec::with_capacity(b.rows);
-    for group in b.groups {
+    let mut early: Vec<Option<Statement>> = (0..b.groups.len())
+        .map(|g| early_cascade(&b.groups, g, changes))
+        .collect();
+    for (g, group) in b.groups.into_iter().enumerate() {
         let first = order.len();
         if let Some(sql) = group.trigger {
             req.statements.push(Statement::new(sql));
+        }
+        if let Some(statement) = early[g].take() {
+            req.statements.push(statement);
         }
         let mut json = String::with_capacity(group.json + 1);
         json.push('[');
@@ -805,6 +899,75 @@ fn finish(b: Building<'_>, changes: &[Change]) -> (Request, Vec<usize>) {
         }
     }
     (req, order)
+}
+
+/// The early cascade before group `g` ([`Ahead`]): its rows that moved ahead of deletes of
+/// their parents (deletes in later groups, earlier in the queue), with those deletes. `None`
+/// when none moved.
+fn early_cascade(groups: &[Group<'_>], g: usize, changes: &[Change]) -> Option<Statement> {
+    let group = &groups[g];
+    let ahead = group.ahead.as_ref()?;
+    let last = *group.members.iter().max()?;
+    let mut deletes = String::from("[");
+    let mut first_delete = usize::MAX;
+    for later in &groups[g + 1..] {
+        // A delete whose key is not plain JSON was never moved past (see `RowTies`).
+        let plain = |d: &usize| {
+            later
+                .shape
+                .encodings
+                .iter()
+                .take(changes[*d].table.primary_key.len())
+                .all(|e| *e == JsonEncoding::Plain)
+        };
+        if later.shape.op != Op::Delete || !later.members.first().is_some_and(plain) {
+            continue;
+        }
+        let parent = folded(later.shape.table);
+        let Some(link) = group
+            .shape
+            .cascaded_by
+            .iter()
+            .position(|(p, _)| *p == parent)
+        else {
+            continue;
+        };
+        for &d in later.members.iter().filter(|&&d| d < last) {
+            let key = &changes[d].row_key;
+            let inner = key
+                .strip_prefix('[')
+                .and_then(|k| k.strip_suffix(']'))
+                .unwrap_or_default();
+            if deletes.len() > 1 {
+                deletes.push(',');
+            }
+            deletes.push_str(&format!("[{link},{d},{inner}]"));
+            first_delete = first_delete.min(d);
+        }
+    }
+    deletes.push(']');
+    let mut moved = String::from("[");
+    for &m in group.members.iter().filter(|&&m| m > first_delete) {
+        let row = &changes[m].row;
+        let spans = crate::codec::element_spans(row).unwrap_or_default();
+        if moved.len() > 1 {
+            moved.push(',');
+        }
+        moved.push_str(&format!("[{m}"));
+        for &i in &ahead.key {
+            moved.push(',');
+            match spans.get(i) {
+                Some(span) => moved.push_str(&row[span.clone()]),
+                None => moved.push_str("null"),
+            }
+        }
+        moved.push(']');
+    }
+    moved.push(']');
+    (moved.len() > 2).then(|| Statement {
+        sql: ahead.sql.clone(),
+        params: vec![Param::Text(moved), Param::Text(deletes)],
+    })
 }
 
 /// A request's first statements: the PRAGMA and the ledger write (parameters set later).

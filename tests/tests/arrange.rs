@@ -1,6 +1,7 @@
 //! Model test of the arrangement (`d1_sync::pack::pack_arranged`): inside a request, changes
 //! that commute trade places so that the changes of one shape share a statement. Random
-//! writes over a schema with every kind of tie between tables (cascades two deep, `SET NULL`,
+//! writes over a schema with every kind of tie between tables (cascades two deep, a cascade
+//! to a versioned leaf with an insert-only column, `SET NULL`,
 //! `RESTRICT`, a plain foreign key, a partial `UNIQUE` index, a trigger that writes another
 //! table, a versioned table with its tombstones, an unrelated table) are packed twice with the
 //! same request boundaries: in the queue's order and arranged. Applied request by request to
@@ -31,6 +32,8 @@ const SCHEMA: &str = "
   CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT);
   CREATE TRIGGER t_touches_x AFTER INSERT ON t BEGIN UPDATE x SET v = v || new.v; END;
   CREATE TABLE w (id INTEGER PRIMARY KEY, v TEXT, version INTEGER NOT NULL);
+  CREATE TABLE l (id INTEGER PRIMARY KEY, p INTEGER REFERENCES p (id) ON DELETE CASCADE,
+                  made TEXT, version INTEGER NOT NULL);
 ";
 
 /// Rows every test starts from.
@@ -45,10 +48,11 @@ const SEED: &str = "
   INSERT INTO u VALUES (1, 'a', 'u1'), (2, 'b', 'u2');
   INSERT INTO x VALUES (1, 'x'), (2, 'y');
   INSERT INTO w VALUES (1, 'w1', 1);
+  INSERT INTO l VALUES (1, 1, 'm0', 1), (2, 2, 'm0', 1), (3, 1, 'm0', 100);
 ";
 
 /// Each table's columns besides `id`.
-const TABLES: [(&str, &[&str]); 11] = [
+const TABLES: [(&str, &[&str]); 12] = [
     ("p", &["v"]),
     ("c", &["p", "v"]),
     ("g", &["c", "v"]),
@@ -60,6 +64,7 @@ const TABLES: [(&str, &[&str]); 11] = [
     ("x", &["v"]),
     ("t", &["v"]),
     ("w", &["v", "version"]),
+    ("l", &["p", "made", "version"]),
 ];
 
 fn defs() -> Vec<Arc<TableDef>> {
@@ -73,8 +78,14 @@ fn defs() -> Vec<Arc<TableDef>> {
                     .map(String::from)
                     .collect(),
                 primary_key: vec!["id".into()],
-                insert_only: vec![],
-                version: (*name == "w").then(|| "version".to_string()),
+                // Insert-only columns in the two leaves of `p`'s cascades: a row the cascade
+                // removed and a write brought back differs from one the write updated.
+                insert_only: match *name {
+                    "l" => vec!["made".into()],
+                    "g" => vec!["v".into()],
+                    _ => vec![],
+                },
+                version: matches!(*name, "w" | "l").then(|| "version".to_string()),
             })
         })
         .collect()
@@ -103,11 +114,13 @@ fn changes(ops: &[Op_]) -> Vec<Change> {
             },
         };
         let mut values = vec![Value::Integer(key), first];
-        if def.columns.len() > 2 {
-            values.push(if def.version.is_some() {
-                Value::Integer(version)
-            } else {
-                Value::Text(format!("v{text}"))
+        for column in &def.columns[2..] {
+            values.push(match column.as_str() {
+                "version" => Value::Integer(version),
+                // An insert-only column: a row the cascade removed comes back with the value
+                // of the write that brings it back, and an updated one keeps its own.
+                "made" => Value::Text(format!("m{id}")),
+                _ => Value::Text(format!("v{text}")),
             });
         }
         let columns: Arc<[String]> = def.columns.clone().into();
@@ -139,6 +152,17 @@ fn database() -> Connection {
         conn.execute_batch(&s.sql).unwrap();
     }
     conn.execute_batch(SEED).unwrap();
+    // D1 keeps a versioned table's tombstone trigger once any request wrote the table: the
+    // model starts from one that has, so a cascade leaves tombstones whichever request comes
+    // first.
+    for (table, _) in TABLES.iter().filter(|(t, _)| matches!(*t, "w" | "l")) {
+        conn.execute_batch(&d1_sync_schema::guard::tombstone_trigger_sql(
+            table,
+            &["id"],
+            "version",
+        ))
+        .unwrap();
+    }
     conn
 }
 
@@ -172,10 +196,17 @@ fn dump(conn: &Connection) -> Vec<String> {
         "x",
         "t",
         "w",
+        "l",
         "d1_sync_tombstones",
     ] {
+        // A tombstone's `deleted_at` is the clock's second, which two copies may read apart.
+        let columns = if t == "d1_sync_tombstones" {
+            "table_name, row_key, version"
+        } else {
+            "*"
+        };
         let mut stmt = conn
-            .prepare(&format!("SELECT * FROM {t} ORDER BY 1, 2"))
+            .prepare(&format!("SELECT {columns} FROM {t} ORDER BY 1, 2"))
             .unwrap();
         let n = stmt.column_count();
         let rows = stmt
@@ -193,9 +224,10 @@ fn dump(conn: &Connection) -> Vec<String> {
     out
 }
 
-/// Tables tied together: the cascades and keys of `p`, `r` and `k`, the `UNIQUE` index, the
-/// trigger's two tables, the versioned table.
-const FAMILIES: [&[usize]; 5] = [&[0, 1, 2, 3, 6], &[4, 5], &[7], &[8, 9], &[10]];
+/// Tables tied together: the cascades and keys of `p` (with its versioned leaf `l`, whose
+/// writes move ahead of `p`'s deletes), `r` and `k`, the `UNIQUE` index, the trigger's two
+/// tables, the versioned table.
+const FAMILIES: [&[usize]; 5] = [&[0, 1, 2, 3, 6, 11], &[4, 5], &[7], &[8, 9], &[10]];
 
 /// Writes over one family of tables and one table more, so that the ties come up often.
 fn ops() -> impl Strategy<Value = Vec<Op_>> {
@@ -297,4 +329,246 @@ fn mixed_tables_share_statements_and_a_cascading_delete_stays_in_place() {
         "nothing crosses the delete that cascades"
     );
     check(&ops, usize::MAX).unwrap();
+}
+
+/// The cases that caught each bound of the arrangement left out by hand (shrunk by proptest;
+/// its seeds file replays seeds, which draw other cases once the generator changes).
+#[test]
+fn the_cases_that_caught_a_missing_bound_still_end_alike() {
+    let cases: Vec<(Vec<Op_>, usize)> = vec![
+        (
+            vec![(8, 1, 3, 0, 0), (9, 0, 1, 0, 0), (8, 1, 1, 0, 0)],
+            usize::MAX,
+        ),
+        (
+            vec![
+                (7, 0, 2, 2, 0),
+                (7, 1, 2, 0, 0),
+                (7, 0, 1, 2, 0),
+                (6, 0, 1, 0, 0),
+            ],
+            usize::MAX,
+        ),
+        (
+            vec![
+                (8, 0, 1, 0, 0),
+                (8, 0, 1, 0, 0),
+                (8, 0, 1, 0, 0),
+                (8, 1, 3, 0, 0),
+                (9, 0, 1, 0, 0),
+                (9, 0, 1, 0, 0),
+                (8, 2, 3, 0, 0),
+                (8, 0, 1, 0, 0),
+                (8, 0, 1, 0, 0),
+                (8, 0, 1, 0, 0),
+            ],
+            usize::MAX,
+        ),
+        (
+            vec![
+                (2, 0, 2, 0, 0),
+                (2, 1, 3, 0, 0),
+                (0, 2, 2, 0, 0),
+                (2, 0, 1, 2, 0),
+            ],
+            usize::MAX,
+        ),
+        (
+            vec![
+                (0, 0, 1, 0, 0),
+                (0, 0, 1, 0, 0),
+                (0, 0, 1, 0, 0),
+                (0, 0, 1, 0, 0),
+                (0, 0, 1, 0, 0),
+                (0, 0, 1, 0, 0),
+                (0, 0, 1, 0, 0),
+                (0, 0, 1, 0, 0),
+                (0, 0, 1, 0, 0),
+                (0, 0, 1, 0, 0),
+                (0, 0, 1, 0, 0),
+                (0, 0, 1, 0, 0),
+                (0, 0, 1, 0, 0),
+                (0, 0, 1, 0, 0),
+                (0, 0, 1, 0, 0),
+                (0, 0, 1, 0, 0),
+                (0, 0, 1, 0, 0),
+                (0, 0, 1, 0, 0),
+                (0, 2, 1, 0, 0),
+                (0, 0, 1, 0, 0),
+                (3, 0, 3, 3, 0),
+                (0, 2, 3, 0, 0),
+                (0, 0, 1, 0, 0),
+                (0, 0, 1, 0, 0),
+                (0, 0, 1, 0, 0),
+                (0, 0, 1, 0, 0),
+                (0, 0, 1, 0, 0),
+            ],
+            usize::MAX,
+        ),
+        (
+            vec![
+                (7, 0, 2, 0, 0),
+                (7, 0, 1, 3, 0),
+                (7, 0, 1, 3, 0),
+                (7, 0, 2, 1, 0),
+                (7, 0, 1, 0, 0),
+                (7, 0, 3, 0, 0),
+                (7, 0, 3, 0, 0),
+                (3, 0, 1, 0, 0),
+                (7, 1, 2, 0, 0),
+                (3, 0, 1, 0, 0),
+                (7, 1, 1, 1, 0),
+                (7, 0, 1, 0, 0),
+            ],
+            6,
+        ),
+        (
+            vec![(0, 2, 3, 0, 0), (1, 0, 1, 2, 0), (0, 2, 2, 0, 0)],
+            usize::MAX,
+        ),
+        (
+            vec![(8, 0, 1, 0, 0), (9, 0, 1, 0, 0), (8, 0, 1, 0, 0)],
+            usize::MAX,
+        ),
+        (
+            vec![(1, 0, 1, 0, 0), (0, 2, 2, 0, 0), (1, 0, 2, 0, 0)],
+            usize::MAX,
+        ),
+        (
+            vec![
+                (3, 2, 1, 0, 1),
+                (3, 1, 3, 0, 3),
+                (10, 2, 3, 1, 0),
+                (10, 1, 2, 1, 0),
+                (3, 0, 2, 3, 1),
+                (3, 1, 3, 2, 3),
+                (10, 2, 1, 0, 3),
+                (10, 1, 1, 3, 1),
+                (10, 1, 3, 1, 0),
+                (10, 2, 1, 3, 0),
+                (3, 2, 1, 1, 2),
+                (10, 1, 3, 0, 0),
+                (10, 0, 2, 2, 1),
+                (10, 2, 2, 1, 1),
+                (10, 1, 3, 0, 2),
+                (3, 1, 3, 3, 1),
+                (10, 2, 2, 2, 1),
+                (10, 0, 3, 0, 1),
+                (3, 0, 3, 2, 0),
+                (3, 0, 2, 2, 3),
+                (10, 1, 3, 0, 2),
+                (3, 1, 3, 0, 3),
+                (10, 0, 3, 0, 1),
+                (3, 0, 1, 2, 3),
+                (3, 0, 3, 3, 1),
+                (3, 2, 2, 2, 3),
+                (10, 1, 3, 2, 3),
+                (10, 2, 3, 1, 3),
+                (10, 0, 3, 2, 0),
+                (3, 0, 3, 2, 0),
+                (10, 0, 2, 3, 0),
+                (10, 2, 3, 3, 0),
+                (10, 2, 2, 3, 1),
+                (10, 2, 2, 2, 1),
+                (10, 0, 3, 0, 3),
+                (10, 2, 2, 0, 3),
+                (3, 2, 2, 2, 3),
+            ],
+            usize::MAX,
+        ),
+        (
+            vec![
+                (9, 1, 3, 1, 3),
+                (10, 2, 1, 0, 2),
+                (9, 0, 1, 3, 2),
+                (10, 1, 3, 3, 0),
+                (10, 2, 1, 2, 0),
+                (10, 0, 2, 3, 3),
+                (10, 2, 2, 1, 3),
+                (10, 0, 3, 1, 2),
+                (10, 1, 3, 2, 3),
+                (10, 1, 2, 3, 0),
+                (9, 2, 1, 3, 2),
+                (9, 0, 3, 2, 3),
+                (9, 1, 2, 0, 3),
+                (9, 2, 3, 2, 0),
+                (10, 2, 2, 2, 0),
+                (9, 1, 3, 1, 1),
+                (10, 2, 3, 0, 1),
+                (9, 2, 2, 1, 0),
+                (9, 2, 3, 3, 1),
+                (10, 1, 3, 3, 3),
+                (9, 2, 2, 2, 1),
+                (10, 0, 1, 0, 0),
+                (10, 2, 2, 1, 3),
+                (10, 2, 2, 0, 3),
+                (10, 0, 3, 1, 3),
+                (10, 1, 2, 1, 3),
+                (10, 1, 3, 3, 3),
+                (10, 1, 3, 0, 1),
+                (9, 1, 1, 2, 1),
+                (9, 2, 1, 1, 2),
+                (10, 0, 3, 0, 0),
+                (10, 2, 3, 1, 0),
+                (9, 0, 1, 0, 0),
+            ],
+            usize::MAX,
+        ),
+        (
+            vec![
+                (3, 0, 1, 0, 0),
+                (0, 2, 2, 0, 0),
+                (0, 0, 1, 0, 0),
+                (1, 0, 1, 0, 0),
+                (3, 0, 1, 2, 0),
+            ],
+            usize::MAX,
+        ),
+        (
+            vec![(11, 1, 3, 0, 0), (0, 2, 2, 0, 0), (11, 1, 2, 0, 0)],
+            usize::MAX,
+        ),
+        (
+            vec![
+                (0, 2, 1, 0, 0),
+                (11, 0, 2, 0, 0),
+                (0, 2, 2, 0, 0),
+                (0, 0, 1, 0, 0),
+            ],
+            usize::MAX,
+        ),
+        (
+            vec![(2, 0, 3, 2, 0), (1, 2, 2, 0, 0), (2, 0, 3, 0, 1)],
+            usize::MAX,
+        ),
+    ];
+    for (ops, rows) in cases {
+        check(&ops, rows).unwrap_or_else(|e| panic!("{ops:?}: {e}"));
+    }
+}
+
+/// A leaf's writes move ahead of its parent's delete, and the cascade the delete would have
+/// done to them is sent first: `l 2` points at `p 2` in D1, `p 2` is deleted, then `l 2` is
+/// written pointing elsewhere (an update finds no row; an upsert inserts it afresh, with its
+/// own insert-only value).
+#[test]
+fn a_leafs_writes_move_ahead_of_its_parents_delete_with_the_cascade_sent_first() {
+    for op in [0, 1] {
+        let ops: Vec<Op_> = vec![(11, op, 3, 0, 0), (0, 2, 2, 0, 0), (11, op, 2, 3, 0)];
+        let mut moved = changes(&ops);
+        let commute = Commute::read(&database(), TABLES.iter().map(|(t, _)| *t)).unwrap();
+        let r = pack_arranged(&mut moved, &PackLimits::default(), true, &commute);
+        assert_eq!(
+            r[0].ids,
+            [1, 3, 2],
+            "op {op}: the second write joins the first"
+        );
+        assert!(
+            r[0].statements
+                .iter()
+                .any(|s| s.sql.starts_with(r#"DELETE FROM "l" WHERE "id" IN (WITH"#)),
+            "op {op}: the early cascade is sent"
+        );
+        check(&ops, usize::MAX).unwrap();
+    }
 }
