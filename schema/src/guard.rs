@@ -29,9 +29,10 @@
 //! intent. A target (D1, or a SQLite file standing in for it) gets the full guard, in one-row
 //! form ([`upsert_row_sql`], [`update_row_sql`], [`delete_row_sql`]) and in the `json_each`
 //! form the worker ships ([`upsert_json_sql`], [`update_json_sql`], [`delete_json_sql`]).
-//! Before each `json_each` statement the worker sends [`stale_json_sql`], which lists the rows
-//! the guard will refuse (by position in the JSON array) with the version that refuses them;
-//! those records are *superseded*, not failed.
+//! Before each `json_each` statement the worker sends [`stale_json_sql`] (or, for the rows no
+//! earlier write of the request can change the answer for, one [`stale_numbered_sql`] per
+//! table and write at the request's start), which lists the rows the guard will refuse with
+//! the version that refuses them; those records are *superseded*, not failed.
 //!
 //! ```
 //! use d1_sync_schema::guard::save_sql;
@@ -464,6 +465,63 @@ pub fn stale_json_sql(
     primary_key: &[&str],
     version: &str,
 ) -> String {
+    stale_sql(
+        write,
+        table,
+        columns,
+        encodings,
+        primary_key,
+        version,
+        "\"j\".\"i\"",
+    )
+}
+
+/// [`stale_json_sql`] for rows that carry their own number: each row of `?1` is
+/// `[n, k1, ..., kK, v]` (a number the caller chose, the key in `primary_key` order, the
+/// version; `encodings` are the key's and the version's), and each result row's `i` is that
+/// `n`. So one check can stand for the rows of several statements. It reads the table as it
+/// is when it runs: the worker sends one per table and write at the start of a request, for
+/// the rows no earlier write of the same request can change the answer for.
+///
+/// ```
+/// use d1_sync_schema::guard::{stale_numbered_sql, Write};
+/// use d1_sync_schema::sql::JsonEncoding::Plain;
+/// let sql = stale_numbered_sql(Write::Upsert, "t", &[Plain, Plain], &["k"], "v");
+/// assert!(sql.starts_with(r#"SELECT "j"."c0", CAST(coalesce("t"."v""#), "{sql}");
+/// ```
+pub fn stale_numbered_sql(
+    write: Write,
+    table: &str,
+    encodings: &[JsonEncoding],
+    primary_key: &[&str],
+    version: &str,
+) -> String {
+    // Element 0 is the number, under a name no column has.
+    let mut columns = vec![""];
+    columns.extend_from_slice(primary_key);
+    columns.push(version);
+    let mut all = vec![JsonEncoding::Plain];
+    all.extend_from_slice(encodings);
+    stale_sql(
+        write,
+        table,
+        &columns,
+        &all,
+        primary_key,
+        version,
+        "\"j\".\"c0\"",
+    )
+}
+
+fn stale_sql(
+    write: Write,
+    table: &str,
+    columns: &[&str],
+    encodings: &[JsonEncoding],
+    primary_key: &[&str],
+    version: &str,
+    number: &str,
+) -> String {
     let t = quote_ident(table);
     let rows = json_rows(columns.len(), encodings, true);
     let on = join_on(columns, primary_key);
@@ -486,14 +544,14 @@ pub fn stale_json_sql(
                 name = quote_literal(table),
             );
             format!(
-                "SELECT \"j\".\"i\", CAST({held} AS TEXT) AS \"v\" FROM {rows} LEFT JOIN {t} AS \"t\" ON {on} \
+                "SELECT {number}, CAST({held} AS TEXT) AS \"v\" FROM {rows} LEFT JOIN {t} AS \"t\" ON {on} \
                  WHERE ({held}) >= {sent}"
             )
         }
         Write::Update | Write::Delete => {
             let cmp = if write == Write::Update { ">=" } else { ">" };
             format!(
-                "SELECT \"j\".\"i\", CAST(\"t\".{v} AS TEXT) AS \"v\" FROM {rows} JOIN {t} AS \"t\" ON {on} \
+                "SELECT {number}, CAST(\"t\".{v} AS TEXT) AS \"v\" FROM {rows} JOIN {t} AS \"t\" ON {on} \
                  WHERE coalesce(\"t\".{v}, {OLDEST}) {cmp} {sent}"
             )
         }
@@ -583,6 +641,34 @@ mod tests {
         assert_eq!(row(&conn, 2), Some(("b".into(), 5, 1)));
         assert_eq!(upsert(&conn, &[(1, "new", 6)]), []);
         assert_eq!(row(&conn, 1), Some(("new".into(), 6, 1)));
+    }
+
+    #[test]
+    fn a_numbered_check_names_rows_by_their_own_number_for_every_write() {
+        let conn = db();
+        upsert(&conn, &[(1, "a", 5), (2, "b", 5)]);
+        delete(&conn, &[(3, 7)]);
+        let enc = [Plain; 2];
+        let check = |write, json: &str| {
+            stale_rows(
+                &conn,
+                &stale_numbered_sql(write, "t", &enc, &["k"], "v"),
+                json,
+            )
+        };
+        // [n, k, v]: k 1 at an older version, k 2 newer, k 3 under its tombstone.
+        let rows = "[[40,1,4],[41,2,6],[42,3,7]]";
+        assert_eq!(check(Write::Upsert, rows), [(40, 5), (42, 7)]);
+        assert_eq!(
+            check(Write::Update, rows),
+            [(40, 5)],
+            "an absent row is no conflict"
+        );
+        assert_eq!(
+            check(Write::Delete, "[[9,1,4],[8,2,5]]"),
+            [(9, 5)],
+            "a tie deletes"
+        );
     }
 
     #[test]

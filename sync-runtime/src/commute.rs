@@ -75,6 +75,9 @@ pub(crate) struct Facts {
     pub(crate) cascaded_by: Vec<(String, Vec<String>)>,
     /// The leaf tables whose keys to this one's primary key `CASCADE` row by row.
     pub(crate) cascades_rows: Vec<String>,
+    /// Some foreign key of it acts when its parent row is deleted: a delete earlier in a
+    /// request may have removed or changed one of its rows.
+    pub(crate) acted_on: bool,
 }
 
 /// A foreign key as far as the order goes: from the child's table to its parent's.
@@ -204,6 +207,7 @@ impl Commute {
                         .filter_map(|l| Some((key(&l.parent), l.cascades.clone()?)))
                         .collect(),
                     cascades_rows: rows_cascades.get(&k).cloned().unwrap_or_default(),
+                    acted_on: links.iter().any(|l| l.on_delete && key(&l.child) == k),
                 };
                 (k, facts)
             })
@@ -396,7 +400,10 @@ mod tests {
             "d1-sync's own tombstone trigger does not make a table a barrier"
         );
         assert!(c.facts("mid").unwrap().cascaded_by.is_empty(), "a parent");
-        assert!(c.facts("uniq").unwrap().cascaded_by.is_empty(), "a UNIQUE index");
+        assert!(
+            c.facts("uniq").unwrap().cascaded_by.is_empty(),
+            "a UNIQUE index"
+        );
     }
 
     #[test]

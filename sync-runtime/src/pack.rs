@@ -108,9 +108,12 @@ pub struct Request {
     pub checks: Vec<StaleCheck>,
 }
 
-/// A statement of a request that lists the rows of the statement after it that the version
-/// guard will refuse ([`d1_sync_schema::guard::stale_json_sql`]): each result row is `i` (the
-/// row's position in that statement) and `v` (the version the target holds).
+/// A statement of a request that lists rows the version guard will refuse, each result row
+/// `i` and `v` (the version the target holds): either just before the statement it checks
+/// ([`d1_sync_schema::guard::stale_json_sql`]; `i` is the row's position in that statement),
+/// or at the request's start for rows of several statements
+/// ([`d1_sync_schema::guard::stale_numbered_sql`]; `i` is the change's position in the
+/// request, and `first` is 0). Either way the change is `ids[first + i]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StaleCheck {
     /// Its index in the request's statements.
@@ -323,6 +326,8 @@ struct Group<'a> {
     trigger: Option<String>,
     /// The early cascade sent before it, when its rows moved ahead of parent deletes.
     ahead: Option<Ahead>,
+    /// Its table's facts (`None`: kept in order with everything).
+    facts: Option<&'a Facts>,
 }
 
 /// The early cascade of a group of a leaf's writes
@@ -770,6 +775,7 @@ fn packed(
                         keys: HashSet::new(),
                         trigger,
                         ahead,
+                        facts,
                     };
                     let statements = group.sql.len()
                         + usize::from(group.check.is_some())
@@ -841,20 +847,26 @@ fn finish(b: Building<'_>, changes: &[Change]) -> (Request, Vec<usize>) {
     let mut early: Vec<Option<Statement>> = (0..b.groups.len())
         .map(|g| early_cascade(&b.groups, g, changes))
         .collect();
-    for (g, group) in b.groups.into_iter().enumerate() {
+    // The checks that can run at the start, one per table and write ([`Upfront`]), and the
+    // statements after them, whose own checks' indices count from the first.
+    let mut upfront = Upfront::default();
+    let mut body: Vec<Statement> = Vec::new();
+    let mut own_checks: Vec<StaleCheck> = Vec::new();
+    for (g, mut group) in b.groups.into_iter().enumerate() {
         let first = order.len();
-        if let Some(sql) = group.trigger {
-            req.statements.push(Statement::new(sql));
+        if let Some(sql) = group.trigger.take() {
+            body.push(Statement::new(sql));
         }
         if let Some(statement) = early[g].take() {
-            req.statements.push(statement);
+            body.push(statement);
         }
+        let at_start = group.check.is_some() && upfront.reads_alike(&group, changes);
         let mut json = String::with_capacity(group.json + 1);
         json.push('[');
         let mut keys = group
             .check
             .as_ref()
-            .filter(|(_, whole)| !whole)
+            .filter(|(_, whole)| !whole && !at_start)
             .map(|_| String::from("["));
         for (i, &m) in group.members.iter().enumerate() {
             let c = &changes[m];
@@ -862,21 +874,27 @@ fn finish(b: Building<'_>, changes: &[Change]) -> (Request, Vec<usize>) {
                 json.push(',');
             }
             json.push_str(&c.row);
-            if let (Some(k), Some(g)) = (keys.as_mut(), group.shape.guard.as_ref()) {
-                if i > 0 {
-                    k.push(',');
+            if let Some(g) = group.shape.guard.as_ref() {
+                if at_start {
+                    upfront.add(&group, first + i, c, g);
+                } else if let Some(k) = keys.as_mut() {
+                    if i > 0 {
+                        k.push(',');
+                    }
+                    push_key_and_version(k, &c.row, g);
                 }
-                push_key_and_version(k, &c.row, g);
             }
+            upfront.wrote(c);
             req.ids.push(c.id);
             order.push(m);
         }
         json.push(']');
+        upfront.barrier |= group.facts.is_none();
         let mut params = vec![Param::Text(json)];
         params.extend(group.bound);
-        if let Some((sql, _)) = group.check {
-            req.checks.push(StaleCheck {
-                statement: req.statements.len(),
+        if let Some((sql, _)) = group.check.filter(|_| !at_start) {
+            own_checks.push(StaleCheck {
+                statement: body.len(),
                 first,
             });
             let params = match keys {
@@ -886,7 +904,7 @@ fn finish(b: Building<'_>, changes: &[Change]) -> (Request, Vec<usize>) {
                 }
                 None => params.clone(),
             };
-            req.statements.push(Statement { sql, params });
+            body.push(Statement { sql, params });
         }
         let n = group.sql.len();
         for (i, sql) in group.sql.into_iter().enumerate() {
@@ -895,10 +913,129 @@ fn finish(b: Building<'_>, changes: &[Change]) -> (Request, Vec<usize>) {
             } else {
                 params.clone()
             };
-            req.statements.push(Statement { sql, params });
+            body.push(Statement { sql, params });
         }
     }
+    for (_, sql, mut json) in upfront.checks {
+        json.push(']');
+        req.checks.push(StaleCheck {
+            statement: req.statements.len(),
+            first: 0,
+        });
+        req.statements.push(Statement {
+            sql,
+            params: vec![Param::Text(json)],
+        });
+    }
+    let offset = req.statements.len();
+    req.checks
+        .extend(own_checks.into_iter().map(|c| StaleCheck {
+            statement: c.statement + offset,
+            ..c
+        }));
+    req.statements.extend(body);
     (req, order)
+}
+
+/// One check at a request's start: its table, write and encodings; its SQL; its JSON so far.
+type UpfrontCheck<'a> = ((&'a str, Op, Vec<JsonEncoding>), String, String);
+
+/// The version checks sent once, at the start of a request, for every group whose rows the
+/// writes before it in the request cannot decide differently: one statement per table, write
+/// and encoding ([`guard::stale_numbered_sql`]), each row numbered by its place in the request.
+///
+/// A group keeps its own check, just before it, when an earlier write of the request could
+/// change its answer: a table with triggers (or unknown to the schema) wrote before it; it
+/// updates or deletes rows of a table that foreign-key actions act on (a cascade earlier in
+/// the request may have removed a row it would name); or an earlier write of one of its rows
+/// carried a newer version, or the same one unless it is a delete (which carries the version
+/// of the row it deleted, and names only rows held newer). Otherwise its rows' versions in
+/// the table are the same at the start as before it, or were raised by earlier writes to
+/// versions below its own, and a tombstone a cascade leaves holds the row's version: the
+/// answer is the same. The model test (`tests/tests/arrange.rs`) compares the rows named
+/// against checks sent just before each statement.
+#[derive(Default)]
+struct Upfront<'a> {
+    /// By table, write and encodings (in the order first met): the check's SQL and its JSON
+    /// so far (without the `]`).
+    checks: Vec<UpfrontCheck<'a>>,
+    /// The newest version written to each row so far.
+    written: HashMap<(&'a str, &'a str), i64>,
+    /// A group of a table with triggers, or unknown to the schema, came before.
+    barrier: bool,
+}
+
+impl<'a> Upfront<'a> {
+    fn reads_alike(&self, group: &Group<'a>, changes: &[Change]) -> bool {
+        // A row with a value bound outside the JSON is checked with its own parameters.
+        let bound = !group.bound.is_empty();
+        let acted_on = group.facts.is_none_or(|f| f.acted_on);
+        let may_be_removed = group.shape.op != Op::Upsert && acted_on;
+        !(bound || self.barrier || may_be_removed)
+            && group.members.iter().all(|&m| {
+                let c = &changes[m];
+                match (
+                    c.version,
+                    self.written
+                        .get(&(c.table.name.as_str(), c.row_key.as_str())),
+                ) {
+                    (_, None) => true,
+                    // A delete's version is that of the row it deleted: an earlier write
+                    // of the same version leaves its answer alone (it names rows held newer).
+                    (Some(v), Some(&held)) => {
+                        held < v || (group.shape.op == Op::Delete && held == v)
+                    }
+                    (None, Some(_)) => false,
+                }
+            })
+    }
+
+    /// Notes a write of the request.
+    fn wrote(&mut self, c: &'a Change) {
+        if let Some(v) = c.version {
+            let held = self
+                .written
+                .entry((c.table.name.as_str(), c.row_key.as_str()))
+                .or_insert(v);
+            *held = (*held).max(v);
+        }
+    }
+
+    /// Adds `c`, the request's change at `place`, to the check of its group's table and write.
+    fn add(&mut self, group: &Group<'a>, place: usize, c: &Change, g: &GuardShape) {
+        let s = &group.shape;
+        let Some(version) = c.table.version.as_deref() else {
+            return;
+        };
+        let encodings: Vec<JsonEncoding> = g
+            .key
+            .iter()
+            .chain(std::iter::once(&g.version))
+            .map(|&i| s.encodings.get(i).copied().unwrap_or(JsonEncoding::Plain))
+            .collect();
+        let key = (s.table, s.op, encodings);
+        let at = match self.checks.iter().position(|(k, _, _)| *k == key) {
+            Some(at) => at,
+            None => {
+                let pk: Vec<&str> = c.table.primary_key.iter().map(String::as_str).collect();
+                let sql = guard::stale_numbered_sql(s.op.guarded(), s.table, &key.2, &pk, version);
+                self.checks.push((key, sql, String::from("[")));
+                self.checks.len() - 1
+            }
+        };
+        let json = &mut self.checks[at].2;
+        if json.len() > 1 {
+            json.push(',');
+        }
+        let mut row = String::new();
+        push_key_and_version(&mut row, &c.row, g);
+        json.push('[');
+        json.push_str(&place.to_string());
+        if row.len() > 2 {
+            json.push(',');
+        }
+        json.push_str(&row[1..]);
+    }
 }
 
 /// The early cascade before group `g` ([`Ahead`]): its rows that moved ahead of deletes of
