@@ -487,7 +487,7 @@ pub fn stale_json_sql(
 /// use d1_sync_schema::guard::{stale_numbered_sql, Write};
 /// use d1_sync_schema::sql::JsonEncoding::Plain;
 /// let sql = stale_numbered_sql(Write::Upsert, "t", &[Plain, Plain], &["k"], "v");
-/// assert!(sql.starts_with(r#"SELECT "j"."c0", CAST(coalesce("t"."v""#), "{sql}");
+/// assert!(sql.starts_with(r#"SELECT "j"."c0" AS "i", CAST(coalesce("t"."v""#), "{sql}");
 /// ```
 pub fn stale_numbered_sql(
     write: Write,
@@ -509,7 +509,7 @@ pub fn stale_numbered_sql(
         &all,
         primary_key,
         version,
-        "\"j\".\"c0\"",
+        "\"j\".\"c0\" AS \"i\"",
     )
 }
 
