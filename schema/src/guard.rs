@@ -669,6 +669,15 @@ mod tests {
             [(9, 5)],
             "a tie deletes"
         );
+        // D1 answers rows as JSON objects: the runtime reads the columns by name.
+        for write in [Write::Upsert, Write::Update, Write::Delete] {
+            let numbered = stale_numbered_sql(write, "t", &enc, &["k"], "v");
+            let own = stale_json_sql(write, "t", &["k", "v"], &enc, &["k"], "v");
+            for sql in [numbered, own] {
+                let stmt = conn.prepare(&sql).unwrap();
+                assert_eq!(stmt.column_names(), ["i", "v"], "{sql}");
+            }
+        }
     }
 
     #[test]
