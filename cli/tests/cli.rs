@@ -542,7 +542,7 @@ fn migrate_continues_where_wrangler_left_off_and_a_second_run_does_nothing() {
 
     let (code, out, err) = run(in_project(dir.path()).arg("migrate"));
     assert_eq!(code, 0, "{out}\n{err}");
-    assert_eq!(out.matches("D1: applied").count(), 5, "{out}");
+    assert_eq!(out.matches("D1: applied").count(), 6, "{out}");
     assert_eq!(
         d1_names(&db),
         [
@@ -551,12 +551,13 @@ fn migrate_continues_where_wrangler_left_off_and_a_second_run_does_nothing() {
             "0003_conversations.sql",
             "0004_policy_state.sql",
             "0005_message_organization.sql",
-            "0006_versions.sql"
+            "0006_versions.sql",
+            "0007_foreign_key_indexes.sql"
         ]
     );
     let (code, out, _) = run(in_project(dir.path()).arg("migrate"));
     assert_eq!(code, 0);
-    assert_eq!(out.trim(), "D1: no migrations to apply (6 applied)");
+    assert_eq!(out.trim(), "D1: no migrations to apply (7 applied)");
 
     // The app's file, from the same folder.
     let app = dir.path().join("app.db");
@@ -565,7 +566,7 @@ fn migrate_continues_where_wrangler_left_off_and_a_second_run_does_nothing() {
         .args(["migrate", "--local", "--db"])
         .arg(&app));
     assert_eq!(code, 0, "{out}\n{err}");
-    assert_eq!(out.matches("applied").count(), 6, "{out}");
+    assert_eq!(out.matches("applied").count(), 7, "{out}");
     let (code, out, err) = run(in_project(dir.path())
         .args(["migrate", "list", "--db"])
         .arg(&app));
@@ -574,7 +575,7 @@ fn migrate_continues_where_wrangler_left_off_and_a_second_run_does_nothing() {
         out.lines()
             .filter(|l| l.contains("applied   applied"))
             .count(),
-        6,
+        7,
         "{out}"
     );
 }
@@ -609,7 +610,7 @@ fn migrate_reads_toml_environments_and_refuses_what_it_cannot_apply() {
     );
     let (code, out, err) = run(in_project(dir.path()).args(["migrate", "--env", "staging"]));
     assert_eq!(code, 0, "{out}\n{err}");
-    assert_eq!(d1_names(&staging).len(), 7);
+    assert_eq!(d1_names(&staging).len(), 8);
     assert!(
         d1_names(&main).is_empty(),
         "the environment does not touch the top level"
@@ -762,7 +763,7 @@ fn logs_follow_rust_log_and_can_be_json() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();
-    assert_eq!(lines.len(), 6, "{err}");
+    assert_eq!(lines.len(), 7, "{err}");
     assert_eq!(lines[0]["level"], "INFO");
     assert_eq!(lines[0]["fields"]["migration"], "0001_messages.sql");
     // Without RUST_LOG, only warnings and errors: nothing here.
