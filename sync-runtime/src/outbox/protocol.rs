@@ -118,17 +118,18 @@ impl Outbox {
     /// [`Outbox::claim`] of the records after `cursor`, read while the batch up to it is still
     /// in flight (the worker's prefetch); the flag says whether it stopped short (see below).
     ///
-    /// It must be exactly the records a claim after that batch would take, in order, with
-    /// nothing passed over that may still go first; so it stops at the first record whose row
-    /// is in flight (`in_flight` holds their [`row_digest`]s), or whose row has a pending
-    /// record at or below the cursor that waited (charged or retried: it may be due again,
-    /// and only a claim from the start sends it).
+    /// It must be exactly the records a claim after that batch would take once that batch is
+    /// applied, in order, with nothing passed over that may still go first; so it stops at the
+    /// first record whose row has a pending record at or below the cursor that waited
+    /// (charged or retried: it may be due again, and only a claim from the start sends it).
+    /// Records of rows in flight are taken: the worker sends them only after the batch in
+    /// flight is applied, and drops them otherwise (nothing of a read-ahead is written but
+    /// the claimed mark, so dropping it is free).
     pub(crate) fn claim_after(
         &self,
         conn: &mut Connection,
         who: &Claimant<'_>,
         cursor: i64,
-        in_flight: &std::collections::HashSet<u64>,
     ) -> Result<(Claim, bool)> {
         let records = match self.claim_from(conn, who, cursor)? {
             Claim::Records(r) => r,
@@ -142,10 +143,7 @@ impl Outbox {
             .collect::<Result<_, _>>()?;
         let stop = records
             .iter()
-            .position(|r| {
-                let row = row_digest(&r.table, &r.row_key);
-                in_flight.contains(&row) || waited.contains(&row)
-            })
+            .position(|r| waited.contains(&row_digest(&r.table, &r.row_key)))
             .unwrap_or(records.len());
         let mut records = records;
         let cut = stop < records.len();

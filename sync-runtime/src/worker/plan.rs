@@ -63,7 +63,7 @@ pub(super) async fn plan(inner: &Arc<Inner>, st: &mut ShipState) -> Result<Optio
         match o.claim(c, &r.owner, now_ms(), r.lease, r.limit)? {
             Claim::HeldBy(h) => Ok(Err(h)),
             Claim::Records(raw) if raw.is_empty() => Ok(Ok(None)),
-            Claim::Records(raw) => read_next(o, c, raw, &r).map(Ok),
+            Claim::Records(raw) => read_next(o, c, raw, &r, true).map(Ok),
         }
     })
     .await?;
@@ -78,7 +78,7 @@ pub(super) async fn plan(inner: &Arc<Inner>, st: &mut ShipState) -> Result<Optio
 async fn adopt(inner: &Arc<Inner>, st: &mut ShipState, next: Next) -> Result<Option<TickEnd>> {
     let Next { sorted, segments } = next;
     debug!(
-        records = sorted.rows.len(),
+        records = segments.iter().map(|s| s.changes.len()).sum::<usize>(),
         requests = segments.len(),
         "claimed"
     );
@@ -103,7 +103,6 @@ async fn adopt(inner: &Arc<Inner>, st: &mut ShipState, next: Next) -> Result<Opt
     st.blocked.clear();
     st.batch = Some(BatchInfo {
         cursor: sorted.cursor,
-        rows: sorted.rows,
     });
     st.plan.extend(segments);
     if st.plan.is_empty() {

@@ -2,7 +2,7 @@
 //! journaled, in one call on the queue connection; and, in the background loop, read ahead
 //! while the last request of the batch before it is at the target.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::task::JoinHandle;
@@ -61,13 +61,14 @@ impl Reading {
     }
 }
 
-/// Reads, sorts and packs a batch, and journals its first request (one call on the queue
-/// connection). `None` when nothing is left to send or hold.
+/// Reads, sorts and packs a batch, and with `journal` journals its first request (one call
+/// on the queue connection). `None` when nothing is left to send or hold.
 pub(super) fn read_next(
     o: &Outbox,
     c: &mut rusqlite::Connection,
     raw: Vec<change::RawRecord>,
     r: &Reading,
+    journal: bool,
 ) -> Result<Option<Next>> {
     let waiting: HashMap<u64, Waiting> = if r.deps.is_empty() {
         HashMap::new()
@@ -81,7 +82,7 @@ pub(super) fn read_next(
     let mut sorted = prepare::sort(raw, &defs, &r.deps, &waiting, r.recheck);
     let changes = std::mem::take(&mut sorted.changes);
     let mut segments = segments(changes, &r.limits, r.with_sql, &r.commute);
-    if let Some(first) = segments.first_mut() {
+    if let Some(first) = segments.first_mut().filter(|_| journal) {
         if let Some(r) = &first.request {
             first.id = Some(o.journal(c, &r.ids)?);
         }
@@ -111,12 +112,14 @@ pub(super) fn segments(
 
 /// Reads the next batch while the last request of this one is at the target: the previous
 /// acknowledgement is awaited, the synced log trimmed, and what a fresh claim after this batch
-/// would take is read, sorted, packed and its first request journaled.
+/// would take once it is applied is read, sorted and packed. Its first request is journaled
+/// only when it is sent (after this batch is applied), so a read-ahead dropped because this
+/// batch failed leaves nothing behind: one left in the journal would go first after a
+/// restart, ahead of this batch's records of the same rows.
 pub(super) fn spawn_read_ahead(
     inner: &Arc<Inner>,
     previous: Option<JoinHandle<bool>>,
     cursor: i64,
-    in_flight: HashSet<u64>,
 ) -> AbortOnDropHandle<Option<Next>> {
     let inner = inner.clone();
     // Aborted if the tick is dropped (the worker's task stopped mid-tick), so a read-ahead
@@ -143,12 +146,12 @@ pub(super) fn spawn_read_ahead(
                 lease: r.lease,
                 limit: r.limit,
             };
-            let (next, cut) = o.claim_after(c, &who, cursor, &in_flight)?;
-            // A read-ahead cut short (at a row still in flight) is dropped when less than half
+            let (next, cut) = o.claim_after(c, &who, cursor)?;
+            // A read-ahead cut short (at a row that waited) is dropped when less than half
             // full: the claim after this batch takes a full one, and requests stay large.
             match next {
                 Claim::Records(raw) if !(raw.is_empty() || cut && raw.len() < r.limit / 2) => {
-                    read_next(o, c, raw, &r)
+                    read_next(o, c, raw, &r, false)
                 }
                 _ => Ok(None),
             }
@@ -157,18 +160,4 @@ pub(super) fn spawn_read_ahead(
         .ok()
         .flatten()
     }))
-}
-
-/// Drops a batch read ahead that will not be sent: its first request was journaled but never
-/// sent, so it is forgotten (if that fails, it is sent later, which is harmless).
-pub(super) async fn drop_read_ahead(inner: &Arc<Inner>, next: Option<Next>) {
-    let seq = next
-        .and_then(|n| n.segments.into_iter().next())
-        .and_then(|s| s.id)
-        .map(|id| id.seq);
-    if let Some(seq) = seq {
-        if let Err(e) = db(inner, move |o, c| o.unjournal(c, seq)).await {
-            warn!(error = %e, "could not forget a request read ahead; it is sent later");
-        }
-    }
 }

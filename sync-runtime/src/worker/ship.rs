@@ -20,7 +20,7 @@
 //! it is at the target, the previous acknowledgement is written and the next batch is read,
 //! checked, packed and its first request journaled.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use super::prepare::{self, Waiting};
-use super::read::{drop_read_ahead, segments, spawn_read_ahead, Next};
+use super::read::{segments, spawn_read_ahead, Next};
 use super::{db, lock, Inner};
 use crate::change::{self, Change};
 use crate::error::Result;
@@ -49,7 +49,6 @@ pub(super) struct Segment {
 /// The batch the plan came from: a read-ahead continues after it.
 pub(super) struct BatchInfo {
     pub(super) cursor: i64,
-    pub(super) rows: HashSet<u64>,
 }
 
 /// What a worker keeps between ticks.
@@ -166,10 +165,7 @@ pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool
 
     // The last request of a batch: read the next batch meanwhile.
     let read_ahead = match (&st.batch, pipelined && st.plan.is_empty()) {
-        (Some(b), true) => {
-            let (cursor, rows) = (b.cursor, b.rows.clone());
-            Some(spawn_read_ahead(inner, st.marking.take(), cursor, rows))
-        }
+        (Some(b), true) => Some(spawn_read_ahead(inner, st.marking.take(), b.cursor)),
         _ => None,
     };
     {
@@ -269,7 +265,8 @@ pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool
         }
         Err(TargetError::Rejected(message)) => {
             lock(&inner.live).requests_failed += 1;
-            drop_read_ahead(inner, next).await;
+            // The batch read ahead is not sent: nothing of it was written but the claimed mark.
+            drop(next);
             if crate::target::is_schema_error(&message) {
                 match missing_migrations(inner).await {
                     Ok(missing) if !missing.is_empty() => {
@@ -328,7 +325,8 @@ pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool
         }
         Err(e) => {
             lock(&inner.live).requests_failed += 1;
-            drop_read_ahead(inner, next).await;
+            // The batch read ahead is not sent: nothing of it was written but the claimed mark.
+            drop(next);
             seg.request = Some(request);
             st.plan.push_front(seg);
             TickEnd::Failed(e)

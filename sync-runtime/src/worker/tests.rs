@@ -347,3 +347,65 @@ async fn a_worker_that_lost_the_queue_plans_again_from_the_journal() {
     });
     assert_eq!(on_target, [1, 2]);
 }
+
+/// The running worker reads the next batch while a request is at the target, records of the
+/// rows in flight included. When the request is refused, that batch is dropped without a
+/// trace: here the refused record is dead-lettered, and the later record of its row must stay
+/// behind it, never sent (a read-ahead left in the journal would go out first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_ahead_dropped_after_a_refusal_never_sends_a_later_record_of_the_row() {
+    let mut w = World::new(&[]);
+    w.write(|o, tx| {
+        o.save(tx, &parent(1, "poison")).unwrap();
+        o.save(tx, &parent(2, "fine")).unwrap();
+        // Another table between: the later record of row 1 is a record of its own.
+        o.save(
+            tx,
+            &Child {
+                id: 10,
+                parent_id: 2,
+            },
+        )
+        .unwrap();
+        o.save(tx, &parent(1, "later")).unwrap();
+        o.save(tx, &parent(3, "fine")).unwrap();
+    });
+    let path = w._dir.path().join("app.db");
+    w.app
+        .execute("UPDATE d1_sync_leases SET until = 0", [])
+        .unwrap();
+    let worker = SyncWorker::builder(&path, w.target.clone())
+        .register::<Parent>()
+        .register::<Child>()
+        .batch_size(2)
+        .max_attempts(1)
+        .poll_interval(Duration::from_millis(10))
+        .build()
+        .unwrap();
+    worker.start().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while w.column("SELECT count(*) FROM d1_sync_queue_synced") != [3] {
+        assert!(std::time::Instant::now() < deadline, "{:#?}", w.seen());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Give a wrongly kept read-ahead every chance to go out.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    worker.shutdown().await.unwrap();
+    let sent: Vec<i64> = w.seen().iter().flat_map(|s| s.ids.clone()).collect();
+    let later = w.column("SELECT id FROM d1_sync_queue WHERE status = 'pending'");
+    assert_eq!(later.len(), 1, "the later record of row 1 waits");
+    assert!(!sent.contains(&later[0]), "sent {sent:?}");
+    assert_eq!(
+        w.column("SELECT count(*) FROM d1_sync_queue WHERE status = 'failed'"),
+        [1]
+    );
+    let on_target: Vec<i64> = w.target.inner.with_connection(|c| {
+        c.prepare("SELECT id FROM parent ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    });
+    assert_eq!(on_target, [2, 3]);
+}
