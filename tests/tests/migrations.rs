@@ -48,20 +48,20 @@ async fn wait_until<F: FnMut() -> Fut, Fut: std::future::Future<Output = bool>>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_wait_uncharged_while_d1_lacks_a_migration_and_drain_once_it_has_it() {
     let dir = folder(&[(
-        "0007_topic.sql",
+        "0008_topic.sql",
         "ALTER TABLE messages ADD COLUMN topic TEXT;",
     )]);
     let app_dir = tempfile::tempdir().unwrap();
     let app_path = app_dir.path().join("app.db");
     let app = d1_sync::open(&app_path).unwrap();
     let report = d1_sync::migrate(&app, dir.path()).unwrap();
-    assert_eq!(report.applied.len(), 7);
+    assert_eq!(report.applied.len(), 8);
 
-    // D1 has the first six migrations only.
+    // D1 has the first seven migrations only.
     let db = D1Peer::shared().database();
     let d1 = db.client();
     let all = m::load(dir.path()).unwrap();
-    d1_sync::migrate::migrate_d1(&d1, &all[..6], m::DEFAULT_TABLE, false)
+    d1_sync::migrate::migrate_d1(&d1, &all[..7], m::DEFAULT_TABLE, false)
         .await
         .unwrap();
 
@@ -103,7 +103,7 @@ async fn records_wait_uncharged_while_d1_lacks_a_migration_and_drain_once_it_has
     };
     assert_eq!(
         reason,
-        "D1 lacks migration 0007_topic.sql; run `d1sync migrate`"
+        "D1 lacks migration 0008_topic.sql; run `d1sync migrate`"
     );
     let charged: i64 = app
         .query_row(
@@ -119,7 +119,7 @@ async fn records_wait_uncharged_while_d1_lacks_a_migration_and_drain_once_it_has
     let applied = d1_sync::migrate::migrate_d1(&d1, &all, m::DEFAULT_TABLE, false)
         .await
         .unwrap();
-    assert_eq!(applied.applied, ["0007_topic.sql"]);
+    assert_eq!(applied.applied, ["0008_topic.sql"]);
     wait_until("the queue drains", || async {
         worker.stats().await.unwrap().queue.pending == 0
     })
