@@ -207,6 +207,43 @@ fn bench_enqueue(quick: bool) -> Vec<Row> {
             },
         )
     })
+    .chain(std::iter::once(write_ratio(
+        dir.path(),
+        "floor",
+        (
+            "the floor of any outbox that copies the row: the row write plus a plain INSERT of its record, 1,000 per commit",
+            "row write alone",
+            "report",
+        ),
+        if quick { 20_000 } else { 100_000 },
+        1_000,
+        |on, conn| {
+            if on {
+                Outbox::new().install(conn).unwrap();
+            }
+        },
+        |on, _, tx, i| {
+            bare_write(tx, i);
+            if on {
+                let m = message(i);
+                let payload = serde_json::json!({
+                    "id": m.id, "platform": m.platform, "conversation_id": m.conversation_id,
+                    "role": m.role, "raw_text": m.raw_text, "summary": m.summary,
+                    "observed_at": m.observed_at, "static_path": m.static_path,
+                    "page_url": m.page_url, "page_title": m.page_title,
+                    "created_at": m.created_at, "organization_id": m.organization_id,
+                    "version": m.version,
+                });
+                tx.prepare_cached(
+                    "INSERT INTO d1_sync_queue (table_name, row_key, op, payload, created_at, updated_at)
+                     VALUES ('messages', json_array(?1), 'upsert', ?2, 0, 0)",
+                )
+                .unwrap()
+                .execute(d1_sync::rusqlite::params![m.id, payload.to_string()])
+                .unwrap();
+            }
+        },
+    )))
     .collect()
 }
 
