@@ -50,6 +50,50 @@ use crate::change::Op;
 #[derive(Debug, Clone, Default)]
 pub struct Commute {
     tables: HashMap<String, Facts>,
+    unindexed: Vec<Unindexed>,
+}
+
+/// A foreign key whose child columns no index leads with: every delete of a parent row (and
+/// every change of its key) makes SQLite, locally and in D1 alike, scan the whole child table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unindexed {
+    /// The child table.
+    pub child: String,
+    /// Its columns of the key.
+    pub columns: Vec<String>,
+    /// The parent table.
+    pub parent: String,
+}
+
+impl std::fmt::Display for Unindexed {
+    /// What it costs and the index that fixes it.
+    ///
+    /// ```
+    /// let u = d1_sync::commute::Unindexed {
+    ///     child: "links".into(),
+    ///     columns: vec!["conversation_id".into()],
+    ///     parent: "conversations".into(),
+    /// };
+    /// assert_eq!(
+    ///     u.to_string(),
+    ///     "every delete of a conversations row scans all of links: no index leads with its \
+    ///      foreign key's columns; add one, e.g. `CREATE INDEX links_conversation_id ON links \
+    ///      (conversation_id);`"
+    /// );
+    /// ```
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "every delete of a {} row scans all of {}: no index leads with its foreign key's \
+             columns; add one, e.g. `CREATE INDEX {}_{} ON {} ({});`",
+            self.parent,
+            self.child,
+            self.child,
+            self.columns.join("_"),
+            self.child,
+            self.columns.join(", ")
+        )
+    }
 }
 
 /// One table's facts.
@@ -212,7 +256,10 @@ impl Commute {
                 (k, facts)
             })
             .collect();
-        Commute { tables }
+        Commute {
+            tables,
+            unindexed: Vec::new(),
+        }
     }
 
     /// Reads the facts for `tables` from the application's file. A table the file lacks is
@@ -229,9 +276,17 @@ impl Commute {
             .collect::<rusqlite::Result<_>>()?;
         let mut links = Vec::new();
         let mut unique = HashSet::new();
+        let mut unindexed = Vec::new();
         for name in &names {
             let t = d1_sync_schema::load::read_table(conn, name)?;
             for fk in &t.foreign_keys {
+                if !leads_an_index(conn, name, &fk.from)? {
+                    unindexed.push(Unindexed {
+                        child: name.clone(),
+                        columns: fk.from.clone(),
+                        parent: fk.table.clone(),
+                    });
+                }
                 let parent_key = d1_sync_schema::load::read_table(conn, &fk.table)
                     .map(|p| p.primary_key)
                     .unwrap_or_default();
@@ -292,7 +347,15 @@ impl Commute {
             .into_iter()
             .filter(|t| present.contains(&t.to_ascii_lowercase()))
             .collect();
-        Ok(Commute::from_parts(known, &links, &unique, &triggers))
+        let mut commute = Commute::from_parts(known, &links, &unique, &triggers);
+        commute.unindexed = unindexed;
+        Ok(commute)
+    }
+
+    /// The foreign keys of the file whose child columns no index leads with (see
+    /// [`Unindexed`]); the worker warns about each when it starts.
+    pub fn unindexed(&self) -> &[Unindexed] {
+        &self.unindexed
     }
 
     /// The facts of `table`; `None` when it keeps its changes in order with every other.
@@ -311,6 +374,45 @@ impl Commute {
     pub(crate) fn is_none(&self) -> bool {
         self.tables.is_empty()
     }
+}
+
+/// Whether `columns` (in any order) are the leading columns of an index of `table`, or its
+/// rowid.
+fn leads_an_index(conn: &Connection, table: &str, columns: &[String]) -> rusqlite::Result<bool> {
+    let has = |set: &[String]| {
+        set.len() >= columns.len()
+            && columns.iter().all(|c| {
+                set[..columns.len()]
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case(c))
+            })
+    };
+    // An `INTEGER PRIMARY KEY` is the rowid: no index of its own, and the fastest lookup.
+    let rowid: Vec<String> = conn
+        .prepare(
+            "SELECT name FROM pragma_table_info(?1) WHERE pk = 1 AND lower(type) = 'integer'
+               AND (SELECT count(*) FROM pragma_table_info(?1) WHERE pk > 0) = 1",
+        )?
+        .query_map([table], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if !rowid.is_empty() && has(&rowid) {
+        return Ok(true);
+    }
+    let indexes: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_index_list(?1)")?
+        .query_map([table], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for index in indexes {
+        let leading: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_index_info(?1) ORDER BY seqno")?
+            .query_map([&index], |r| r.get::<_, Option<String>>(0))?
+            .map(|n| n.map(Option::unwrap_or_default))
+            .collect::<rusqlite::Result<_>>()?;
+        if has(&leading) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 impl Facts {
@@ -403,6 +505,34 @@ mod tests {
         assert!(
             c.facts("uniq").unwrap().cascaded_by.is_empty(),
             "a UNIQUE index"
+        );
+    }
+
+    #[test]
+    fn a_foreign_key_no_index_leads_with_is_reported() {
+        let c = read(
+            "CREATE TABLE p (id TEXT PRIMARY KEY);
+             CREATE TABLE bare (id TEXT PRIMARY KEY, p TEXT REFERENCES p (id) ON DELETE CASCADE);
+             CREATE TABLE led (id TEXT PRIMARY KEY, p TEXT REFERENCES p (id), at INTEGER);
+             CREATE INDEX led_p ON led (p, at);
+             CREATE TABLE second (id TEXT PRIMARY KEY, p TEXT REFERENCES p (id), at INTEGER);
+             CREATE INDEX second_at ON second (at, p);
+             CREATE TABLE pair (a TEXT, b TEXT, PRIMARY KEY (b, a));
+             CREATE TABLE keyed (a TEXT, b TEXT, FOREIGN KEY (a, b) REFERENCES pair (a, b));
+             CREATE UNIQUE INDEX keyed_ba ON keyed (b, a);
+             CREATE TABLE own (id INTEGER PRIMARY KEY REFERENCES p (id));",
+        );
+        let mut found: Vec<String> = c
+            .unindexed()
+            .iter()
+            .map(|u| format!("{}({}) -> {}", u.child, u.columns.join(","), u.parent))
+            .collect();
+        found.sort();
+        assert_eq!(
+            found,
+            ["bare(p) -> p", "second(p) -> p"],
+            "an index led by the key (in any order) or the rowid serves it; one that only \
+             holds it further in does not"
         );
     }
 

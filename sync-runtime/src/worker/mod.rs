@@ -187,6 +187,9 @@ impl WorkerBuilder {
                 Commute::none()
             }),
         );
+        for u in commute.unindexed() {
+            warn!(table = %u.child, parent = %u.parent, "{u}");
+        }
         // Stats count the queue on a connection of their own: a count walks the whole queue,
         // and on the worker's connection it would hold the worker up for as long.
         let reader = open_queue_connection(&self.db_path)?;
