@@ -558,9 +558,12 @@ async fn d1_table(peer: &D1Peer) -> d1_sync_tests::d1peer::TestDb {
 
 /// 3. Over the D1 REST API to the local D1, against the seed's way in the same run.
 async fn bench_d1(peer: &D1Peer, quick: bool) -> Vec<Row> {
-    let n = if quick { 5_000 } else { 30_000 };
+    let n = std::env::var("D1_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 5_000 } else { 30_000 });
     let (mut ours, mut seeds, mut per_1000) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut engine, mut engine_bare) = (Vec::new(), Vec::new());
+    let (mut engine, mut engine_bare, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let mut originals = Vec::new();
     let original = original::prepare();
     for _ in 0..ROUNDS {
@@ -572,18 +575,6 @@ async fn bench_d1(peer: &D1Peer, quick: bool) -> Vec<Row> {
         assert_eq!(stats.records_synced, n);
         per_1000.push(peer.stats(&db).await.requests as f64 * 1000.0 / n as f64);
         ours.push(rate(n, took));
-
-        let seed_db = d1_table(peer).await;
-        let seed_n = if quick { 200 } else { 500 };
-        let queue = seed_queue(dir.path(), seed_n);
-        let (done, seed_took, _) = seed_way(&seed_db.client(), &queue, seed_n, None).await;
-        seeds.push(rate(done, seed_took));
-        if let Ok(dir) = &original {
-            match original::rows_per_s(dir, peer, seed_n * 2).await {
-                Ok(r) => originals.push(r),
-                Err(e) => eprintln!("d1sync-bench: the original worker: {e}"),
-            }
-        }
 
         // The engine alone: the same rows in requests of the same size, built in advance and
         // sent back to back. No queue, no checks: the most any worker could get.
@@ -649,6 +640,19 @@ async fn bench_d1(peer: &D1Peer, quick: bool) -> Vec<Row> {
         }
         engine.push(rate(n, with_ledger));
         engine_bare.push(rate(n, without));
+        // The worker against the engine in the same round, one right after the other.
+        ratios.push(rate(n, took) / rate(n, with_ledger));
+        let seed_db = d1_table(peer).await;
+        let seed_n = if quick { 200 } else { 500 };
+        let queue = seed_queue(dir.path(), seed_n);
+        let (done, seed_took, _) = seed_way(&seed_db.client(), &queue, seed_n, None).await;
+        seeds.push(rate(done, seed_took));
+        if let Ok(dir) = &original {
+            match original::rows_per_s(dir, peer, seed_n * 2).await {
+                Ok(r) => originals.push(r),
+                Err(e) => eprintln!("d1sync-bench: the original worker: {e}"),
+            }
+        }
     }
     let (ours, seed, engine) = (median_f64(ours), median_f64(seeds), median_f64(engine));
     let engine_bare = median_f64(engine_bare);
@@ -705,11 +709,11 @@ async fn bench_d1(peer: &D1Peer, quick: bool) -> Vec<Row> {
             ),
             baseline: format!("{} (the seed's way)", fmt_rate(seed)),
             ratio: format!(
-                "{:.0}x the seed; the worker reaches {:.0}% of it",
+                "{:.0}x the seed; the worker reaches {:.0}% of it (median of the rounds' ratios, each measured back to back)",
                 engine / seed,
-                ours / engine * 100.0
+                median_f64(ratios) * 100.0
             ),
-            target: "report",
+            target: "the worker ≥ 95% of it",
         },
         Row {
             name: "the ledger's cost to the engine",

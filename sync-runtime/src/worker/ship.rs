@@ -203,12 +203,15 @@ pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool
             }
         }
     };
-    let next = match read_ahead {
+    let mut next = match read_ahead {
         Some(h) => h.await.ok().flatten(),
         None => None,
     };
     match result {
         Ok(applied) => {
+            if let Some(next) = next.as_mut() {
+                journal_first(inner, next).await;
+            }
             let stale = match applied {
                 Applied::Before => {
                     lock(&inner.live).requests_replayed += 1;
@@ -331,6 +334,25 @@ pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool
             st.plan.push_front(seg);
             TickEnd::Failed(e)
         }
+    }
+}
+
+/// Journals the first request of a batch read ahead, once the batch before it is applied: now,
+/// before that batch's acknowledgement takes the queue's thread, so that the next request is
+/// not held up behind it. If it cannot be written, the tick journals it before sending.
+async fn journal_first(inner: &Arc<Inner>, next: &mut Next) {
+    let Some(first) = next.segments.first_mut() else {
+        return;
+    };
+    let Some(ids) = first.request.as_ref().map(|r| r.ids.clone()) else {
+        return;
+    };
+    if first.id.is_some() {
+        return;
+    }
+    match db(inner, move |o, c| o.journal(c, &ids)).await {
+        Ok(id) => first.id = Some(id),
+        Err(e) => warn!(error = %e, "could not journal the next request yet"),
     }
 }
 
