@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use d1_sync::change::Change;
 use d1_sync::rusqlite::{params_from_iter, Connection, Transaction};
 use d1_sync::target::{Applied, Batch, BoxFuture, PackLimits, Statement};
-use d1_sync::{D1Http, Outbox, SqliteTarget, SyncRow, SyncWorker, Target, TargetError};
+use d1_sync::{D1Config, D1Http, Outbox, SqliteTarget, SyncRow, SyncWorker, Target, TargetError};
 use d1_sync_example::rows::Message;
 use d1_sync_tests::d1peer::D1Peer;
 use d1_sync_tests::proxy::{Proxy, ProxyConfig};
@@ -1019,8 +1019,11 @@ fn proc_status_kib(field: &str) -> u64 {
 }
 
 /// The child of `memory`: drains the backlog in `dir` and prints its memory figures.
-async fn memory_child(dir: &Path) {
-    let target = SqliteTarget::open(dir.join("target.db")).unwrap();
+async fn memory_child(dir: &Path, d1: Option<D1Config>) {
+    let target: Arc<dyn Target> = match d1 {
+        Some(config) => Arc::new(D1Http::new(config).unwrap()),
+        None => Arc::new(SqliteTarget::open(dir.join("target.db")).unwrap()),
+    };
     let worker = SyncWorker::builder(dir.join("app.db"), target)
         .registry(d1_sync_example::registry())
         .build()
@@ -1040,9 +1043,16 @@ async fn memory_child(dir: &Path) {
     );
 }
 
-/// 6. Peak memory while draining a backlog of 1,000,000 records.
-fn bench_memory(quick: bool) -> Vec<Row> {
-    let n: u64 = if quick { 200_000 } else { 1_000_000 };
+/// Benchmark 6, peak memory while draining a backlog in a child process of its own:
+/// 1,000,000 records to a SQLite file, or with `d1` 200,000 over local D1 (requests of
+/// 10,000 rows).
+fn bench_memory(quick: bool, d1: Option<&d1_sync_tests::d1peer::TestDb>) -> Vec<Row> {
+    let n: u64 = match (quick, d1.is_some()) {
+        (true, false) => 200_000,
+        (false, false) => 1_000_000,
+        (true, true) => 50_000,
+        (false, true) => 200_000,
+    };
     let dir = tempfile::tempdir().unwrap();
     let (_, mut conn) = app_db(dir.path(), "app.db");
     backlog(&mut conn, n);
@@ -1055,11 +1065,12 @@ fn bench_memory(quick: bool) -> Vec<Row> {
         .filter_map(|f| std::fs::metadata(dir.path().join(f)).ok())
         .map(|m| m.len())
         .sum();
-    let out = Command::new(std::env::current_exe().unwrap())
-        .arg("memory-child")
-        .arg(dir.path())
-        .output()
-        .expect("run the memory child");
+    let mut child = Command::new(std::env::current_exe().unwrap());
+    child.arg("memory-child").arg(dir.path());
+    if let Some(db) = d1 {
+        child.args([&db.config.base_url, &db.id, &db.config.api_token]);
+    }
+    let out = child.output().expect("run the memory child");
     let text = String::from_utf8_lossy(&out.stdout);
     let v: Vec<u64> = text
         .split_whitespace()
@@ -1074,7 +1085,11 @@ fn bench_memory(quick: bool) -> Vec<Row> {
     let (before, peak, synced, ms) = (v[0], v[1], v[2], v[3]);
     assert_eq!(synced, n);
     vec![Row {
-        name: "peak memory draining a backlog",
+        name: if d1.is_some() {
+            "peak memory draining a backlog over local D1 (requests of 10,000 rows)"
+        } else {
+            "peak memory draining a backlog"
+        },
         measured: format!(
             "{:.1} MiB peak RSS over {n} records ({:.1}k rows/s)",
             peak as f64 / 1024.0,
@@ -1204,8 +1219,20 @@ fn print_table(rows: &[Row]) {
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("memory-child") {
-        let dir = PathBuf::from(args.get(1).expect("memory-child <dir>"));
-        memory_child(&dir).await;
+        let dir = PathBuf::from(
+            args.get(1)
+                .expect("memory-child <dir> [<base url> <db> <token>]"),
+        );
+        let d1 = match (args.get(2), args.get(3), args.get(4)) {
+            (Some(url), Some(db), Some(token)) => {
+                let mut config = D1Config::new("test-account", db.clone(), token.clone());
+                config.base_url = url.clone();
+                config.request_budget = None;
+                Some(config)
+            }
+            _ => None,
+        };
+        memory_child(&dir, d1).await;
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");
@@ -1215,9 +1242,17 @@ async fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     let want = |name: &str| picked.is_empty() || picked.contains(&name);
-    let needs_peer = ["d1", "guard", "fleet", "faults", "production", "latency"]
-        .iter()
-        .any(|b| want(b));
+    let needs_peer = [
+        "d1",
+        "guard",
+        "fleet",
+        "faults",
+        "production",
+        "latency",
+        "memory-d1",
+    ]
+    .iter()
+    .any(|b| want(b));
     let peer = needs_peer.then(D1Peer::start);
     let mut rows = Vec::new();
     let machine = std::fs::read_to_string("/proc/cpuinfo")
@@ -1269,8 +1304,12 @@ async fn main() {
         run("latency", &mut || {
             tokio::task::block_in_place(|| handle.block_on(bench_latency(peer, quick)))
         });
+        run("memory-d1", &mut || {
+            let db = tokio::task::block_in_place(|| handle.block_on(d1_table(peer)));
+            bench_memory(quick, Some(&db))
+        });
     }
-    run("memory", &mut || bench_memory(quick));
+    run("memory", &mut || bench_memory(quick, None));
     run("schema", &mut || bench_schema(quick));
     println!("\nAll results:");
     print_table(&rows);
