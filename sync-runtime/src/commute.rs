@@ -51,6 +51,9 @@ use crate::change::Op;
 pub struct Commute {
     tables: HashMap<String, Facts>,
     unindexed: Vec<Unindexed>,
+    /// The tombstone trigger of each versioned table (lower-case name), which a request that
+    /// deletes a parent row creates before the delete can cascade into the table.
+    tombstones: HashMap<String, String>,
 }
 
 /// A foreign key whose child columns no index leads with: every delete of a parent row (and
@@ -259,6 +262,7 @@ impl Commute {
         Commute {
             tables,
             unindexed: Vec::new(),
+            tombstones: HashMap::new(),
         }
     }
 
@@ -352,6 +356,31 @@ impl Commute {
         Ok(commute)
     }
 
+    /// The same facts, knowing the versioned tables of `defs`: a request that deletes a row
+    /// whose delete reaches one of them creates its tombstone trigger
+    /// ([`d1_sync_schema::guard::tombstone_trigger_sql`]) first, so that the rows the cascade
+    /// removes leave tombstones even in a request that writes nothing else of that table.
+    pub fn with_tombstones<'a>(
+        mut self,
+        defs: impl IntoIterator<Item = &'a crate::row::TableDef>,
+    ) -> Commute {
+        for def in defs {
+            if let Some(v) = &def.version {
+                let pk: Vec<&str> = def.primary_key.iter().map(String::as_str).collect();
+                self.tombstones.insert(
+                    def.name.to_ascii_lowercase(),
+                    d1_sync_schema::guard::tombstone_trigger_sql(&def.name, &pk, v),
+                );
+            }
+        }
+        self
+    }
+
+    /// The tombstone trigger of `table` (lower-case), when it is versioned.
+    pub(crate) fn tombstone_trigger(&self, table: &str) -> Option<&str> {
+        self.tombstones.get(table).map(String::as_str)
+    }
+
     /// The foreign keys of the file whose child columns no index leads with (see
     /// [`Unindexed`]); the worker warns about each when it starts.
     pub fn unindexed(&self) -> &[Unindexed] {
@@ -416,6 +445,15 @@ fn leads_an_index(conn: &Connection, table: &str, columns: &[String]) -> rusqlit
 }
 
 impl Facts {
+    /// The tables whose rows a delete of one of this table's rows may remove or change, by a
+    /// cascade tracked table by table or row by row.
+    pub(crate) fn deletes_reach(&self) -> impl Iterator<Item = &str> {
+        self.delete_reach
+            .iter()
+            .chain(&self.cascades_rows)
+            .map(String::as_str)
+    }
+
     /// The tables a change of this table by `op` may write besides its own row.
     pub(crate) fn reach(&self, op: Op) -> impl Iterator<Item = &str> {
         let deletes = if op == Op::Delete {

@@ -321,9 +321,10 @@ struct Group<'a> {
     bound: Vec<Param>,
     /// Row keys in it (kept when they must be distinct: see [`Shape::distinct_keys`]).
     keys: HashSet<&'a str>,
-    /// The tombstone trigger it opens with: the first group of a versioned table in the
-    /// request (see [`tombstone_trigger`]).
-    trigger: Option<String>,
+    /// The tombstone triggers it opens with (see [`tombstone_trigger`]): its own table's, in
+    /// the first group of a versioned table in the request, and, for a delete, those of the
+    /// versioned tables its cascades reach that the request has not created yet.
+    triggers: Vec<String>,
     /// The early cascade sent before it, when its rows moved ahead of parent deletes.
     ahead: Option<Ahead>,
     /// Its table's facts (`None`: kept in order with everything).
@@ -471,8 +472,8 @@ struct Building<'a> {
     rows: usize,
     statements: usize,
     bytes: usize,
-    /// Versioned tables whose tombstone trigger it creates.
-    triggered: HashSet<&'a str>,
+    /// Versioned tables (lower-case) whose tombstone trigger it creates.
+    triggered: HashSet<Cow<'a, str>>,
     /// The last group holding a change of each row, of each table, reaching each table, of a
     /// real-keyed row of each table, and of a change kept in order with everything.
     last_row: HashMap<(&'a str, &'a str), usize>,
@@ -760,11 +761,27 @@ fn packed(
                     let sql = statement_sql(&shape, c);
                     let ahead = ahead_sql(&shape, c);
                     let check = check_sql(&shape, c, single);
-                    let trigger = if b.triggered.contains(shape.table) {
-                        None
-                    } else {
-                        tombstone_trigger(&shape, c)
-                    };
+                    let mut triggers = Vec::new();
+                    let mut triggering = Vec::new();
+                    let own = folded(shape.table);
+                    if !b.triggered.contains(&own) {
+                        if let Some(sql) = tombstone_trigger(&shape, c) {
+                            triggers.push(sql);
+                            triggering.push(own);
+                        }
+                    }
+                    if c.op == Op::Delete {
+                        for t in facts.into_iter().flat_map(Facts::deletes_reach) {
+                            let reached = Cow::Borrowed(t);
+                            if b.triggered.contains(&reached) || triggering.contains(&reached) {
+                                continue;
+                            }
+                            if let Some(sql) = commute.tombstone_trigger(t) {
+                                triggers.push(sql.to_string());
+                                triggering.push(reached);
+                            }
+                        }
+                    }
                     let group = Group {
                         shape,
                         sql,
@@ -773,22 +790,22 @@ fn packed(
                         json: 1,
                         bound: std::mem::take(&mut bound),
                         keys: HashSet::new(),
-                        trigger,
+                        triggers,
                         ahead,
                         facts,
                     };
                     let statements = group.sql.len()
                         + usize::from(group.check.is_some())
-                        + usize::from(group.trigger.is_some())
+                        + group.triggers.len()
                         + usize::from(group.ahead.is_some());
                     let bytes = group.sql.iter().map(String::len).sum::<usize>()
                         + group.check.as_ref().map_or(0, |(s, _)| s.len())
-                        + group.trigger.as_ref().map_or(0, String::len)
+                        + group.triggers.iter().map(String::len).sum::<usize>()
                         + group.ahead.as_ref().map_or(0, |a| a.sql.len())
                         + group.bound.len() * 24
                         + group.row_bytes(c.row.len() + 1)
                         + ahead_bytes;
-                    (statements, bytes, Some(group))
+                    (statements, bytes, Some((group, triggering)))
                 }
             };
             let full = b.rows + 1 > limits.max_rows_per_request
@@ -797,17 +814,15 @@ fn packed(
             if full && b.rows > 0 {
                 let next = Building::new(n);
                 out.push(finish(std::mem::replace(&mut b, next), changes));
-                if let Some(group) = fresh {
+                if let Some((group, _)) = fresh {
                     bound = group.bound;
                 }
                 continue;
             }
             let g = match fresh {
                 None => candidate.unwrap_or_default(),
-                Some(group) => {
-                    if group.trigger.is_some() {
-                        b.triggered.insert(group.shape.table);
-                    }
+                Some((group, triggering)) => {
+                    b.triggered.extend(triggering);
                     b.groups.push(group);
                     b.groups.len() - 1
                 }
@@ -854,7 +869,7 @@ fn finish(b: Building<'_>, changes: &[Change]) -> (Request, Vec<usize>) {
     let mut own_checks: Vec<StaleCheck> = Vec::new();
     for (g, mut group) in b.groups.into_iter().enumerate() {
         let first = order.len();
-        if let Some(sql) = group.trigger.take() {
+        for sql in std::mem::take(&mut group.triggers) {
             body.push(Statement::new(sql));
         }
         if let Some(statement) = early[g].take() {

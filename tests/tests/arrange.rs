@@ -151,13 +151,7 @@ fn changes(ops: &[Op_]) -> Vec<Change> {
 }
 
 fn database() -> Connection {
-    let conn = Connection::open_in_memory().unwrap();
-    conn.execute_batch("PRAGMA foreign_keys = on").unwrap();
-    conn.execute_batch(SCHEMA).unwrap();
-    for s in d1_sync::ledger::create_statements() {
-        conn.execute_batch(&s.sql).unwrap();
-    }
-    conn.execute_batch(SEED).unwrap();
+    let conn = database_without_triggers();
     // D1 keeps a versioned table's tombstone trigger once any request wrote the table: the
     // model starts from one that has, so a cascade leaves tombstones whichever request comes
     // first.
@@ -169,6 +163,18 @@ fn database() -> Connection {
         ))
         .unwrap();
     }
+    conn
+}
+
+/// A D1 no request has written yet.
+fn database_without_triggers() -> Connection {
+    let conn = Connection::open_in_memory().unwrap();
+    conn.execute_batch("PRAGMA foreign_keys = on").unwrap();
+    conn.execute_batch(SCHEMA).unwrap();
+    for s in d1_sync::ledger::create_statements() {
+        conn.execute_batch(&s.sql).unwrap();
+    }
+    conn.execute_batch(SEED).unwrap();
     conn
 }
 
@@ -598,4 +604,41 @@ fn a_leafs_writes_move_ahead_of_its_parents_delete_with_the_cascade_sent_first()
         );
         check(&ops, usize::MAX).unwrap();
     }
+}
+
+/// A request that only deletes a parent creates, before the delete, the tombstone trigger of
+/// the versioned table its cascade reaches: the cascaded rows leave tombstones even in D1's
+/// first request, which writes nothing else of that table.
+#[test]
+fn a_parents_delete_creates_the_tombstone_trigger_of_what_it_cascades_to() {
+    let mut d1 = database_without_triggers();
+    let defs = defs();
+    let commute = Commute::read(&d1, TABLES.iter().map(|(t, _)| *t))
+        .unwrap()
+        .with_tombstones(defs.iter().map(|d| &**d));
+    // Delete p 1: l 1 and l 3 point at it.
+    let mut moved = changes(&[(0, 2, 1, 0, 0)]);
+    let r = pack_arranged(&mut moved, &PackLimits::default(), true, &commute);
+    assert!(
+        r[0].statements
+            .iter()
+            .any(|s| s.sql.contains(r#"AFTER DELETE ON "l""#)),
+        "the trigger of l"
+    );
+    // f 1 points at p 1 with no action: point it elsewhere first, so the request commits.
+    d1.execute_batch("UPDATE f SET p = 2").unwrap();
+    apply(&mut d1, &r[0], 1).unwrap();
+    let tombstones: Vec<(String, i64)> = d1
+        .prepare(
+            "SELECT row_key, version FROM d1_sync_tombstones WHERE table_name = 'l' ORDER BY 1",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        tombstones,
+        [("[\"1\"]".to_string(), 1), ("[\"3\"]".to_string(), 100)]
+    );
 }

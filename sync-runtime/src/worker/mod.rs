@@ -182,7 +182,12 @@ impl WorkerBuilder {
         self.outbox.install(&conn)?;
         let deps = Arc::new(prepare::Deps::read(&conn, &self.registry));
         let commute = Arc::new(
-            Commute::read(&conn, self.registry.names()).unwrap_or_else(|e| {
+            Commute::read(&conn, self.registry.names())
+                .map(|c| {
+                    let defs = self.registry.names().filter_map(|n| self.registry.get(n));
+                    c.with_tombstones(defs.map(|d| &**d))
+                })
+                .unwrap_or_else(|e| {
                 warn!(error = %e, "could not read the schema's foreign keys; every request keeps the queue's order");
                 Commute::none()
             }),
