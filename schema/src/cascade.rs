@@ -19,7 +19,9 @@
 //!
 //! The keys are compared as stored, without the child column's affinity: a child key must
 //! hold values of its parent key's type (a text `'7'` pointing at an integer `7` is matched by
-//! SQLite's foreign key, not here), and compare with `BINARY`.
+//! SQLite's foreign key, not here), and compare with `BINARY`. The runtime tracks a key row by
+//! row only when its columns have their parent columns' affinities and the parent's key is
+//! `BINARY`.
 
 use crate::sql::{join_quoted, json_expr, quote_ident, JsonEncoding};
 

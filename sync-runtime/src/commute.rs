@@ -318,8 +318,12 @@ impl Commute {
                 );
                 let on_key = names_key && !parent_key.is_empty();
                 let nulls = in_key_order.clone().filter(|_| nulling && on_key);
-                let cascades =
-                    in_key_order.filter(|_| on_key && fk.on_delete.eq_ignore_ascii_case("CASCADE"));
+                let cascades = in_key_order.filter(|cols| {
+                    on_key
+                        && fk.on_delete.eq_ignore_ascii_case("CASCADE")
+                        && compares_as_stored(conn, &t, &fk.table, &parent_key, cols)
+                            .unwrap_or(false)
+                });
                 links.push(Link {
                     child: name.clone(),
                     parent: fk.table.clone(),
@@ -403,6 +407,43 @@ impl Commute {
     pub(crate) fn is_none(&self) -> bool {
         self.tables.is_empty()
     }
+}
+
+/// Whether the child columns `child_cols` of `child` (in the order of the parent's key) hold
+/// what the parent's key holds, compared as stored: each of the same affinity as its parent
+/// column, and the parent's key compared with `BINARY`. The early cascade
+/// ([`d1_sync_schema::cascade`]) matches keys that way; SQLite's foreign key applies the
+/// parent's affinity and collation, so where they could differ the key is tracked table by
+/// table instead.
+fn compares_as_stored(
+    conn: &Connection,
+    child: &d1_sync_schema::Table,
+    parent: &str,
+    parent_key: &[String],
+    child_cols: &[String],
+) -> rusqlite::Result<bool> {
+    let p = d1_sync_schema::load::read_table(conn, parent)?;
+    let affinity = |t: &d1_sync_schema::Table, name: &str| {
+        t.columns
+            .iter()
+            .find(|c| c.name.eq_ignore_ascii_case(name))
+            .map(|c| c.affinity)
+    };
+    let same = parent_key.iter().zip(child_cols).all(
+        |(pk, ck)| matches!((affinity(&p, pk), affinity(child, ck)), (Some(a), Some(b)) if a == b),
+    );
+    if !same {
+        return Ok(false);
+    }
+    // The key's collations, from the index behind it (none for a rowid key: integers).
+    let binary: bool = conn.query_row(
+        "SELECT NOT EXISTS (
+           SELECT 1 FROM pragma_index_list(?1) AS l, pragma_index_xinfo(l.name) AS x
+           WHERE l.origin = 'pk' AND x.key AND upper(x.coll) <> 'BINARY')",
+        [parent],
+        |r| r.get(0),
+    )?;
+    Ok(binary)
 }
 
 /// Whether `columns` (in any order) are the leading columns of an index of `table`, or its
@@ -544,6 +585,28 @@ mod tests {
             c.facts("uniq").unwrap().cascaded_by.is_empty(),
             "a UNIQUE index"
         );
+    }
+
+    #[test]
+    fn a_cascade_whose_keys_could_compare_otherwise_is_tracked_table_by_table() {
+        let c = read(
+            "CREATE TABLE a (id TEXT PRIMARY KEY);
+             CREATE TABLE n (id TEXT PRIMARY KEY COLLATE NOCASE);
+             CREATE TABLE i (id INTEGER PRIMARY KEY);
+             CREATE TABLE same (id TEXT PRIMARY KEY, a TEXT REFERENCES a (id) ON DELETE CASCADE);
+             CREATE TABLE nocase (id TEXT PRIMARY KEY, n TEXT REFERENCES n (id) ON DELETE CASCADE);
+             CREATE TABLE typed (id TEXT PRIMARY KEY, i TEXT REFERENCES i (id) ON DELETE CASCADE);",
+        );
+        assert_eq!(c.facts("a").unwrap().cascades_rows, ["same"]);
+        assert!(
+            c.facts("n").unwrap().cascades_rows.is_empty(),
+            "a NOCASE parent key"
+        );
+        assert!(
+            c.facts("i").unwrap().cascades_rows.is_empty(),
+            "a text key pointing at an integer one"
+        );
+        assert_eq!(reach(&c, "n", Op::Delete), ["nocase"]);
     }
 
     #[test]
