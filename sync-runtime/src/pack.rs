@@ -167,12 +167,7 @@ impl GuardShape {
     fn of(c: &Change) -> Option<GuardShape> {
         let version = c.table.version_position(&c.columns)?;
         c.version?;
-        let key = c
-            .table
-            .primary_key
-            .iter()
-            .map(|k| c.columns.iter().position(|x| x == k))
-            .collect::<Option<Vec<usize>>>()?;
+        let key = key_positions(c, &c.columns)?;
         Some(GuardShape { key, version })
     }
 }
@@ -292,9 +287,16 @@ fn tombstone_trigger(s: &Shape, c: &Change) -> Option<String> {
 
 /// Appends a row's key and version (`[k1, ..., v]`) to a check's JSON.
 fn push_key_and_version(json: &mut String, row: &str, g: &GuardShape) {
-    let spans = crate::codec::element_spans(row).unwrap_or_default();
     json.push('[');
-    for (n, &i) in g.key.iter().chain(std::iter::once(&g.version)).enumerate() {
+    push_elements(json, row, g.key.iter().chain(std::iter::once(&g.version)));
+    json.push(']');
+}
+
+/// Appends the elements `at` of the JSON array `row`, comma-separated (`null` for one it
+/// lacks).
+fn push_elements<'i>(json: &mut String, row: &str, at: impl IntoIterator<Item = &'i usize>) {
+    let spans = crate::codec::element_spans(row).unwrap_or_default();
+    for (n, &i) in at.into_iter().enumerate() {
         if n > 0 {
             json.push(',');
         }
@@ -303,7 +305,15 @@ fn push_key_and_version(json: &mut String, row: &str, g: &GuardShape) {
             None => json.push_str("null"),
         }
     }
-    json.push(']');
+}
+
+/// Where the columns of `c`'s primary key are in `columns`.
+fn key_positions(c: &Change, columns: &[String]) -> Option<Vec<usize>> {
+    c.table
+        .primary_key
+        .iter()
+        .map(|k| columns.iter().position(|x| x == k))
+        .collect()
 }
 
 /// A statement being filled: the changes of one shape, in queue order, that the arrangement
@@ -344,12 +354,7 @@ fn ahead_sql(s: &Shape, c: &Change) -> Option<Ahead> {
     if s.cascaded_by.is_empty() {
         return None;
     }
-    let key = c
-        .table
-        .primary_key
-        .iter()
-        .map(|k| s.columns.iter().position(|x| x == k))
-        .collect::<Option<Vec<usize>>>()?;
+    let key = key_positions(c, s.columns).filter(|k| !k.is_empty())?;
     let encodings: Vec<JsonEncoding> = key
         .iter()
         .map(|&i| s.encodings.get(i).copied().unwrap_or(JsonEncoding::Plain))
@@ -1042,14 +1047,13 @@ impl<'a> Upfront<'a> {
         if json.len() > 1 {
             json.push(',');
         }
-        let mut row = String::new();
-        push_key_and_version(&mut row, &c.row, g);
-        json.push('[');
-        json.push_str(&place.to_string());
-        if row.len() > 2 {
-            json.push(',');
-        }
-        json.push_str(&row[1..]);
+        json.push_str(&format!("[{place},"));
+        push_elements(
+            json,
+            &c.row,
+            g.key.iter().chain(std::iter::once(&g.version)),
+        );
+        json.push(']');
     }
 }
 
@@ -1100,19 +1104,11 @@ fn early_cascade(groups: &[Group<'_>], g: usize, changes: &[Change]) -> Option<S
     deletes.push(']');
     let mut moved = String::from("[");
     for &m in group.members.iter().filter(|&&m| m > first_delete) {
-        let row = &changes[m].row;
-        let spans = crate::codec::element_spans(row).unwrap_or_default();
         if moved.len() > 1 {
             moved.push(',');
         }
-        moved.push_str(&format!("[{m}"));
-        for &i in &ahead.key {
-            moved.push(',');
-            match spans.get(i) {
-                Some(span) => moved.push_str(&row[span.clone()]),
-                None => moved.push_str("null"),
-            }
-        }
+        moved.push_str(&format!("[{m},"));
+        push_elements(&mut moved, &changes[m].row, &ahead.key);
         moved.push(']');
     }
     moved.push(']');
