@@ -12,10 +12,16 @@
 //! it, no `UNIQUE` index, no triggers of its own), whose rows' removal touches nothing else;
 //! the runtime's packer checks that (`d1_sync::commute`).
 //!
+//! A delete removes nothing when its parent row is not there (a child may point at a parent
+//! row that a later write of the request inserts: foreign keys are checked at the end), so a
+//! parent delete counts only when its row exists as the early cascade runs. The runtime keeps
+//! every earlier write of the parent's table ahead of the moved writes, so the parent row
+//! exists then exactly when it existed before its delete.
+//!
 //! Parameters: `?1` a JSON array of the moved writes, each `[n, k1, ..., kK]` (its place in
 //! the queue, then its key); `?2` a JSON array of the parent deletes they moved past, each
 //! `[link, n, p1, ..., pM]` (which foreign key of `links`, its place in the queue, then the
-//! parent's key in the order of `links[link]`'s columns).
+//! parent's key in the order of the parent's primary key).
 //!
 //! The keys are compared as stored, without the child column's affinity: a child key must
 //! hold values of its parent key's type (a text `'7'` pointing at an integer `7` is matched by
@@ -25,21 +31,33 @@
 
 use crate::sql::{join_quoted, json_expr, quote_ident, JsonEncoding};
 
+/// A child's foreign key to its parent's primary key, with `ON DELETE CASCADE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CascadeLink<'a> {
+    /// The parent table.
+    pub parent: &'a str,
+    /// The parent's primary key.
+    pub parent_key: &'a [&'a str],
+    /// The child's columns of the key, in the order of `parent_key`.
+    pub columns: &'a [&'a str],
+}
+
 /// The early cascade for `child`, whose primary key is `primary_key` (carried in `?1` as
-/// `key_encodings` say) and whose foreign keys with `ON DELETE CASCADE` are `links` (each the
-/// child's columns in the order of the parent's primary key). See the module's text.
+/// `key_encodings` say) and whose foreign keys with `ON DELETE CASCADE` are `links`. See the
+/// module's text.
 ///
 /// ```
-/// use d1_sync_schema::cascade::cascade_ahead_sql;
+/// use d1_sync_schema::cascade::{cascade_ahead_sql, CascadeLink};
 /// use d1_sync_schema::sql::JsonEncoding::Plain;
-/// let sql = cascade_ahead_sql("links", &["id"], &[Plain], &[&["conversation"]]);
+/// let link = CascadeLink { parent: "conversations", parent_key: &["id"], columns: &["conversation"] };
+/// let sql = cascade_ahead_sql("links", &["id"], &[Plain], &[link]);
 /// assert!(sql.starts_with(r#"DELETE FROM "links" WHERE "id" IN (WITH "d0" AS MATERIALIZED"#), "{sql}");
 /// ```
 pub fn cascade_ahead_sql(
     child: &str,
     primary_key: &[&str],
     key_encodings: &[JsonEncoding],
-    links: &[&[&str]],
+    links: &[CascadeLink<'_>],
 ) -> String {
     let t = quote_ident(child);
     // `m`: the moved writes, their place and key (element 0 is the place, so the key's
@@ -67,14 +85,15 @@ pub fn cascade_ahead_sql(
     } else {
         format!("({})", join_quoted(primary_key))
     };
-    // Per foreign key, its deletes (`d0`, `d1`, ...): their place and the parent's key, read
-    // once. The moved rows are found by key, and each one's deletes by an automatic index on
+    // Per foreign key, its deletes (`d0`, `d1`, ...) of parent rows that exist: their place
+    // and the parent's key, read once. The moved rows are found by key, and each one's deletes by an automatic index on
     // the parent's key (`+` keeps the child column's affinity out of the comparison, which
     // would stop SQLite from using that index): the cost grows with the rows, not with
     // rows × deletes.
     let mut ctes = Vec::new();
     let mut selects = Vec::new();
-    for (l, columns) in links.iter().enumerate() {
+    for (l, link) in links.iter().enumerate() {
+        let columns = link.columns;
         let parent_cols: Vec<String> =
             std::iter::once("json_extract(value, '$[1]') AS \"n\"".to_string())
                 .chain(
@@ -82,9 +101,25 @@ pub fn cascade_ahead_sql(
                         .map(|i| format!("json_extract(value, '$[{}]') AS \"p{i}\"", i + 2)),
                 )
                 .collect();
+        // The parent's row, found by its key (the parent column's affinity applies).
+        let exists: Vec<String> = link
+            .parent_key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                format!(
+                    "\"p\".{} = json_extract(value, '$[{}]')",
+                    quote_ident(k),
+                    i + 2
+                )
+            })
+            .collect();
         ctes.push(format!(
-            "\"d{l}\" AS MATERIALIZED (SELECT {} FROM json_each(?2) WHERE json_extract(value, '$[0]') = {l})",
-            parent_cols.join(", ")
+            "\"d{l}\" AS MATERIALIZED (SELECT {} FROM json_each(?2) WHERE json_extract(value, '$[0]') = {l} \
+             AND EXISTS (SELECT 1 FROM {} AS \"p\" WHERE {}))",
+            parent_cols.join(", "),
+            quote_ident(link.parent),
+            exists.join(" AND ")
         ));
         let on_parent: Vec<String> = columns
             .iter()
@@ -133,6 +168,17 @@ mod tests {
         conn
     }
 
+    const P: CascadeLink = CascadeLink {
+        parent: "p",
+        parent_key: &["id"],
+        columns: &["p"],
+    };
+    const Q: CascadeLink = CascadeLink {
+        parent: "q",
+        parent_key: &["a", "b"],
+        columns: &["qa", "qb"],
+    };
+
     fn left(conn: &Connection) -> Vec<String> {
         conn.prepare("SELECT id FROM c ORDER BY id")
             .unwrap()
@@ -145,7 +191,7 @@ mod tests {
     #[test]
     fn removes_a_moved_row_only_where_it_points_at_a_parent_deleted_before_its_write() {
         let conn = db();
-        let sql = cascade_ahead_sql("c", &["id"], &[Plain], &[&["p"], &["qa", "qb"]]);
+        let sql = cascade_ahead_sql("c", &["id"], &[Plain], &[P, Q]);
         // c1 moved past the delete of p1 (place 3 < 5): removed. c2 moved, but p2's delete
         // comes after its write (place 9 > 6): kept. c3 points at a deleted q row (place 2 <
         // 7). c4 points at q (1, 1), whose delete was not moved past.
@@ -161,10 +207,16 @@ mod tests {
         conn.execute_batch(
             "CREATE TABLE p (id INTEGER PRIMARY KEY);
              CREATE TABLE c (a BLOB, b INTEGER, p INTEGER, PRIMARY KEY (a, b));
+             INSERT INTO p VALUES (7), (8);
              INSERT INTO c VALUES (x'0102', 1, 7), (x'0102', 2, 7), (x'03', 1, 8);",
         )
         .unwrap();
-        let sql = cascade_ahead_sql("c", &["a", "b"], &[Hex, Plain], &[&["p"]]);
+        let link = CascadeLink {
+            parent: "p",
+            parent_key: &["id"],
+            columns: &["p"],
+        };
+        let sql = cascade_ahead_sql("c", &["a", "b"], &[Hex, Plain], &[link]);
         conn.execute(
             &sql,
             [r#"[[4,"0102",1],[4,"03",1]]"#, r#"[[0,1,7],[0,2,8]]"#],
@@ -181,9 +233,31 @@ mod tests {
     }
 
     #[test]
+    fn a_delete_of_a_parent_row_that_is_not_there_removes_nothing() {
+        let conn = db();
+        // c1 points at p1 and c3 at q (1, 2), but neither parent row is there: in the queue's
+        // order their deletes found nothing to cascade (the children's keys are satisfied by
+        // a later write of the request).
+        conn.execute_batch(
+            "PRAGMA foreign_keys = OFF; DELETE FROM p WHERE id = 'p1';
+             DELETE FROM q WHERE a = 1 AND b = 2;",
+        )
+        .unwrap();
+        let sql = cascade_ahead_sql("c", &["id"], &[Plain], &[P, Q]);
+        let moved = r#"[[5,"c1"],[6,"c2"],[7,"c3"]]"#;
+        let deletes = r#"[[0,3,"p1"],[0,4,"p2"],[1,2,1,2]]"#;
+        conn.execute(&sql, [moved, deletes]).unwrap();
+        assert_eq!(
+            left(&conn),
+            ["c1", "c3", "c4"],
+            "only c2's parent was there"
+        );
+    }
+
+    #[test]
     fn reads_the_parent_from_the_row_by_its_index() {
         let conn = db();
-        let sql = cascade_ahead_sql("c", &["id"], &[Plain], &[&["p"]]);
+        let sql = cascade_ahead_sql("c", &["id"], &[Plain], &[P]);
         let plan: Vec<String> = conn
             .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
             .unwrap()

@@ -17,8 +17,12 @@
 //!   with every child write before it, and with the child writes after it that set the key to
 //!   that row. A later child write that sets the key to another row (or leaves it) may move
 //!   ahead of the delete: the packer then sends, before it, the cascade the delete would have
-//!   done to that row ([`d1_sync_schema::sql::cascade_ahead_sql`]), since only D1 knows whether
-//!   the row pointed at the deleted parent;
+//!   done to that row ([`d1_sync_schema::cascade::cascade_ahead_sql`]), since only D1 knows
+//!   whether the row pointed at the deleted parent. That cascade counts a delete only if its
+//!   parent row is there, so a child write stays after every earlier write of the parent's
+//!   table (the parent row is then there exactly when its delete ran in the queue's order),
+//!   and a child delete after every earlier delete of the parent's table (which may have
+//!   cascaded the row away first);
 //! - a delete of a parent row under `ON DELETE SET NULL` or `SET DEFAULT` on its primary key:
 //!   kept in order only with the child writes that set the key to that row. A child write that
 //!   sets the key to another row, or leaves it alone, ends the same either way (the action
@@ -117,14 +121,24 @@ pub(crate) struct Facts {
     /// Whether some table's key to this one's primary key is `SET NULL` on delete.
     pub(crate) nulls: bool,
     /// Its foreign keys to a parent's primary key that `CASCADE` on delete and are tracked
-    /// row by row (this table is a leaf): the parent, and the key's columns in the parent
-    /// key's order.
-    pub(crate) cascaded_by: Vec<(String, Vec<String>)>,
+    /// row by row (this table is a leaf).
+    pub(crate) cascaded_by: Vec<CascadedBy>,
     /// The leaf tables whose keys to this one's primary key `CASCADE` row by row.
     pub(crate) cascades_rows: Vec<String>,
     /// Some foreign key of it acts when its parent row is deleted: a delete earlier in a
     /// request may have removed or changed one of its rows.
     pub(crate) acted_on: bool,
+}
+
+/// A leaf's foreign key to its parent's primary key, `ON DELETE CASCADE`, tracked row by row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CascadedBy {
+    /// The parent table (lower-case).
+    pub(crate) parent: String,
+    /// The child's columns, in the order of the parent's key.
+    pub(crate) columns: Vec<String>,
+    /// The parent's primary key.
+    pub(crate) parent_key: Vec<String>,
 }
 
 /// A foreign key as far as the order goes: from the child's table to its parent's.
@@ -148,6 +162,8 @@ pub struct Link {
     /// the order of the parent's key. When the child is a leaf (see [`Commute::from_parts`])
     /// such a key is tracked row by row.
     pub cascades: Option<Vec<String>>,
+    /// The parent's primary key (empty when the file does not have the parent).
+    pub parent_key: Vec<String>,
 }
 
 fn acts(action: &str) -> bool {
@@ -172,13 +188,14 @@ impl Commute {
         triggers: &HashSet<String>,
     ) -> Commute {
         let key = |s: &str| s.to_ascii_lowercase();
-        // A `CASCADE` to a leaf is tracked table by table for now. The early cascade
-        // (`d1_sync_schema::cascade`) assumes the deleted parent row was there: a leaf row
-        // written in the same request pointing at a parent row that does not exist (its key
-        // satisfied later in the request) was removed where the queue's order keeps it. The
-        // model test found it; the fix (the parent row must exist when the early cascade runs,
-        // and leaf writes must not move past other writes of the parent) is not done.
-        let by_row = |_: &Link| false;
+        let parents: HashSet<String> = links.iter().map(|l| key(&l.parent)).collect();
+        let leaf = |child: &str| {
+            let c = key(child);
+            !parents.contains(&c) && !unique.contains(&c) && !triggers.contains(&c)
+        };
+        let by_row = |l: &Link| {
+            l.on_delete && l.cascades.is_some() && !l.parent_key.is_empty() && leaf(&l.child)
+        };
         let mut rows_cascades: HashMap<String, Vec<String>> = HashMap::new();
         let mut deletes: HashMap<String, Vec<String>> = HashMap::new();
         let mut writes: HashMap<String, Vec<String>> = HashMap::new();
@@ -252,7 +269,13 @@ impl Commute {
                     cascaded_by: links
                         .iter()
                         .filter(|l| key(&l.child) == k && by_row(l))
-                        .filter_map(|l| Some((key(&l.parent), l.cascades.clone()?)))
+                        .filter_map(|l| {
+                            Some(CascadedBy {
+                                parent: key(&l.parent),
+                                columns: l.cascades.clone()?,
+                                parent_key: l.parent_key.clone(),
+                            })
+                        })
                         .collect(),
                     cascades_rows: rows_cascades.get(&k).cloned().unwrap_or_default(),
                     acted_on: links.iter().any(|l| l.on_delete && key(&l.child) == k),
@@ -332,6 +355,7 @@ impl Commute {
                     on_update: acts(&fk.on_update) && !names_key,
                     nulls,
                     cascades,
+                    parent_key,
                 });
             }
             let has_unique: bool = conn.query_row(
@@ -561,18 +585,84 @@ mod tests {
     }
 
     #[test]
-    fn a_cascade_to_a_leaf_is_tracked_table_by_table_for_now() {
+    fn a_cascade_to_a_leaf_is_tracked_row_by_row_and_to_anything_else_table_by_table() {
         let c = read(
             "CREATE TABLE a (id TEXT PRIMARY KEY);
              CREATE TABLE leaf (id TEXT PRIMARY KEY, a TEXT REFERENCES a (id) ON DELETE CASCADE);
+             CREATE TABLE mid (id TEXT PRIMARY KEY, a TEXT REFERENCES a (id) ON DELETE CASCADE);
+             CREATE TABLE under (id TEXT PRIMARY KEY, m TEXT REFERENCES mid (id));
+             CREATE TABLE uniq (id TEXT PRIMARY KEY, e TEXT UNIQUE,
+                                a TEXT REFERENCES a (id) ON DELETE CASCADE);
+             CREATE TABLE trig (id TEXT PRIMARY KEY, a TEXT REFERENCES a (id) ON DELETE CASCADE);
+             CREATE TRIGGER trig_t AFTER DELETE ON trig BEGIN SELECT 1; END;
              CREATE TRIGGER d1_sync_tombstone_leaf_0 AFTER DELETE ON leaf BEGIN SELECT 1; END;",
         );
-        assert!(c.facts("a").unwrap().cascades_rows.is_empty());
-        assert!(c.facts("leaf").unwrap().cascaded_by.is_empty());
-        assert_eq!(reach(&c, "a", Op::Delete), ["leaf"]);
-        assert!(
-            c.facts("leaf").is_some(),
+        let a = c.facts("a").unwrap();
+        assert_eq!(a.cascades_rows, ["leaf"]);
+        assert_eq!(reach(&c, "a", Op::Delete), ["mid", "trig", "uniq"]);
+        assert_eq!(
+            c.facts("leaf").unwrap().cascaded_by,
+            [CascadedBy {
+                parent: "a".into(),
+                columns: vec!["a".into()],
+                parent_key: vec!["id".into()],
+            }],
             "d1-sync's own tombstone trigger does not make a table a barrier"
+        );
+        assert!(c.facts("mid").unwrap().cascaded_by.is_empty(), "a parent");
+        assert!(
+            c.facts("uniq").unwrap().cascaded_by.is_empty(),
+            "a UNIQUE index"
+        );
+    }
+
+    #[test]
+    fn a_cascade_whose_keys_could_compare_otherwise_is_tracked_table_by_table() {
+        let c = read(
+            "CREATE TABLE a (id TEXT PRIMARY KEY);
+             CREATE TABLE n (id TEXT PRIMARY KEY COLLATE NOCASE);
+             CREATE TABLE i (id INTEGER PRIMARY KEY);
+             CREATE TABLE same (id TEXT PRIMARY KEY, a TEXT REFERENCES a (id) ON DELETE CASCADE);
+             CREATE TABLE nocase (id TEXT PRIMARY KEY, n TEXT REFERENCES n (id) ON DELETE CASCADE);
+             CREATE TABLE typed (id TEXT PRIMARY KEY, i TEXT REFERENCES i (id) ON DELETE CASCADE);",
+        );
+        assert_eq!(c.facts("a").unwrap().cascades_rows, ["same"]);
+        assert!(
+            c.facts("n").unwrap().cascades_rows.is_empty(),
+            "a NOCASE parent key"
+        );
+        assert!(
+            c.facts("i").unwrap().cascades_rows.is_empty(),
+            "a text key pointing at an integer one"
+        );
+        assert_eq!(reach(&c, "n", Op::Delete), ["nocase"]);
+    }
+
+    #[test]
+    fn a_foreign_key_no_index_leads_with_is_reported() {
+        let c = read(
+            "CREATE TABLE p (id TEXT PRIMARY KEY);
+             CREATE TABLE bare (id TEXT PRIMARY KEY, p TEXT REFERENCES p (id) ON DELETE CASCADE);
+             CREATE TABLE led (id TEXT PRIMARY KEY, p TEXT REFERENCES p (id), at INTEGER);
+             CREATE INDEX led_p ON led (p, at);
+             CREATE TABLE second (id TEXT PRIMARY KEY, p TEXT REFERENCES p (id), at INTEGER);
+             CREATE INDEX second_at ON second (at, p);
+             CREATE TABLE pair (a TEXT, b TEXT, PRIMARY KEY (b, a));
+             CREATE TABLE keyed (a TEXT, b TEXT, FOREIGN KEY (a, b) REFERENCES pair (a, b));
+             CREATE UNIQUE INDEX keyed_ba ON keyed (b, a);
+             CREATE TABLE own (id INTEGER PRIMARY KEY REFERENCES p (id));",
+        );
+        let mut found: Vec<String> = c
+            .unindexed()
+            .iter()
+            .map(|u| format!("{}({}) -> {}", u.child, u.columns.join(","), u.parent))
+            .collect();
+        found.sort();
+        assert_eq!(
+            found,
+            ["bare(p) -> p", "second(p) -> p"],
+            "an index led by the key (in any order) or the rowid serves it; one that only \
+             holds it further in does not"
         );
     }
 

@@ -11,11 +11,12 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
+use d1_sync_schema::cascade::CascadeLink;
 use d1_sync_schema::guard;
 use d1_sync_schema::sql::{delete_json_sql, update_json_sql, upsert_json_sql, JsonEncoding};
 
 use crate::change::{Change, Op, Special};
-use crate::commute::{Commute, Facts};
+use crate::commute::{CascadedBy, Commute, Facts};
 
 /// The first statement of every request.
 pub const DEFER_FOREIGN_KEYS: &str = "PRAGMA defer_foreign_keys = on";
@@ -154,7 +155,7 @@ struct Shape<'a> {
     guard: Option<GuardShape>,
     /// A write (not a delete) of a leaf table whose `CASCADE` keys are tracked row by row
     /// ([`Facts::cascaded_by`]): its rows may move ahead of parent deletes.
-    cascaded_by: &'a [(String, Vec<String>)],
+    cascaded_by: &'a [CascadedBy],
 }
 
 /// Where a versioned change's key and version are in its row.
@@ -366,12 +367,24 @@ fn ahead_sql(s: &Shape, c: &Change) -> Option<Ahead> {
         return None;
     }
     let pk: Vec<&str> = c.table.primary_key.iter().map(String::as_str).collect();
-    let links: Vec<Vec<&str>> = s
+    fn strs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let keys: Vec<(Vec<&str>, Vec<&str>)> = s
         .cascaded_by
         .iter()
-        .map(|(_, cols)| cols.iter().map(String::as_str).collect())
+        .map(|l| (strs(&l.parent_key), strs(&l.columns)))
         .collect();
-    let links: Vec<&[&str]> = links.iter().map(Vec::as_slice).collect();
+    let links: Vec<CascadeLink<'_>> = s
+        .cascaded_by
+        .iter()
+        .zip(&keys)
+        .map(|(l, (parent_key, columns))| CascadeLink {
+            parent: &l.parent,
+            parent_key,
+            columns,
+        })
+        .collect();
     Some(Ahead {
         sql: d1_sync_schema::cascade::cascade_ahead_sql(s.table, &pk, &encodings, &links),
         key,
@@ -443,7 +456,8 @@ impl RowTies {
         let points_at = facts
             .nulled_by
             .iter()
-            .chain(&facts.cascaded_by)
+            .map(|(parent, columns)| (parent, columns))
+            .chain(facts.cascaded_by.iter().map(|l| (&l.parent, &l.columns)))
             .filter_map(|(parent, columns)| {
                 let mut key = String::from("[");
                 for (n, col) in columns.iter().enumerate() {
@@ -490,6 +504,10 @@ struct Building<'a> {
     /// last group deleting that parent row, and the last group pointing a child at it.
     last_nulling: HashMap<(String, String), usize>,
     last_pointing: HashMap<(String, String), usize>,
+    /// Of each table whose `CASCADE` keys are tracked row by row ([`Facts::cascades_rows`]):
+    /// the last group writing one of its rows (not deleting), and the last deleting one.
+    last_parent_write: HashMap<Cow<'a, str>, usize>,
+    last_parent_delete: HashMap<Cow<'a, str>, usize>,
     /// The groups of each table and operation, oldest first (the candidates to join).
     by_shape: HashMap<(&'a str, Op), Vec<usize>>,
 }
@@ -510,6 +528,8 @@ impl<'a> Building<'a> {
             last_barrier: None,
             last_nulling: HashMap::new(),
             last_pointing: HashMap::new(),
+            last_parent_write: HashMap::new(),
+            last_parent_delete: HashMap::new(),
             by_shape: HashMap::new(),
         }
     }
@@ -563,6 +583,17 @@ impl<'a> Building<'a> {
                 take(self.last_table.get(t.as_str()));
             }
         }
+        // A leaf's writes stay after every write of its parents' tables before them, so that
+        // the early cascade finds a parent row there exactly when its delete did; its deletes
+        // stay after its parents' deletes, which may have cascaded the row away first.
+        for l in &facts.cascaded_by {
+            let parents = if c.op == Op::Delete {
+                &self.last_parent_delete
+            } else {
+                &self.last_parent_write
+            };
+            take(parents.get(l.parent.as_str()));
+        }
         if facts.rows_ordered || key_has_real(&c.row_key) {
             take(self.last_table.get(own.as_ref()));
         } else {
@@ -603,6 +634,14 @@ impl<'a> Building<'a> {
             Some(facts) => {
                 for t in facts.reach(c.op) {
                     up(self.last_reaching.entry(t).or_insert(g));
+                }
+                if !facts.cascades_rows.is_empty() {
+                    let parents = if c.op == Op::Delete {
+                        &mut self.last_parent_delete
+                    } else {
+                        &mut self.last_parent_write
+                    };
+                    up(parents.entry(own.clone()).or_insert(g));
                 }
                 if key_has_real(&c.row_key) {
                     up(self.last_real.entry(own.clone()).or_insert(g));
@@ -718,7 +757,7 @@ fn packed(
             .iter()
             .any(|e| matches!(e, JsonEncoding::Param(_)))
             || (c.op == Op::Update && facts.is_none_or(|f| f.rows_ordered));
-        let cascaded_by: &[(String, Vec<String>)] = match facts {
+        let cascaded_by: &[CascadedBy] = match facts {
             Some(f) if c.op != Op::Delete => &f.cascaded_by,
             _ => &[],
         };
@@ -1084,7 +1123,7 @@ fn early_cascade(groups: &[Group<'_>], g: usize, changes: &[Change]) -> Option<S
             .shape
             .cascaded_by
             .iter()
-            .position(|(p, _)| *p == parent)
+            .position(|l| l.parent == parent)
         else {
             continue;
         };

@@ -574,8 +574,9 @@ fn the_cases_that_caught_a_missing_bound_still_end_alike() {
             usize::MAX,
         ),
         (vec![(9, 0, 1, 0, 0), (10, 1, 1, 0, 0)], usize::MAX),
-        // With a leaf's writes moved ahead of its parent's deletes (the early cascade, now
-        // off): a leaf row pointing at a parent row that was never there was removed...
+        // With a leaf's writes moved ahead of its parent's deletes (the early cascade): a leaf
+        // row pointing at a parent row that was never there was removed (until the early
+        // cascade asked that the parent row be there)...
         (
             vec![
                 (2, 0, 3, 3, 0),
@@ -586,7 +587,8 @@ fn the_cases_that_caught_a_missing_bound_still_end_alike() {
             usize::MAX,
         ),
         // ...and a leaf's delete moved ahead of its parent's was named superseded where the
-        // queue's order found the row cascaded away.
+        // queue's order found the row cascaded away (a leaf's deletes now stay after its
+        // parents' deletes).
         (
             vec![
                 (0, 0, 1, 0, 0),
@@ -612,6 +614,61 @@ fn the_cases_that_caught_a_missing_bound_still_end_alike() {
     for (ops, rows) in cases {
         check(&ops, rows).unwrap_or_else(|e| panic!("{ops:?}: {e}"));
     }
+}
+
+/// A leaf's writes move ahead of its parent's delete, and the cascade the delete would have
+/// done to them is sent first: `l 2` points at `p 2` in D1, `p 2` is deleted, then `l 2` is
+/// written pointing elsewhere (an update finds no row; an upsert inserts it afresh, with its
+/// own insert-only value).
+#[test]
+fn a_leafs_writes_move_ahead_of_its_parents_delete_with_the_cascade_sent_first() {
+    for op in [0, 1] {
+        let ops: Vec<Op_> = vec![(11, op, 3, 0, 0), (0, 2, 2, 0, 0), (11, op, 2, 3, 0)];
+        let mut moved = changes(&ops);
+        let commute = Commute::read(&database(), TABLES.iter().map(|(t, _)| *t)).unwrap();
+        let r = pack_arranged(&mut moved, &PackLimits::default(), true, &commute);
+        assert_eq!(
+            r[0].ids,
+            [1, 3, 2],
+            "op {op}: the second write joins the first"
+        );
+        assert!(
+            r[0].statements
+                .iter()
+                .any(|s| s.sql.starts_with(r#"DELETE FROM "l" WHERE "id" IN (WITH"#)),
+            "op {op}: the early cascade is sent"
+        );
+        check(&ops, usize::MAX).unwrap();
+    }
+}
+
+/// A leaf's write does not move ahead of an earlier write of its parent's table, so that the
+/// early cascade finds the parent row there exactly when its delete did. Here `p 3` is deleted,
+/// `l 1` pointed at it, `p 3` written back (joining `p 1`'s statement) and deleted again, which
+/// cascades `l 1`; then `l 1` is written anew. Had that write joined the second statement of
+/// `l`, the early cascade would have run before `p 3` was back, found no parent, and kept the
+/// old `l 1` (with its old insert-only value).
+#[test]
+fn a_leafs_write_stays_after_its_parents_earlier_writes() {
+    let ops: Vec<Op_> = vec![
+        (0, 2, 3, 0, 0),
+        (11, 0, 2, 0, 0),
+        (11, 0, 1, 3, 0),
+        (11, 0, 2, 0, 0),
+        (0, 0, 1, 0, 0),
+        (0, 0, 3, 0, 0),
+        (0, 2, 3, 0, 0),
+        (11, 0, 1, 1, 0),
+    ];
+    check(&ops, usize::MAX).unwrap();
+    let mut moved = changes(&ops);
+    let commute = Commute::read(&database(), TABLES.iter().map(|(t, _)| *t)).unwrap();
+    let r = pack_arranged(&mut moved, &PackLimits::default(), true, &commute);
+    assert_eq!(
+        r[0].ids,
+        [1, 2, 3, 4, 5, 6, 7, 8],
+        "the last write of l 1 stays after p 3's upsert"
+    );
 }
 
 /// A request that only deletes a parent creates, before the delete, the tombstone trigger of
