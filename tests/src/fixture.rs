@@ -44,6 +44,57 @@ pub fn message(id: &str, text: &str, created_at: i64) -> d1_sync_example::rows::
     }
 }
 
+/// A `local_conversations` row, at a new version.
+pub fn conversation(id: &str) -> d1_sync_example::rows::LocalConversation {
+    d1_sync_example::rows::LocalConversation {
+        version: next_version(),
+        local_conversation_id: id.into(),
+        platform: "web".into(),
+        automation_status: "active".into(),
+        last_non_paused_automation_status: None,
+        pause_reason: None,
+        last_error: None,
+        execution_state: "idle".into(),
+        consecutive_failure_count: 0,
+        repeated_message_count: 0,
+        repeated_renewal_count: 0,
+        last_message_fingerprint: None,
+        last_renewal_fingerprint: None,
+        title: Some("a conversation".into()),
+        summary: None,
+        last_message_id: None,
+        last_message_at: None,
+        cooldown_until: None,
+        paused_at: None,
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+/// A `conversation_links` row of `conversation`, created at 2, at a new version.
+pub fn link(id: &str, conversation: &str) -> d1_sync_example::rows::ConversationLink {
+    d1_sync_example::rows::ConversationLink {
+        version: next_version(),
+        link_id: id.into(),
+        local_conversation_id: conversation.into(),
+        platform: "web".into(),
+        remote_conversation_id: None,
+        client_id: None,
+        page_url: Some("https://example.com/c/1".into()),
+        page_title: None,
+        route_path: None,
+        route_pattern: None,
+        route_params: None,
+        target_kind: None,
+        target_id: None,
+        target_payload: None,
+        is_active: true,
+        observed_at: None,
+        created_at: 2,
+        updated_at: 2,
+    }
+}
+
 /// The example tables plus `schemas/values.sql`'s.
 pub fn registry() -> Registry {
     let mut r = d1_sync_example::registry();

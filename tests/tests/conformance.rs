@@ -40,7 +40,58 @@ both_targets!(
     partial_updates_touch_only_their_columns,
     a_request_applied_before_is_refused_as_a_whole_by_the_ledger,
     the_version_guard_keeps_the_newest_write_of_every_row,
+    a_leafs_write_moved_ahead_of_its_parents_delete_ends_as_in_the_queues_order,
 );
+
+/// One batch: a link to `b`, the delete of conversation `a` (its `ON DELETE CASCADE` removes
+/// link `l`, locally and in the target), then `l` written again pointing at `b`. Over D1 the
+/// worker puts both link writes in one statement, ahead of the delete, and sends first the
+/// cascade the delete would have done to `l` (`d1_sync_schema::cascade`): `l` comes back as a
+/// new row, with the insert-only `created_at` of its new write, as in the queue's order. One
+/// request, none refused: D1's engine runs that statement. (The SQLite file applies rows in the
+/// queue's order.)
+async fn a_leafs_write_moved_ahead_of_its_parents_delete_ends_as_in_the_queues_order(
+    mut f: Fixture,
+) {
+    use d1_sync_example::rows::{ConversationLink, LocalConversation};
+    use d1_sync_tests::fixture::{conversation, link};
+    f.write(|o, tx| {
+        o.save(tx, &conversation("a")).unwrap();
+        o.save(tx, &conversation("b")).unwrap();
+        o.save(tx, &link("l", "a")).unwrap();
+    });
+    let worker = f.worker().build().unwrap();
+    worker.start().unwrap();
+    worker.flush().await.unwrap();
+    let before = worker.stats().await.unwrap();
+    f.write(|o, tx| {
+        o.save(tx, &link("m", "b")).unwrap();
+        o.remove(tx, &conversation("a")).unwrap();
+        let mut again = link("l", "b");
+        again.created_at = 777;
+        o.save(tx, &again).unwrap();
+    });
+    worker.flush().await.unwrap();
+    let stats = worker.stats().await.unwrap();
+    worker.shutdown().await.unwrap();
+    assert_eq!(
+        (
+            stats.requests - before.requests,
+            stats.requests_failed,
+            stats.records_synced - before.records_synced
+        ),
+        (1, 0, 3),
+        "{stats:?}"
+    );
+    let links = f.target.dump(&ConversationLink::table_def()).await;
+    let l = links
+        .iter()
+        .find(|r| r.contains("\"l\""))
+        .expect("l is back");
+    assert!(l.contains("\"integer\",\"777\""), "a new row: {l}");
+    f.assert_in_step(&ConversationLink::table_def()).await;
+    f.assert_in_step(&LocalConversation::table_def()).await;
+}
 
 /// Another device's newer rows are in the target: older upserts, an older patch and an old
 /// write of a row deleted since are superseded, not applied and not failed; newer ones apply.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use d1_sync::{D1Http, SyncRow, SyncWorker, WorkerState};
 use d1_sync_example::rows::{ConversationLink, LocalConversation, Message};
 use d1_sync_tests::d1peer::D1Peer;
-use d1_sync_tests::fixture::{Fixture, Person};
+use d1_sync_tests::fixture::{conversation, link, Fixture, Person};
 use d1_sync_tests::targets::TestTarget;
 
 fn message(i: usize) -> Message {
@@ -337,55 +337,6 @@ async fn the_client_keeps_under_its_request_budget() {
         "the fourth waited for the window"
     );
     assert_eq!(D1Peer::shared().stats(&db).await.requests, 4);
-}
-
-fn conversation(id: &str) -> LocalConversation {
-    LocalConversation {
-        version: d1_sync_tests::fixture::next_version(),
-        local_conversation_id: id.into(),
-        platform: "web".into(),
-        automation_status: "active".into(),
-        last_non_paused_automation_status: None,
-        pause_reason: None,
-        last_error: None,
-        execution_state: "idle".into(),
-        consecutive_failure_count: 0,
-        repeated_message_count: 0,
-        repeated_renewal_count: 0,
-        last_message_fingerprint: None,
-        last_renewal_fingerprint: None,
-        title: Some("a conversation".into()),
-        summary: None,
-        last_message_id: None,
-        last_message_at: None,
-        cooldown_until: None,
-        paused_at: None,
-        created_at: 1,
-        updated_at: 1,
-    }
-}
-
-fn link(id: &str, conversation: &str) -> ConversationLink {
-    ConversationLink {
-        version: d1_sync_tests::fixture::next_version(),
-        link_id: id.into(),
-        local_conversation_id: conversation.into(),
-        platform: "web".into(),
-        remote_conversation_id: None,
-        client_id: None,
-        page_url: Some("https://example.com/c/1".into()),
-        page_title: None,
-        route_path: None,
-        route_pattern: None,
-        route_params: None,
-        target_kind: None,
-        target_id: None,
-        target_payload: None,
-        is_active: true,
-        observed_at: None,
-        created_at: 2,
-        updated_at: 2,
-    }
 }
 
 /// The regression of the first version: one request holds [upsert child C of parent P, delete
