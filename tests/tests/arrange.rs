@@ -311,7 +311,9 @@ fn check(ops: &[Op_], rows: usize) -> Result<(usize, usize), TestCaseError> {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(
-        std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(512)
+        // Rare orders find the bugs here (a random seed in CI found the early cascade's):
+        // 4,096 cases take about 40 s in a debug build.
+        std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(4096)
     ))]
 
     #[test]
