@@ -8,10 +8,15 @@
 //!
 //! - two changes of **one row**: always kept in order;
 //! - a **delete** of a row of a table that is the parent of a foreign key with
-//!   `ON DELETE CASCADE` or `RESTRICT` (which acts at once, deferred or not): kept in order with
-//!   every change of the tables the action reaches, followed transitively (a cascaded delete
-//!   cascades on). Which child rows the action meets depends on what D1 holds, which the
-//!   worker does not know;
+//!   `ON DELETE CASCADE` or `RESTRICT`: kept in order with every change of the tables the
+//!   action reaches, followed transitively (a cascaded delete cascades on). Which child rows
+//!   the action meets depends on what D1 holds, which the worker does not know. (Under
+//!   `defer_foreign_keys` SQLite checks a `RESTRICT` at the end too; it is kept in order all
+//!   the same.) Two deletes whose actions reach one table stay in order with each other:
+//!   one may null a key the other cascades on;
+//! - two foreign keys of one child sharing a column, both acting on delete: tracked table by
+//!   table (not row by row as below), since what one does to the column decides what the
+//!   other finds;
 //! - a delete of a parent row under `ON DELETE CASCADE` on its primary key, when the child
 //!   table is a *leaf* (no foreign key names it, no `UNIQUE` index, no triggers): kept in order
 //!   with every child write before it, and with the child writes after it that set the key to
@@ -164,6 +169,8 @@ pub struct Link {
     pub cascades: Option<Vec<String>>,
     /// The parent's primary key (empty when the file does not have the parent).
     pub parent_key: Vec<String>,
+    /// The child's columns of the key.
+    pub columns: Vec<String>,
 }
 
 fn acts(action: &str) -> bool {
@@ -193,8 +200,27 @@ impl Commute {
             let c = key(child);
             !parents.contains(&c) && !unique.contains(&c) && !triggers.contains(&c)
         };
+        // A key sharing a column with another key of the child that acts on delete: what one
+        // action does to the column (null it) decides what the other finds (a row to cascade
+        // or to restrict on), so both are tracked table by table, where deletes reaching one
+        // table stay in order.
+        let shares = |l: &Link| {
+            links.iter().any(|o| {
+                !std::ptr::eq(o, l)
+                    && o.on_delete
+                    && key(&o.child) == key(&l.child)
+                    && o.columns
+                        .iter()
+                        .any(|c| l.columns.iter().any(|k| k.eq_ignore_ascii_case(c)))
+            })
+        };
+        let nulls = |l: &Link| l.nulls.clone().filter(|_| !shares(l));
         let by_row = |l: &Link| {
-            l.on_delete && l.cascades.is_some() && !l.parent_key.is_empty() && leaf(&l.child)
+            l.on_delete
+                && l.cascades.is_some()
+                && !l.parent_key.is_empty()
+                && leaf(&l.child)
+                && !shares(l)
         };
         let mut rows_cascades: HashMap<String, Vec<String>> = HashMap::new();
         let mut deletes: HashMap<String, Vec<String>> = HashMap::new();
@@ -205,7 +231,7 @@ impl Commute {
         let mut nulling: HashMap<String, Vec<String>> = HashMap::new();
         for l in links {
             if l.on_delete {
-                let first = if l.nulls.is_some() {
+                let first = if nulls(l).is_some() {
                     &mut nulling
                 } else if by_row(l) {
                     &mut rows_cascades
@@ -263,7 +289,7 @@ impl Commute {
                     nulled_by: links
                         .iter()
                         .filter(|l| key(&l.child) == k)
-                        .filter_map(|l| Some((key(&l.parent), l.nulls.clone()?)))
+                        .filter_map(|l| Some((key(&l.parent), nulls(l)?)))
                         .collect(),
                     nulls: nulling.contains_key(&k),
                     cascaded_by: links
@@ -356,6 +382,7 @@ impl Commute {
                     nulls,
                     cascades,
                     parent_key,
+                    columns: fk.from.clone(),
                 });
             }
             let has_unique: bool = conn.query_row(
@@ -580,7 +607,11 @@ mod tests {
         assert_eq!(facts.nulled_by, [("b".to_string(), vec!["b".to_string()])]);
         assert!(c.facts("b").unwrap().nulls);
         assert!(reach(&c, "c", Op::Delete).is_empty());
-        assert_eq!(reach(&c, "d", Op::Delete), ["e"], "RESTRICT acts at once");
+        assert_eq!(
+            reach(&c, "d", Op::Delete),
+            ["e"],
+            "RESTRICT is kept in order"
+        );
         assert!(!c.facts("a").unwrap().rows_ordered);
     }
 
@@ -614,6 +645,33 @@ mod tests {
             c.facts("uniq").unwrap().cascaded_by.is_empty(),
             "a UNIQUE index"
         );
+    }
+
+    #[test]
+    fn keys_sharing_a_column_are_tracked_table_by_table() {
+        let c = read(
+            "CREATE TABLE a (id TEXT PRIMARY KEY);
+             CREATE TABLE b (id TEXT PRIMARY KEY);
+             CREATE TABLE shared (id TEXT PRIMARY KEY,
+                                  x TEXT REFERENCES a (id) ON DELETE CASCADE
+                                         REFERENCES b (id) ON DELETE SET NULL);
+             CREATE TABLE apart (id TEXT PRIMARY KEY,
+                                 x TEXT REFERENCES a (id) ON DELETE CASCADE,
+                                 y TEXT REFERENCES b (id) ON DELETE SET NULL);",
+        );
+        assert_eq!(
+            c.facts("a").unwrap().cascades_rows,
+            ["apart"],
+            "b's delete may null `shared.x` under the early cascade"
+        );
+        assert_eq!(reach(&c, "a", Op::Delete), ["shared"]);
+        assert_eq!(
+            reach(&c, "b", Op::Delete),
+            ["shared"],
+            "nulling `shared.x` decides what a's delete cascades"
+        );
+        assert!(c.facts("shared").unwrap().nulled_by.is_empty());
+        assert_eq!(c.facts("apart").unwrap().nulled_by.len(), 1);
     }
 
     #[test]

@@ -508,6 +508,8 @@ struct Building<'a> {
     /// the last group writing one of its rows (not deleting), and the last deleting one.
     last_parent_write: HashMap<Cow<'a, str>, usize>,
     last_parent_delete: HashMap<Cow<'a, str>, usize>,
+    /// The last group holding a delete whose actions reach each table.
+    last_deleting_into: HashMap<&'a str, usize>,
     /// The groups of each table and operation, oldest first (the candidates to join).
     by_shape: HashMap<(&'a str, Op), Vec<usize>>,
 }
@@ -530,6 +532,7 @@ impl<'a> Building<'a> {
             last_pointing: HashMap::new(),
             last_parent_write: HashMap::new(),
             last_parent_delete: HashMap::new(),
+            last_deleting_into: HashMap::new(),
             by_shape: HashMap::new(),
         }
     }
@@ -581,6 +584,11 @@ impl<'a> Building<'a> {
             // the parent, and the delete would remove what those writes made.
             for t in &facts.cascades_rows {
                 take(self.last_table.get(t.as_str()));
+            }
+            // Deletes whose actions reach one table stay in order: one may restrict on a row
+            // the other cascades away, or cascade on a key the other nulls.
+            for t in facts.deletes_reach() {
+                take(self.last_deleting_into.get(t));
             }
         }
         // A leaf's writes stay after every write of its parents' tables before them, so that
@@ -634,6 +642,11 @@ impl<'a> Building<'a> {
             Some(facts) => {
                 for t in facts.reach(c.op) {
                     up(self.last_reaching.entry(t).or_insert(g));
+                }
+                if c.op == Op::Delete {
+                    for t in facts.deletes_reach() {
+                        up(self.last_deleting_into.entry(t).or_insert(g));
+                    }
                 }
                 if !facts.cascades_rows.is_empty() {
                     let parents = if c.op == Op::Delete {

@@ -38,6 +38,11 @@ const SCHEMA: &str = "
   CREATE TABLE w (id INTEGER PRIMARY KEY, v TEXT, version INTEGER NOT NULL);
   CREATE TABLE l (id INTEGER PRIMARY KEY, p INTEGER REFERENCES p (id) ON DELETE CASCADE,
                   made TEXT, version INTEGER NOT NULL);
+  CREATE TABLE z (id INTEGER PRIMARY KEY,
+                  x INTEGER REFERENCES p (id) ON DELETE CASCADE REFERENCES r (id) ON DELETE SET NULL,
+                  made TEXT);
+  CREATE TABLE j (id INTEGER PRIMARY KEY, p INTEGER REFERENCES p (id) ON DELETE CASCADE,
+                  f INTEGER REFERENCES f (id) ON DELETE RESTRICT, made TEXT);
 ";
 
 /// Rows every test starts from.
@@ -53,10 +58,12 @@ const SEED: &str = "
   INSERT INTO x VALUES (1, 'x'), (2, 'y');
   INSERT INTO w VALUES (1, 'w1', 1);
   INSERT INTO l VALUES (1, 1, 'm0', 1), (2, 2, 'm0', 1), (3, 1, 'm0', 100);
+  INSERT INTO z VALUES (1, 2, 'm0');
+  INSERT INTO j VALUES (1, 2, 1, 'm0');
 ";
 
 /// Each table's columns besides `id`.
-const TABLES: [(&str, &[&str]); 12] = [
+const TABLES: [(&str, &[&str]); 14] = [
     ("p", &["v"]),
     ("c", &["p", "v"]),
     ("g", &["c", "v"]),
@@ -69,6 +76,8 @@ const TABLES: [(&str, &[&str]); 12] = [
     ("t", &["v"]),
     ("w", &["v", "version"]),
     ("l", &["p", "made", "version"]),
+    ("z", &["x", "made"]),
+    ("j", &["p", "f", "made"]),
 ];
 
 fn defs() -> Vec<Arc<TableDef>> {
@@ -85,7 +94,7 @@ fn defs() -> Vec<Arc<TableDef>> {
                 // Insert-only columns in the two leaves of `p`'s cascades: a row the cascade
                 // removed and a write brought back differs from one the write updated.
                 insert_only: match *name {
-                    "l" => vec!["made".into()],
+                    "l" | "z" | "j" => vec!["made".into()],
                     "g" => vec!["v".into()],
                     _ => vec![],
                 },
@@ -126,6 +135,11 @@ fn changes(ops: &[Op_]) -> Vec<Change> {
                 // An insert-only column: a row the cascade removed comes back with the value
                 // of the write that brings it back, and an updated one keeps its own.
                 "made" => Value::Text(format!("m{id}")),
+                // A second key, to `f`.
+                "f" => match other {
+                    0 => Value::Null,
+                    o => Value::Integer(o),
+                },
                 _ => Value::Text(format!("v{text}")),
             });
         }
@@ -220,6 +234,8 @@ fn dump(conn: &Connection) -> Vec<String> {
         "t",
         "w",
         "l",
+        "z",
+        "j",
         "d1_sync_tombstones",
     ] {
         // A tombstone's `deleted_at` is the clock's second, which two copies may read apart.
@@ -249,8 +265,17 @@ fn dump(conn: &Connection) -> Vec<String> {
 
 /// Tables tied together: the cascades and keys of `p` (with its versioned leaf `l`, whose
 /// writes move ahead of `p`'s deletes), `r` and `k`, the `UNIQUE` index, the trigger's
-/// tables (it raises versions of `w`), the versioned table.
-const FAMILIES: [&[usize]; 5] = [&[0, 1, 2, 3, 6, 11], &[4, 5], &[7], &[8, 9, 10], &[10]];
+/// tables (it raises versions of `w`), the versioned table, `z`, whose one column `p`'s
+/// delete cascades on and `r`'s nulls, and `j`, which `p`'s delete cascades on (row by row)
+/// and `f`'s is restricted by.
+const FAMILIES: [&[usize]; 6] = [
+    &[0, 1, 2, 3, 6, 11],
+    &[4, 5],
+    &[7],
+    &[8, 9, 10],
+    &[10],
+    &[0, 4, 6, 12, 13],
+];
 
 /// Writes over one family of tables and one table more, so that the ties come up often.
 fn ops() -> impl Strategy<Value = Vec<Op_>> {
@@ -568,6 +593,25 @@ fn the_cases_that_caught_a_missing_bound_still_end_alike() {
         ),
         (
             vec![(2, 0, 3, 2, 0), (1, 2, 2, 0, 0), (2, 0, 3, 0, 1)],
+            usize::MAX,
+        ),
+        // A leaf's column that one key cascades on and another nulls: `r 2`'s delete nulls
+        // `z 1`'s key first, so `p 2`'s delete leaves `z 1` alone; moved ahead of both, the
+        // early cascade would find it still pointing at `p 2`.
+        (
+            vec![
+                (12, 0, 3, 0, 0),
+                (4, 2, 2, 0, 0),
+                (0, 2, 2, 0, 0),
+                (12, 0, 1, 1, 0),
+            ],
+            usize::MAX,
+        ),
+        // Two deletes reaching one table: `r 2`'s, which nulls `z 1`'s key, joined the delete
+        // of `r 3` ahead of `p 2`'s, which in the queue's order cascades `z 1` away through
+        // that key first.
+        (
+            vec![(4, 2, 3, 0, 0), (0, 2, 2, 0, 0), (4, 2, 2, 0, 0)],
             usize::MAX,
         ),
         // The version checks sent at the start of a request, when they must not be.
