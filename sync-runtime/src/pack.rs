@@ -366,10 +366,10 @@ fn ahead_sql(s: &Shape, c: &Change) -> Option<Ahead> {
     {
         return None;
     }
-    let pk: Vec<&str> = c.table.primary_key.iter().map(String::as_str).collect();
     fn strs(v: &[String]) -> Vec<&str> {
         v.iter().map(String::as_str).collect()
     }
+    let pk = strs(&c.table.primary_key);
     let keys: Vec<(Vec<&str>, Vec<&str>)> = s
         .cascaded_by
         .iter()
@@ -585,8 +585,8 @@ impl<'a> Building<'a> {
             for t in &facts.cascades_rows {
                 take(self.last_table.get(t.as_str()));
             }
-            // Deletes whose actions reach one table stay in order: one may restrict on a row
-            // the other cascades away, or cascade on a key the other nulls.
+            // Deletes whose actions reach one table stay in order: one may null a key the
+            // other cascades on (such keys are tracked table by table: `commute`).
             for t in facts.deletes_reach() {
                 take(self.last_deleting_into.get(t));
             }
