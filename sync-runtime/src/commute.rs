@@ -187,7 +187,9 @@ impl Commute {
     /// table of the schema), the tables with a `UNIQUE` index besides their key, and the
     /// tables with triggers of their own. A `CASCADE` key is tracked row by row when its child
     /// is a leaf: no foreign key names the child, which has no `UNIQUE` index besides its key
-    /// and no triggers (so removing one of its rows early changes nothing but that row).
+    /// and no triggers (so removing one of its rows early changes nothing but that row). A key
+    /// (`CASCADE` or `SET NULL`) sharing a column with another key of its child that acts on
+    /// delete is tracked table by table.
     pub fn from_parts<'a>(
         tables: impl IntoIterator<Item = &'a str>,
         links: &[Link],
