@@ -2,7 +2,7 @@
 //! that commute trade places so that the changes of one shape share a statement. Random
 //! writes over a schema with every kind of tie between tables (cascades two deep, a cascade
 //! to a versioned leaf with an insert-only column, `SET NULL`, `RESTRICT`, a plain foreign
-//! key, a partial `UNIQUE` index, a trigger that writes two other tables, a versioned table
+//! key, one column two keys share (one cascades, one nulls), a partial `UNIQUE` index, a trigger that writes two other tables, a versioned table
 //! with its tombstones, an unrelated table; versions mostly rising, some older) are packed
 //! twice with the same request boundaries: in the queue's order and arranged. Applied request
 //! by request to two copies of one database (SQLite, as D1 runs them: one transaction each,
@@ -91,8 +91,8 @@ fn defs() -> Vec<Arc<TableDef>> {
                     .map(String::from)
                     .collect(),
                 primary_key: vec!["id".into()],
-                // Insert-only columns in the two leaves of `p`'s cascades: a row the cascade
-                // removed and a write brought back differs from one the write updated.
+                // Insert-only columns in the leaves of `p`'s cascades: a row the cascade removed
+                // and a write brought back differs from one the write updated.
                 insert_only: match *name {
                     "l" | "z" | "j" => vec!["made".into()],
                     "g" => vec!["v".into()],
