@@ -2,8 +2,9 @@
 //! that commute trade places so that the changes of one shape share a statement. Random
 //! writes over a schema with every kind of tie between tables (cascades two deep, a cascade
 //! to a versioned leaf with an insert-only column, `SET NULL`, `RESTRICT`, a plain foreign
-//! key, one column two keys share (one cascades, one nulls), a partial `UNIQUE` index, a trigger that writes two other tables, a versioned table
-//! with its tombstones, an unrelated table; versions mostly rising, some older) are packed
+//! key, one column two keys share (one cascades, one nulls), a partial `UNIQUE` index, a
+//! trigger that writes two other tables, a versioned table with its tombstones, an
+//! unrelated table; versions mostly rising, some older) are packed
 //! twice with the same request boundaries: in the queue's order and arranged. Applied request
 //! by request to two copies of one database (SQLite, as D1 runs them: one transaction each,
 //! foreign keys deferred), every request must succeed or fail alike, name the same changes as
