@@ -76,8 +76,8 @@ pub struct RawRecord {
 /// A 64-bit digest of a row (table and stored key), for sets of rows that are only ever used
 /// to hold records back: two rows sharing a digest (rare) hold back more, never less.
 pub(crate) fn row_digest(table: &str, row_key: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::hash::DefaultHasher::new();
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut h = foldhash::quality::FixedState::default().build_hasher();
     table.hash(&mut h);
     row_key.hash(&mut h);
     h.finish()

@@ -9,7 +9,7 @@
 //! be in one local transaction.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap as StdMap, HashSet as StdSet};
 
 use d1_sync_schema::cascade::CascadeLink;
 use d1_sync_schema::guard;
@@ -17,6 +17,11 @@ use d1_sync_schema::sql::{delete_json_sql, update_json_sql, upsert_json_sql, Jso
 
 use crate::change::{Change, Op, Special};
 use crate::commute::{CascadedBy, Commute, Facts};
+
+/// The packer's maps and sets: keys are the app's own row keys and table names, hashed per
+/// change, so a fast hasher (randomly seeded) rather than SipHash.
+type HashMap<K, V> = StdMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = StdSet<K, foldhash::fast::RandomState>;
 
 /// The first statement of every request.
 pub const DEFER_FOREIGN_KEYS: &str = "PRAGMA defer_foreign_keys = on";
@@ -522,18 +527,18 @@ impl<'a> Building<'a> {
             rows: 0,
             statements: 2,
             bytes: request_overhead(),
-            triggered: HashSet::new(),
-            last_row: HashMap::new(),
-            last_table: HashMap::new(),
-            last_reaching: HashMap::new(),
-            last_real: HashMap::new(),
+            triggered: HashSet::default(),
+            last_row: HashMap::default(),
+            last_table: HashMap::default(),
+            last_reaching: HashMap::default(),
+            last_real: HashMap::default(),
             last_barrier: None,
-            last_nulling: HashMap::new(),
-            last_pointing: HashMap::new(),
-            last_parent_write: HashMap::new(),
-            last_parent_delete: HashMap::new(),
-            last_deleting_into: HashMap::new(),
-            by_shape: HashMap::new(),
+            last_nulling: HashMap::default(),
+            last_pointing: HashMap::default(),
+            last_parent_write: HashMap::default(),
+            last_parent_delete: HashMap::default(),
+            last_deleting_into: HashMap::default(),
+            by_shape: HashMap::default(),
         }
     }
 
@@ -846,7 +851,7 @@ fn packed(
                         members: Vec::new(),
                         json: 1,
                         bound: std::mem::take(&mut bound),
-                        keys: HashSet::new(),
+                        keys: HashSet::default(),
                         triggers,
                         ahead,
                         facts,
@@ -1375,7 +1380,7 @@ mod tests {
                 &[Value::Integer(k), Value::Integer(id)],
             )
         };
-        let known = Commute::from_parts(["a"], &[], &HashSet::new(), &HashSet::new());
+        let known = Commute::from_parts(["a"], &[], &StdSet::new(), &StdSet::new());
         let mut changes = vec![upd(1, 7), upd(2, 8), upd(3, 7)];
         let reqs = pack_arranged(&mut changes, &PackLimits::default(), true, &known);
         assert_eq!(
