@@ -251,9 +251,17 @@ fn check_values<'a>(
 ) -> Result<Change, String> {
     let mut pairs = 0usize;
     let mut unknown: Option<String> = None;
+    // Payloads are written in the table's column order: the column after the last one found
+    // is tried first.
+    let mut next = 0usize;
     codec::for_each_pair(&record.payload, &mut |col, v| {
         pairs += 1;
-        match table.columns.iter().position(|c| c == col) {
+        let at = match table.columns.get(next) {
+            Some(c) if c == col => Some(next),
+            _ => table.columns.iter().position(|c| c == col),
+        };
+        next = at.map_or(next, |i| i + 1);
+        match at {
             Some(i) => by_col[i] = Some(v),
             None => {
                 if unknown.is_none() {
