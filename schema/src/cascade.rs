@@ -86,10 +86,10 @@ pub fn cascade_ahead_sql(
         format!("({})", join_quoted(primary_key))
     };
     // Per foreign key, its deletes (`d0`, `d1`, ...) of parent rows that exist: their place
-    // and the parent's key, read once. The moved rows are found by key, and each one's deletes by an automatic index on
-    // the parent's key (`+` keeps the child column's affinity out of the comparison, which
-    // would stop SQLite from using that index): the cost grows with the rows, not with
-    // rows × deletes.
+    // and the parent's key, read once. The moved rows are found by key, and each one's
+    // deletes by an automatic index on the parent's key (`+` keeps the child column's affinity
+    // out of the comparison, which would stop SQLite from using that index): the cost grows
+    // with the rows, not with rows × deletes.
     let mut ctes = Vec::new();
     let mut selects = Vec::new();
     for (l, link) in links.iter().enumerate() {
@@ -211,12 +211,7 @@ mod tests {
              INSERT INTO c VALUES (x'0102', 1, 7), (x'0102', 2, 7), (x'03', 1, 8);",
         )
         .unwrap();
-        let link = CascadeLink {
-            parent: "p",
-            parent_key: &["id"],
-            columns: &["p"],
-        };
-        let sql = cascade_ahead_sql("c", &["a", "b"], &[Hex, Plain], &[link]);
+        let sql = cascade_ahead_sql("c", &["a", "b"], &[Hex, Plain], &[P]);
         conn.execute(
             &sql,
             [r#"[[4,"0102",1],[4,"03",1]]"#, r#"[[0,1,7],[0,2,8]]"#],

@@ -330,11 +330,21 @@ impl Commute {
             )?
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
+        // Every table read once: each is a child here and may be a parent of several keys.
+        let read: HashMap<String, d1_sync_schema::Table> = names
+            .iter()
+            .map(|n| {
+                Ok((
+                    n.to_ascii_lowercase(),
+                    d1_sync_schema::load::read_table(conn, n)?,
+                ))
+            })
+            .collect::<rusqlite::Result<_>>()?;
         let mut links = Vec::new();
         let mut unique = HashSet::new();
         let mut unindexed = Vec::new();
         for name in &names {
-            let t = d1_sync_schema::load::read_table(conn, name)?;
+            let t = &read[&name.to_ascii_lowercase()];
             for fk in &t.foreign_keys {
                 if !leads_an_index(conn, name, &fk.from)? {
                     unindexed.push(Unindexed {
@@ -343,9 +353,8 @@ impl Commute {
                         parent: fk.table.clone(),
                     });
                 }
-                let parent_key = d1_sync_schema::load::read_table(conn, &fk.table)
-                    .map(|p| p.primary_key)
-                    .unwrap_or_default();
+                let parent = read.get(&fk.table.to_ascii_lowercase());
+                let parent_key = parent.map(|p| p.primary_key.clone()).unwrap_or_default();
                 let names_key = fk.to.is_empty()
                     || (fk.to.len() == parent_key.len()
                         && fk
@@ -373,8 +382,9 @@ impl Commute {
                 let cascades = in_key_order.filter(|cols| {
                     on_key
                         && fk.on_delete.eq_ignore_ascii_case("CASCADE")
-                        && compares_as_stored(conn, &t, &fk.table, &parent_key, cols)
-                            .unwrap_or(false)
+                        && parent.is_some_and(|p| {
+                            compares_as_stored(conn, t, p, &parent_key, cols).unwrap_or(false)
+                        })
                 });
                 links.push(Link {
                     child: name.clone(),
@@ -472,11 +482,10 @@ impl Commute {
 fn compares_as_stored(
     conn: &Connection,
     child: &d1_sync_schema::Table,
-    parent: &str,
+    parent: &d1_sync_schema::Table,
     parent_key: &[String],
     child_cols: &[String],
 ) -> rusqlite::Result<bool> {
-    let p = d1_sync_schema::load::read_table(conn, parent)?;
     let affinity = |t: &d1_sync_schema::Table, name: &str| {
         t.columns
             .iter()
@@ -484,7 +493,7 @@ fn compares_as_stored(
             .map(|c| c.affinity)
     };
     let same = parent_key.iter().zip(child_cols).all(
-        |(pk, ck)| matches!((affinity(&p, pk), affinity(child, ck)), (Some(a), Some(b)) if a == b),
+        |(pk, ck)| matches!((affinity(parent, pk), affinity(child, ck)), (Some(a), Some(b)) if a == b),
     );
     if !same {
         return Ok(false);
@@ -494,7 +503,7 @@ fn compares_as_stored(
         "SELECT NOT EXISTS (
            SELECT 1 FROM pragma_index_list(?1) AS l, pragma_index_xinfo(l.name) AS x
            WHERE l.origin = 'pk' AND x.key AND upper(x.coll) <> 'BINARY')",
-        [parent],
+        [&parent.name],
         |r| r.get(0),
     )?;
     Ok(binary)
