@@ -212,29 +212,40 @@ impl Outbox {
         ids: &[i64],
         seq: Option<i64>,
     ) -> Result<usize> {
-        self.acknowledge(conn, ids, seq, &[])
+        self.acknowledge(conn, ids, seq, &[], usize::MAX)
     }
 
     /// [`Outbox::mark_synced`], logging first the records among `ids` that the version guard
-    /// refused (`stale`) in the conflicts log.
+    /// refused (`stale`) in the conflicts log. Only the newest `keep` of `ids` are logged: the
+    /// log keeps its newest `keep` entries (see [`Outbox::purge`]), so the older ones would
+    /// only be written to be trimmed (a request of 10,000 rows against the default 1,000).
     pub(crate) fn acknowledge(
         &self,
         conn: &mut Connection,
         ids: &[i64],
         seq: Option<i64>,
         stale: &[super::Stale],
+        keep: usize,
     ) -> Result<usize> {
-        let ids = ids_json(ids);
+        let runs = id_runs(ids);
+        let logged = newest_runs(&runs, keep);
         let tx = conn.transaction()?;
         if let Some(seq) = seq {
             self.unjournal(&tx, seq)?;
         }
         self.log_conflicts(&tx, stale)?;
-        tx.prepare_cached(&sql::log_synced(self))?
-            .execute(params![now_ms(), ids])?;
-        let n = tx
-            .prepare_cached(&sql::delete_synced(self))?
-            .execute([ids])?;
+        let now = now_ms();
+        let mut log = tx.prepare_cached(&sql::log_synced(self))?;
+        for (first, last) in logged {
+            log.execute(params![now, first, last])?;
+        }
+        drop(log);
+        let mut delete = tx.prepare_cached(&sql::delete_synced(self))?;
+        let mut n = 0;
+        for &(first, last) in &runs {
+            n += delete.execute(params![first, last])?;
+        }
+        drop(delete);
         tx.commit()?;
         Ok(n)
     }
@@ -462,6 +473,37 @@ fn raw_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRecord> {
             _ => None,
         },
     })
+}
+
+/// `ids` as runs of consecutive ids, `(first, last)`, in order (sorted, duplicates dropped).
+pub(super) fn id_runs(ids: &[i64]) -> Vec<(i64, i64)> {
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    let mut runs: Vec<(i64, i64)> = Vec::new();
+    for id in sorted {
+        match runs.last_mut() {
+            Some((_, last)) if id <= last.saturating_add(1) => *last = (*last).max(id),
+            _ => runs.push((id, id)),
+        }
+    }
+    runs
+}
+
+/// The tail of `runs` holding their newest `keep` ids.
+pub(super) fn newest_runs(runs: &[(i64, i64)], keep: usize) -> Vec<(i64, i64)> {
+    let mut left = keep as u64;
+    let mut out = Vec::new();
+    for &(first, last) in runs.iter().rev() {
+        if left == 0 {
+            break;
+        }
+        let len = last.abs_diff(first).saturating_add(1);
+        let take = len.min(left);
+        out.push((last.wrapping_sub((take - 1) as i64), last));
+        left -= take;
+    }
+    out.reverse();
+    out
 }
 
 fn ids_json(ids: &[i64]) -> String {

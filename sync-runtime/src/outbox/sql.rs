@@ -41,21 +41,22 @@ pub(super) fn waited_up_to(o: &Outbox) -> String {
     )
 }
 
-/// An acknowledgement's log entries: `?1` the time, `?2` the ids (a JSON array).
+/// An acknowledgement's log entries for one run of ids: `?1` the time, `?2` to `?3` the run.
 pub(super) fn log_synced(o: &Outbox) -> String {
     format!(
         "INSERT INTO {log} (id, table_name, row_key, op, attempts, created_at, synced_at)
          SELECT id, table_name, row_key, op, attempts, created_at, ?1 FROM {q}
-         WHERE id IN (SELECT value FROM json_each(?2)) AND status = 'pending' ORDER BY id",
+         WHERE id BETWEEN ?2 AND ?3 AND status = 'pending' ORDER BY id",
         log = o.log,
         q = o.q
     )
 }
 
-/// An acknowledgement's delete from the queue: `?1` the ids (a JSON array).
+/// An acknowledgement's delete from the queue of one run of ids, `?1` to `?2`: one seek and a
+/// walk along the table, where a list of ids seeks each one.
 pub(super) fn delete_synced(o: &Outbox) -> String {
     format!(
-        "DELETE FROM {} WHERE id IN (SELECT value FROM json_each(?1)) AND status = 'pending'",
+        "DELETE FROM {} WHERE id BETWEEN ?1 AND ?2 AND status = 'pending'",
         o.q
     )
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 use super::install::QUEUE_VERSION;
+use super::protocol::{id_runs, newest_runs};
 use super::*;
 use crate::change::Op;
 use crate::error::Error;
@@ -232,6 +233,42 @@ fn only_pending_records_are_marked() {
 }
 
 #[test]
+fn an_acknowledgement_deletes_exactly_its_records_and_logs_the_newest_keep() {
+    let (mut conn, o) = setup();
+    let all: Vec<i64> = (0..10).map(|i| put(&conn, &o, &i.to_string())).collect();
+    // Runs with gaps, out of order: the records in the gaps stay pending.
+    let acked = [all[7], all[0], all[1], all[2], all[5], all[6], all[9]];
+    assert_eq!(o.acknowledge(&mut conn, &acked, None, &[], 4).unwrap(), 7);
+    let pending: Vec<i64> = column(&conn, "SELECT id FROM d1_sync_queue ORDER BY id");
+    assert_eq!(pending, [all[3], all[4], all[8]]);
+    let logged: Vec<i64> = column(&conn, "SELECT id FROM d1_sync_queue_synced ORDER BY seq");
+    assert_eq!(
+        logged,
+        [all[5], all[6], all[7], all[9]],
+        "the newest 4, in order"
+    );
+    // Acknowledged again (an answer seen twice): nothing moves, nothing is logged.
+    assert_eq!(o.acknowledge(&mut conn, &acked, None, &[], 4).unwrap(), 0);
+    assert_eq!(o.counts(&conn).unwrap().synced, 4);
+}
+
+#[test]
+fn id_runs_and_their_newest_ids() {
+    assert_eq!(id_runs(&[]), []);
+    assert_eq!(id_runs(&[5, 3, 4, 4, 9, 1]), [(1, 1), (3, 5), (9, 9)]);
+    assert_eq!(
+        id_runs(&[i64::MAX, i64::MAX - 1]),
+        [(i64::MAX - 1, i64::MAX)]
+    );
+    let runs = [(1, 1), (3, 5), (9, 9)];
+    assert_eq!(newest_runs(&runs, 0), []);
+    assert_eq!(newest_runs(&runs, 1), [(9, 9)]);
+    assert_eq!(newest_runs(&runs, 3), [(4, 5), (9, 9)]);
+    assert_eq!(newest_runs(&runs, 5), runs);
+    assert_eq!(newest_runs(&runs, usize::MAX), runs);
+}
+
+#[test]
 fn purge_keeps_the_newest_synced_records() {
     let (mut conn, o) = setup();
     let all: Vec<i64> = (0..10).map(|i| put(&conn, &o, &i.to_string())).collect();
@@ -263,7 +300,11 @@ fn superseded_records_are_logged_as_conflicts_and_trimmed_with_the_log() {
             parent: (id == all[3]).then(|| "p [\"k\"]".to_string()),
         })
         .collect();
-    assert_eq!(o.acknowledge(&mut conn, &all, None, &stale).unwrap(), 6);
+    assert_eq!(
+        o.acknowledge(&mut conn, &all, None, &stale, usize::MAX)
+            .unwrap(),
+        6
+    );
     let c = o.counts(&conn).unwrap();
     assert_eq!((c.pending, c.synced, c.superseded), (0, 6, 4));
     let listed = o.conflicts(&conn, 10).unwrap();

@@ -231,8 +231,9 @@ pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool
                     None => true,
                 };
                 let superseded = stale.len() as u64;
+                let keep = inner2.config.purge_keep;
                 let marked = db(&inner2, move |o, c| {
-                    o.acknowledge(c, &ids, Some(seq), &stale)
+                    o.acknowledge(c, &ids, Some(seq), &stale, keep)
                 })
                 .await;
                 // The finished batch is freed on the queue's thread, off the path to the next
@@ -379,9 +380,9 @@ async fn supersede_under_deleted_parent(inner: &Arc<Inner>, c: &Change) -> Resul
             held: Some(held),
             parent: Some(format!("{parent} {key}")),
         }];
-        let ids = [c.id];
+        let (ids, keep) = ([c.id], inner.config.purge_keep);
         db(inner, move |o, conn| {
-            o.acknowledge(conn, &ids, None, &stale)
+            o.acknowledge(conn, &ids, None, &stale, keep)
         })
         .await
         .map_err(local)?;
