@@ -794,6 +794,9 @@ impl<T: Target> Target for Timed<T> {
             r
         })
     }
+    fn prepare<'a>(&'a self) -> BoxFuture<'a, ()> {
+        self.inner.prepare()
+    }
     fn limits(&self) -> PackLimits {
         self.inner.limits()
     }

@@ -339,6 +339,39 @@ async fn the_client_keeps_under_its_request_budget() {
     assert_eq!(D1Peer::shared().stats(&db).await.requests, 4);
 }
 
+/// The ledger's tables are made once per client, however many ask at once: the worker's
+/// `prepare` (beside its first read of the queue) and its first request share one set-up
+/// request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_is_made_once_beside_the_first_read() {
+    use d1_sync::Target;
+    let db = D1Peer::shared().database();
+    let d1 = D1Http::new(db.config.clone()).unwrap();
+    tokio::join!(d1.prepare(), d1.prepare(), d1.prepare());
+    assert_eq!(
+        D1Peer::shared().stats(&db).await.requests,
+        1,
+        "one set-up request"
+    );
+    d1.prepare().await;
+    assert_eq!(
+        D1Peer::shared().stats(&db).await.requests,
+        1,
+        "made already"
+    );
+
+    // Through a worker: the set-up and one request for the batch, nothing more.
+    let f = d1_fixture(20).await;
+    let db = f.target.test_db().unwrap().clone();
+    let before = D1Peer::shared().stats(&db).await.requests;
+    let worker = f.worker().build().unwrap();
+    worker.start().unwrap();
+    worker.flush().await.unwrap();
+    assert_eq!(worker.stats().await.unwrap().records_synced, 20);
+    assert_eq!(D1Peer::shared().stats(&db).await.requests - before, 2);
+    worker.shutdown().await.unwrap();
+}
+
 /// The regression of the first version: one request holds [upsert child C of parent P, delete
 /// P]. D1 commits it (the delete cascades C away) and the answer is lost. Sent again without a
 /// ledger, the upsert of C dangles, P's delete no longer cascades, and the commit fails on the

@@ -126,6 +126,9 @@ pub struct D1Http {
     budget: Option<tokio::sync::Mutex<RequestBudget>>,
     /// Whether this client has made sure the ledger exists in the database.
     ledger_ready: std::sync::atomic::AtomicBool,
+    /// Held while the ledger is made: a request arriving meanwhile waits instead of making it
+    /// a second time.
+    ledger_setup: tokio::sync::Mutex<()>,
 }
 
 impl fmt::Debug for D1Http {
@@ -168,6 +171,7 @@ impl D1Http {
             config,
             limits: PackLimits::default(),
             ledger_ready: std::sync::atomic::AtomicBool::new(false),
+            ledger_setup: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -235,9 +239,14 @@ impl D1Http {
         }
     }
 
-    /// Creates the ledger (see [`crate::ledger`]) unless this client already did.
+    /// Creates the ledger (see [`crate::ledger`]) unless this client already did, once
+    /// however many ask at the same time.
     async fn ensure_ledger(&self) -> Result<(), TargetError> {
         use std::sync::atomic::Ordering;
+        if self.ledger_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _one = self.ledger_setup.lock().await;
         if self.ledger_ready.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -404,6 +413,17 @@ fn describe_reqwest(e: &reqwest::Error) -> String {
 }
 
 impl Target for D1Http {
+    /// Makes the ledger (and with it the connection to D1) while the worker reads its first
+    /// batch: one round trip, and over the internet a TLS handshake, off the first request's
+    /// path.
+    fn prepare<'a>(&'a self) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.ensure_ledger().await {
+                tracing::debug!(error = %e, "could not make the ledger ahead of the first request; the request makes it");
+            }
+        })
+    }
+
     fn execute<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<Applied, TargetError>> {
         Box::pin(async move {
             self.ensure_ledger().await?;

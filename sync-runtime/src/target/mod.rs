@@ -69,6 +69,14 @@ pub trait Target: Send + Sync + 'static {
     /// ([`Applied::Before`], the ledger refused this one).
     fn execute<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<Applied, TargetError>>;
 
+    /// Gets ready for the first request: whatever [`Target::execute`] would otherwise set up
+    /// first (a connection, the target's own tables). The worker calls it once as it starts,
+    /// beside its first read of the queue, so neither waits for the other. Failures are not
+    /// reported here: `execute` sets up again and reports them. The default does nothing.
+    fn prepare<'a>(&'a self) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+
     /// How large a request may be.
     fn limits(&self) -> PackLimits {
         PackLimits::default()
@@ -128,6 +136,9 @@ macro_rules! forward_target {
                 batch: Batch<'a>,
             ) -> BoxFuture<'a, Result<Applied, TargetError>> {
                 (**self).execute(batch)
+            }
+            fn prepare<'a>(&'a self) -> BoxFuture<'a, ()> {
+                (**self).prepare()
             }
             fn limits(&self) -> PackLimits {
                 (**self).limits()

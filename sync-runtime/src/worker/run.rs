@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{error, info, warn};
 
 use super::ship::{self, TickEnd};
@@ -19,6 +20,10 @@ use crate::target::TargetError;
 
 pub(super) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
     info!(target_db = %inner.target.describe(), owner = %inner.owner, "d1-sync worker started");
+    // The target gets ready beside the first read of the queue, not after it; stopped with
+    // the loop if it is still at it.
+    let target = inner.target.clone();
+    let _prepare = AbortOnDropHandle::new(tokio::spawn(async move { target.prepare().await }));
     let mut st = inner.ship.lock().await;
     // Transient failures since the last acknowledgement.
     let mut failures: u32 = 0;
