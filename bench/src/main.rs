@@ -381,6 +381,17 @@ async fn drain_with(
     batch: usize,
     registry: d1_sync::Registry,
 ) -> (Duration, d1_sync::Stats) {
+    let (_, took, stats) = drain_from(path, target, batch, registry).await;
+    (took, stats)
+}
+
+/// [`drain_with`], and when the worker was started.
+async fn drain_from(
+    path: &Path,
+    target: Arc<dyn Target>,
+    batch: usize,
+    registry: d1_sync::Registry,
+) -> (Instant, Duration, d1_sync::Stats) {
     let worker = SyncWorker::builder(path, target)
         .registry(registry)
         .batch_size(batch)
@@ -393,7 +404,7 @@ async fn drain_with(
     let took = t.elapsed();
     let stats = worker.stats().await.unwrap();
     worker.shutdown().await.unwrap();
-    (took, stats)
+    (t, took, stats)
 }
 
 /// 2. Draining to a local SQLite file, against the same upserts applied straight to it.
@@ -564,6 +575,8 @@ async fn bench_d1(peer: &D1Peer, quick: bool) -> Vec<Row> {
         .unwrap_or(if quick { 5_000 } else { 30_000 });
     let (mut ours, mut seeds, mut per_1000) = (Vec::new(), Vec::new(), Vec::new());
     let (mut engine, mut engine_bare, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    // Where each drain's time went: before the first request, in requests, after the last.
+    let mut splits: Vec<(Duration, Duration, Duration, Duration)> = Vec::new();
     let mut originals = Vec::new();
     let original = original::prepare();
     for _ in 0..ROUNDS {
@@ -571,7 +584,14 @@ async fn bench_d1(peer: &D1Peer, quick: bool) -> Vec<Row> {
         let (path, mut conn) = app_db(dir.path(), "d1.db");
         backlog(&mut conn, n);
         let db = d1_table(peer).await;
-        let (took, stats) = drain(&path, Arc::new(db.client()), batch_size()).await;
+        let (timed, log) = Spans::new(db.client());
+        let (start, took, stats) = drain_from(
+            &path,
+            Arc::new(timed),
+            batch_size(),
+            d1_sync_example::registry(),
+        )
+        .await;
         assert_eq!(stats.records_synced, n);
         per_1000.push(peer.stats(&db).await.requests as f64 * 1000.0 / n as f64);
         ours.push(rate(n, took));
@@ -640,6 +660,16 @@ async fn bench_d1(peer: &D1Peer, quick: bool) -> Vec<Row> {
         }
         engine.push(rate(n, with_ledger));
         engine_bare.push(rate(n, without));
+        let spans = std::mem::take(&mut *log.lock().unwrap());
+        if let (Some(first), Some(last)) = (spans.first(), spans.last()) {
+            let in_requests = spans.iter().map(|(s, e)| *e - *s).sum();
+            splits.push((
+                first.0 - start,
+                in_requests,
+                (start + took).saturating_duration_since(last.1),
+                with_ledger,
+            ));
+        }
         // The worker against the engine in the same round, one right after the other.
         ratios.push(rate(n, took) / rate(n, with_ledger));
         let seed_db = d1_table(peer).await;
@@ -656,6 +686,34 @@ async fn bench_d1(peer: &D1Peer, quick: bool) -> Vec<Row> {
     }
     let (ours, seed, engine) = (median_f64(ours), median_f64(seeds), median_f64(engine));
     let engine_bare = median_f64(engine_bare);
+    // The round with the median share of the drain in requests.
+    splits.sort_by(|a, b| {
+        let share = |(before, requests, after, _): &(Duration, Duration, Duration, Duration)| {
+            requests.as_secs_f64() / (*before + *requests + *after).as_secs_f64().max(1e-9)
+        };
+        share(a).total_cmp(&share(b))
+    });
+    let split_row = splits.get(splits.len() / 2).map(|&(before, requests, after, alone)| {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let total = before + requests + after;
+        Row {
+            name: "where the worker's drain time goes, over local D1",
+            measured: format!(
+                "{:.0} ms before the first request (claim, check, pack), {:.0} ms in requests, {:.0} ms after the last answer (its acknowledgement); {:.0} ms in all",
+                ms(before),
+                ms(requests),
+                ms(after),
+                ms(total)
+            ),
+            baseline: format!("{:.0} ms: the engine alone with the same requests", ms(alone)),
+            ratio: format!(
+                "requests {:.2}x the engine's time (the worker's work beside them on this machine's cores); before and after {:.0}% of the drain (the round with the median split)",
+                requests.as_secs_f64() / alone.as_secs_f64().max(1e-9),
+                (before + after).as_secs_f64() * 100.0 / total.as_secs_f64().max(1e-9)
+            ),
+            target: "report",
+        }
+    });
     let original_row = match (&original, originals.is_empty()) {
         (Ok(_), false) => {
             let o = median_f64(originals);
@@ -726,6 +784,9 @@ async fn bench_d1(peer: &D1Peer, quick: bool) -> Vec<Row> {
             target: "one row written per request, no extra request",
         },
     ]
+    .into_iter()
+    .chain(split_row)
+    .collect()
 }
 
 /// 4. Production-like: 50 ms added per request, and D1's budget of 4 requests/s (429 beyond).
@@ -776,6 +837,51 @@ async fn bench_production(peer: &D1Peer, quick: bool) -> Vec<Row> {
         ratio: format!("{:.0}x", ours / seed),
         target: "the seed's way is about 4 rows/s",
     }]
+}
+
+/// The time span of each request a target was given, as `(start, end)`.
+type SpanLog = Arc<std::sync::Mutex<Vec<(Instant, Instant)>>>;
+
+/// A target that logs the span of each request it is given.
+struct Spans<T: Target> {
+    inner: T,
+    log: SpanLog,
+}
+
+impl<T: Target> Spans<T> {
+    fn new(inner: T) -> (Spans<T>, SpanLog) {
+        let log = SpanLog::default();
+        (
+            Spans {
+                inner,
+                log: log.clone(),
+            },
+            log,
+        )
+    }
+}
+
+impl<T: Target> Target for Spans<T> {
+    fn execute<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<Applied, TargetError>> {
+        Box::pin(async move {
+            let start = Instant::now();
+            let r = self.inner.execute(batch).await;
+            self.log.lock().unwrap().push((start, Instant::now()));
+            r
+        })
+    }
+    fn prepare<'a>(&'a self) -> BoxFuture<'a, ()> {
+        self.inner.prepare()
+    }
+    fn limits(&self) -> PackLimits {
+        self.inner.limits()
+    }
+    fn wants_statements(&self) -> bool {
+        self.inner.wants_statements()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
 }
 
 /// A target that reports when each request was applied.
