@@ -88,6 +88,38 @@ fn not_json_key(e: String) -> String {
     format!("not JSON: {e}")
 }
 
+/// How many bytes of `b` come before the first that ends a plain run of string text: a
+/// quote, a backslash or a control character. Eight bytes at a time while none is in them
+/// (column values are mostly long runs of plain text), then byte by byte.
+fn plain_run(b: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A high bit for each byte of `x` that is zero (and maybe for bytes above one that is:
+    // the byte loop below finds the exact one).
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let mut i = 0;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        // Bytes below 0x20, quotes, backslashes.
+        let stop = (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
+            | zero(w ^ (ONES * u64::from(b'"')))
+            | zero(w ^ (ONES * u64::from(b'\\')));
+        if stop != 0 {
+            break;
+        }
+        i += 8;
+    }
+    while let Some(&c) = b.get(i) {
+        if c == b'"' || c == b'\\' || c < 0x20 {
+            break;
+        }
+        i += 1;
+    }
+    i
+}
+
 struct Scan<'a> {
     s: &'a str,
     b: &'a [u8],
@@ -356,10 +388,8 @@ impl<'a> Scan<'a> {
     /// A string, borrowed when it has no escapes.
     fn string(&mut self) -> Result<Cow<'a, str>, String> {
         let start = self.i + 1;
-        let plain = self.b[start.min(self.b.len())..]
-            .iter()
-            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
-            .filter(|&n| self.b[start + n] == b'"');
+        let rest = &self.b[start.min(self.b.len())..];
+        let plain = Some(plain_run(rest)).filter(|&n| rest.get(n) == Some(&b'"'));
         if let (Some(b'"'), Some(n)) = (self.peek(), plain) {
             self.i = start + n + 1;
             return Ok(Cow::Borrowed(&self.s[start..start + n]));
@@ -400,7 +430,7 @@ impl<'a> Scan<'a> {
                     start = self.i;
                 }
                 Some(0..=0x1f) => return Err(self.error("a control character in a string")),
-                Some(_) => self.i += 1,
+                Some(_) => self.i += plain_run(&self.b[self.i..]),
             }
         }
     }
@@ -491,4 +521,61 @@ pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
         .chunks(2)
         .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_run;
+
+    /// The run as a byte-by-byte reading finds it.
+    fn naive(b: &[u8]) -> usize {
+        b.iter()
+            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+            .unwrap_or(b.len())
+    }
+
+    #[test]
+    fn a_plain_run_ends_where_a_byte_by_byte_reading_ends_it() {
+        // Every stopping byte and its neighbours, at every place in and around a word, among
+        // plain ASCII and the bytes of multi-byte characters.
+        let stops = [b'"', b'\\', 0x00, 0x1f, b'\n'];
+        let near = [
+            0x20, 0x21, 0x23, 0x5b, 0x5d, 0x7f, 0x80, 0xc3, 0xa9, 0xff, b'a',
+        ];
+        for len in 0..24 {
+            for fill in near {
+                let plain = vec![fill; len];
+                assert_eq!(plain_run(&plain), len);
+                for at in 0..len {
+                    for stop in stops {
+                        let mut b = plain.clone();
+                        b[at] = stop;
+                        assert_eq!(plain_run(&b), naive(&b), "{b:?}");
+                        // A second stop after the first changes nothing.
+                        if at + 1 < len {
+                            b[len - 1] = b'"';
+                            assert_eq!(plain_run(&b), naive(&b), "{b:?}");
+                        }
+                    }
+                }
+            }
+        }
+        // Random bytes, mostly plain (so runs are long), any byte at all now and then.
+        use rand::Rng;
+        let mut rng = rand::rng();
+        for _ in 0..20_000 {
+            let len = rng.random_range(0..48);
+            let b: Vec<u8> = (0..len)
+                .map(|_| match rng.random_range(0..40) {
+                    0 => rng.random(),
+                    _ => rng.random_range(0x20..0x7f),
+                })
+                .collect();
+            assert_eq!(plain_run(&b), naive(&b), "{b:?}");
+        }
+        let text = "Please renew — message 7 with some ünïcödé and \"quotes\".".as_bytes();
+        for from in 0..text.len() {
+            assert_eq!(plain_run(&text[from..]), naive(&text[from..]));
+        }
+    }
 }
