@@ -152,10 +152,12 @@ pub(crate) fn sort(
         cursor: raw.last().map_or(0, |r| r.id),
         ..Sorted::default()
     };
+    let mut columns = change::ColumnsCache::default();
     // Rows held back by this batch: later records of them wait too.
     let mut blocked: HashMap<u64, Waiting> = HashMap::new();
-    for (r, (row, checked)) in raw.iter().zip(check_all(&raw, defs)) {
-        match checked {
+    for r in &raw {
+        let row = change::row_digest(&r.table, &r.row_key);
+        match change::check_with(r, defs, &mut columns) {
             // A record that can never ship is dead-lettered at once, wherever it stands.
             Err(reason) => {
                 blocked.entry(row).or_insert(Waiting {
@@ -176,52 +178,6 @@ pub(crate) fn sort(
         }
     }
     out
-}
-
-/// A batch at least this large is checked on more than one thread.
-const PARALLEL_FROM: usize = 4_096;
-
-/// Each record's row digest and check, in order. Records are checked independently, so a
-/// large batch is split among up to four threads: the first read of a drain waits for its
-/// check before anything is sent, and nothing else runs then.
-fn check_all(raw: &[RawRecord], defs: &Definitions<'_>) -> Vec<(u64, Result<Change, String>)> {
-    let check = |part: &[RawRecord]| {
-        let mut columns = change::ColumnsCache::default();
-        part.iter()
-            .map(|r| {
-                (
-                    change::row_digest(&r.table, &r.row_key),
-                    change::check_with(r, defs, &mut columns),
-                )
-            })
-            .collect::<Vec<_>>()
-    };
-    let threads = parallelism().min(raw.len() / (PARALLEL_FROM / 2)).min(4);
-    if threads < 2 {
-        return check(raw);
-    }
-    let part = raw.len().div_ceil(threads);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = raw[part..]
-            .chunks(part)
-            .map(|p| s.spawn(move || check(p)))
-            .collect();
-        let mut out = check(&raw[..part]);
-        for h in handles {
-            match h.join() {
-                Ok(done) => out.extend(done),
-                // A check does not panic; if one ever did, the panic goes on as on one thread.
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-        out
-    })
-}
-
-/// The threads this process may use, asked once.
-fn parallelism() -> usize {
-    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *N.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Where a checked change goes.
@@ -331,46 +287,6 @@ mod tests {
             attempts: 0,
             def: None,
         }
-    }
-
-    #[test]
-    fn a_large_batch_is_checked_as_one_thread_would_check_it() {
-        let (r, deps) = setup();
-        let defs = Definitions::of(&r);
-        // Past the size checked on several threads, with bad records all along it.
-        let raw: Vec<RawRecord> = (0..3 * PARALLEL_FROM as i64)
-            .map(|i| match i % 997 {
-                0 => rec(i, "nope", &format!("x{i}"), "{}"),
-                1 => rec(i, "c", &format!("c{i}"), r#"{"id":"c","wrong":1}"#),
-                _ => rec(
-                    i,
-                    "c",
-                    &format!("c{i}"),
-                    &format!(r#"{{"p_id":"p{}","v":"{i}"}}"#, i % 7),
-                ),
-            })
-            .collect();
-        let checked = check_all(&raw, &defs);
-        let mut one = change::ColumnsCache::default();
-        assert_eq!(checked.len(), raw.len());
-        for (r, (row, c)) in raw.iter().zip(&checked) {
-            assert_eq!(*row, change::row_digest(&r.table, &r.row_key));
-            let alone = change::check_with(r, &defs, &mut one);
-            match (c, alone) {
-                (Ok(c), Ok(a)) => assert_eq!(
-                    (c.id, &c.row_key, &c.columns, &c.row),
-                    (a.id, &a.row_key, &a.columns, &a.row)
-                ),
-                (Err(c), Err(a)) => assert_eq!(*c, a),
-                (c, a) => panic!("record {}: {c:?} but alone {a:?}", r.id),
-            }
-        }
-        let sorted = sort(raw, &defs, &deps, &HashMap::new(), 0);
-        assert_eq!(sorted.invalid.len(), 2 * (3 * PARALLEL_FROM).div_ceil(997));
-        assert!(
-            sorted.changes.windows(2).all(|w| w[0].id < w[1].id),
-            "in queue order"
-        );
     }
 
     #[test]
