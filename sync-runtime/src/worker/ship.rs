@@ -236,9 +236,9 @@ pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool
                     o.acknowledge(c, &ids, Some(seq), &stale, keep)
                 })
                 .await;
-                // The finished batch is freed on the queue's thread, off the path to the next
-                // request.
-                inner2.queue.detach(move || drop(spent));
+                // The finished batch is freed on a blocking thread: off the path to the next
+                // request, and off the queue's thread, where the next claim waits.
+                drop(tokio::task::spawn_blocking(move || drop(spent)));
                 match marked {
                     Ok(n) => {
                         let mut live = lock(&inner2.live);

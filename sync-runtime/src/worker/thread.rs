@@ -53,12 +53,6 @@ impl QueueThread {
         rx.await
             .map_err(|_| Error::Task("a call on the queue thread panicked".into()))
     }
-
-    /// Runs `f` on the thread without waiting for it (freeing a spent batch).
-    pub(super) fn detach(&self, f: impl FnOnce() + Send + 'static) {
-        // If the thread has stopped, `f` is dropped here, which is all a detached drop needs.
-        let _ = self.jobs.send(Box::new(f));
-    }
 }
 
 #[cfg(test)]
