@@ -870,7 +870,7 @@ impl<T: Target> Target for Spans<T> {
             r
         })
     }
-    fn prepare<'a>(&'a self) -> BoxFuture<'a, ()> {
+    fn prepare<'a>(&'a self) -> BoxFuture<'a, Result<(), TargetError>> {
         self.inner.prepare()
     }
     fn limits(&self) -> PackLimits {
@@ -900,7 +900,7 @@ impl<T: Target> Target for Timed<T> {
             r
         })
     }
-    fn prepare<'a>(&'a self) -> BoxFuture<'a, ()> {
+    fn prepare<'a>(&'a self) -> BoxFuture<'a, Result<(), TargetError>> {
         self.inner.prepare()
     }
     fn limits(&self) -> PackLimits {

@@ -347,13 +347,14 @@ async fn the_ledger_is_made_once_beside_the_first_read() {
     use d1_sync::Target;
     let db = D1Peer::shared().database();
     let d1 = D1Http::new(db.config.clone()).unwrap();
-    tokio::join!(d1.prepare(), d1.prepare(), d1.prepare());
+    let made = tokio::join!(d1.prepare(), d1.prepare(), d1.prepare());
+    assert_eq!(made, (Ok(()), Ok(()), Ok(())));
     assert_eq!(
         D1Peer::shared().stats(&db).await.requests,
         1,
         "one set-up request"
     );
-    d1.prepare().await;
+    d1.prepare().await.unwrap();
     assert_eq!(
         D1Peer::shared().stats(&db).await.requests,
         1,

@@ -416,12 +416,8 @@ impl Target for D1Http {
     /// Makes the ledger (and with it the connection to D1) while the worker reads its first
     /// batch: one round trip, and over the internet a TLS handshake, off the first request's
     /// path.
-    fn prepare<'a>(&'a self) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            if let Err(e) = self.ensure_ledger().await {
-                tracing::debug!(error = %e, "could not make the ledger ahead of the first request; the request makes it");
-            }
-        })
+    fn prepare<'a>(&'a self) -> BoxFuture<'a, Result<(), TargetError>> {
+        Box::pin(self.ensure_ledger())
     }
 
     fn execute<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<Applied, TargetError>> {

@@ -71,10 +71,13 @@ pub trait Target: Send + Sync + 'static {
 
     /// Gets ready for the first request: whatever [`Target::execute`] would otherwise set up
     /// first (a connection, the target's own tables). The worker calls it once as it starts,
-    /// beside its first read of the queue, so neither waits for the other. Failures are not
-    /// reported here: `execute` sets up again and reports them. The default does nothing.
-    fn prepare<'a>(&'a self) -> BoxFuture<'a, ()> {
-        Box::pin(async {})
+    /// beside its first read of the queue, so neither waits for the other, and awaits it
+    /// before its first request: an error is handled as that request's own (a rate limit
+    /// waits out `Retry-After`, refused credentials pause the worker, anything else backs it
+    /// off), and the request goes after it, as `execute` sets up again. The default does
+    /// nothing.
+    fn prepare<'a>(&'a self) -> BoxFuture<'a, Result<(), TargetError>> {
+        Box::pin(async { Ok(()) })
     }
 
     /// How large a request may be.
@@ -137,7 +140,7 @@ macro_rules! forward_target {
             ) -> BoxFuture<'a, Result<Applied, TargetError>> {
                 (**self).execute(batch)
             }
-            fn prepare<'a>(&'a self) -> BoxFuture<'a, ()> {
+            fn prepare<'a>(&'a self) -> BoxFuture<'a, Result<(), TargetError>> {
                 (**self).prepare()
             }
             fn limits(&self) -> PackLimits {

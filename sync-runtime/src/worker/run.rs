@@ -20,11 +20,13 @@ use crate::target::TargetError;
 
 pub(super) async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
     info!(target_db = %inner.target.describe(), owner = %inner.owner, "d1-sync worker started");
-    // The target gets ready beside the first read of the queue, not after it; stopped with
-    // the loop if it is still at it.
-    let target = inner.target.clone();
-    let _prepare = AbortOnDropHandle::new(tokio::spawn(async move { target.prepare().await }));
     let mut st = inner.ship.lock().await;
+    // The target gets ready beside the first read of the queue, not after it; the first
+    // request waits for it (see `ship::tick`), and it stops with the loop.
+    let target = inner.target.clone();
+    st.preparing = Some(AbortOnDropHandle::new(tokio::spawn(async move {
+        target.prepare().await
+    })));
     // Transient failures since the last acknowledgement.
     let mut failures: u32 = 0;
     let mut wake: Option<tokio::time::Instant> = None;

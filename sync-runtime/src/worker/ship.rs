@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, warn};
 
 use super::prepare::{self, Waiting};
@@ -62,6 +63,8 @@ pub(super) struct ShipState {
     pub(super) prefetched: Option<Next>,
     /// Writing the last acknowledgement: `true` once written.
     marking: Option<JoinHandle<bool>>,
+    /// The target getting ready ([`crate::Target::prepare`]), until the first request.
+    pub(super) preparing: Option<AbortOnDropHandle<std::result::Result<(), TargetError>>>,
 }
 
 impl ShipState {
@@ -162,6 +165,22 @@ pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool
     };
     request.stamp(&id);
     seg.id = Some(id.clone());
+
+    // The target's set-up failed: this request was not sent, and goes after the worker
+    // reacts to that failure as to its own. (A set-up that panicked counts for nothing: the
+    // request sets up again.)
+    if let Some(Ok(Err(e))) = match st.preparing.take() {
+        Some(p) => Some(p.await),
+        None => None,
+    } {
+        let mut live = lock(&inner.live);
+        live.requests += 1;
+        live.requests_failed += 1;
+        drop(live);
+        seg.request = Some(request);
+        st.plan.push_front(seg);
+        return TickEnd::Failed(e);
+    }
 
     // The last request of a batch: read the next batch meanwhile.
     let read_ahead = match (&st.batch, pipelined && st.plan.is_empty()) {
