@@ -584,7 +584,7 @@ async fn bench_d1(peer: &D1Peer, quick: bool) -> Vec<Row> {
         let (path, mut conn) = app_db(dir.path(), "d1.db");
         backlog(&mut conn, n);
         let db = d1_table(peer).await;
-        let (timed, log) = Spans::new(db.client());
+        let (timed, log) = Watched::spans(db.client());
         let (start, took, stats) = drain_from(
             &path,
             Arc::new(timed),
@@ -842,61 +842,41 @@ async fn bench_production(peer: &D1Peer, quick: bool) -> Vec<Row> {
 /// The time span of each request a target was given, as `(start, end)`.
 type SpanLog = Arc<std::sync::Mutex<Vec<(Instant, Instant)>>>;
 
-/// A target that logs the span of each request it is given.
-struct Spans<T: Target> {
+/// What [`Watched`] is told after each request: its start, its end, and whether it applied.
+type Watch = Box<dyn Fn(Instant, Instant, bool) + Send + Sync>;
+
+/// A target that tells `watch` about each request it is given.
+struct Watched<T: Target> {
     inner: T,
-    log: SpanLog,
+    watch: Watch,
 }
 
-impl<T: Target> Spans<T> {
-    fn new(inner: T) -> (Spans<T>, SpanLog) {
+impl<T: Target> Watched<T> {
+    /// Logs the span of every request.
+    fn spans(inner: T) -> (Watched<T>, SpanLog) {
         let log = SpanLog::default();
-        (
-            Spans {
-                inner,
-                log: log.clone(),
-            },
-            log,
-        )
+        let spans = log.clone();
+        let watch: Watch = Box::new(move |start, end, _| spans.lock().unwrap().push((start, end)));
+        (Watched { inner, watch }, log)
+    }
+
+    /// Sends when each request was applied.
+    fn applied(inner: T, tx: tokio::sync::mpsc::UnboundedSender<Instant>) -> Watched<T> {
+        let watch: Watch = Box::new(move |_, end, ok| {
+            if ok {
+                let _ = tx.send(end);
+            }
+        });
+        Watched { inner, watch }
     }
 }
 
-impl<T: Target> Target for Spans<T> {
+impl<T: Target> Target for Watched<T> {
     fn execute<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<Applied, TargetError>> {
         Box::pin(async move {
             let start = Instant::now();
             let r = self.inner.execute(batch).await;
-            self.log.lock().unwrap().push((start, Instant::now()));
-            r
-        })
-    }
-    fn prepare<'a>(&'a self) -> BoxFuture<'a, Result<(), TargetError>> {
-        self.inner.prepare()
-    }
-    fn limits(&self) -> PackLimits {
-        self.inner.limits()
-    }
-    fn wants_statements(&self) -> bool {
-        self.inner.wants_statements()
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-}
-
-/// A target that reports when each request was applied.
-struct Timed<T: Target> {
-    inner: T,
-    applied: tokio::sync::mpsc::UnboundedSender<Instant>,
-}
-
-impl<T: Target> Target for Timed<T> {
-    fn execute<'a>(&'a self, batch: Batch<'a>) -> BoxFuture<'a, Result<Applied, TargetError>> {
-        Box::pin(async move {
-            let r = self.inner.execute(batch).await;
-            if r.is_ok() {
-                let _ = self.applied.send(Instant::now());
-            }
+            (self.watch)(start, Instant::now(), r.is_ok());
             r
         })
     }
@@ -1025,17 +1005,11 @@ async fn latency_for(label: &'static str, target: impl Target + Clone, samples: 
     let dir = tempfile::tempdir().unwrap();
     let (path, mut conn) = app_db(dir.path(), "lat.db");
     let (tx_applied, mut applied) = tokio::sync::mpsc::unbounded_channel();
-    let worker = SyncWorker::builder(
-        &path,
-        Timed {
-            inner: target.clone(),
-            applied: tx_applied,
-        },
-    )
-    .registry(d1_sync_example::registry())
-    .poll_interval(Duration::from_secs(30))
-    .build()
-    .unwrap();
+    let worker = SyncWorker::builder(&path, Watched::applied(target.clone(), tx_applied))
+        .registry(d1_sync_example::registry())
+        .poll_interval(Duration::from_secs(30))
+        .build()
+        .unwrap();
     worker.start().unwrap();
     worker.flush().await.unwrap();
     let outbox = Outbox::new();

@@ -482,7 +482,8 @@ pub(super) fn id_runs(ids: &[i64]) -> Vec<(i64, i64)> {
     let mut runs: Vec<(i64, i64)> = Vec::new();
     for id in sorted {
         match runs.last_mut() {
-            Some((_, last)) if id <= last.saturating_add(1) => *last = (*last).max(id),
+            // Sorted: `id` is at least `last`.
+            Some((_, last)) if id <= last.saturating_add(1) => *last = id,
             _ => runs.push((id, id)),
         }
     }

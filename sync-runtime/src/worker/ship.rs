@@ -169,14 +169,16 @@ pub(super) async fn tick(inner: &Arc<Inner>, st: &mut ShipState, pipelined: bool
     // The target's set-up failed: this request was not sent, and goes after the worker
     // reacts to that failure as to its own. (A set-up that panicked counts for nothing: the
     // request sets up again.)
-    if let Some(Ok(Err(e))) = match st.preparing.take() {
-        Some(p) => Some(p.await),
+    let set_up = match st.preparing.take() {
+        Some(p) => p.await.ok(),
         None => None,
-    } {
-        let mut live = lock(&inner.live);
-        live.requests += 1;
-        live.requests_failed += 1;
-        drop(live);
+    };
+    if let Some(Err(e)) = set_up {
+        {
+            let mut live = lock(&inner.live);
+            live.requests += 1;
+            live.requests_failed += 1;
+        }
         seg.request = Some(request);
         st.plan.push_front(seg);
         return TickEnd::Failed(e);
