@@ -143,17 +143,34 @@ pub fn claim_mark_sql(queue: &str) -> String {
     )
 }
 
-/// The enqueue statement: an `INSERT ... SELECT` whose id is the merge target's when there is
-/// one (the conflict then merges, see the module's table), else a new one.
+/// The enqueue statement: an `INSERT` whose id is the merge target's when there is one (the
+/// conflict then merges, see the module's table), else a new one.
 pub fn enqueue_sql(e: &Enqueue<'_>) -> String {
-    let q = quote_ident(e.queue);
-    let tables = quote_ident(&format!("{}_tables", e.queue));
     // NULL: a new id (AUTOINCREMENT), which never conflicts.
     let id = if e.coalesce {
-        format!("({})", target(e, &q))
+        format!("({})", target(e, &quote_ident(e.queue)))
     } else {
         "NULL".to_string()
     };
+    enqueue_as_sql(e, &id)
+}
+
+/// The id of the record that a record `e` merges into, or `NULL`: a query of one row and one
+/// column, with [`enqueue_sql`]'s parameters. In the same write transaction as
+/// [`enqueue_as_sql`] with this id, the two do what [`enqueue_sql`] does in one statement.
+///
+/// The two-step form is the faster one for a caller that needs the record's id: SQLite runs a
+/// statement with `RETURNING` (or an `INSERT ... SELECT`) under a statement journal, copying
+/// every page it touches first, so that it can undo the statement alone half-way.
+pub fn merge_target_sql(e: &Enqueue<'_>) -> String {
+    format!("SELECT ({})", target(e, &quote_ident(e.queue)))
+}
+
+/// The enqueue statement with the record's id given as the expression `id`: the merge target
+/// ([`merge_target_sql`], found in the same transaction) or `NULL` for a new record.
+pub fn enqueue_as_sql(e: &Enqueue<'_>, id: &str) -> String {
+    let q = quote_ident(e.queue);
+    let tables = quote_ident(&format!("{}_tables", e.queue));
     // The insert-only column names of the record's definition, as a `json_each` source.
     let insert_only_list = format!(
         "json_each((SELECT definition FROM {tables} WHERE id = excluded.def), '$.insert_only')"
@@ -183,21 +200,26 @@ pub fn enqueue_sql(e: &Enqueue<'_>) -> String {
            SELECT o.key, {q}.payload -> o.fullkey FROM json_each({q}.payload) AS o
            WHERE json_type(excluded.payload, o.fullkey) IS NULL)) END"
     );
+    // Without a condition, one row of `VALUES`: SQLite then knows the statement writes one
+    // record and runs it without a statement journal (an `INSERT ... SELECT` may write many,
+    // so each one first copies every page it touches, to undo a failure half-way).
+    let (table, key, op, payload, now, def) = (e.table, e.row_key, e.op, e.payload, e.now, e.def);
+    let source = if e.when == "true" {
+        format!("VALUES ({id}, {table}, {key}, {op}, {payload}, {now}, {now}, {def})")
+    } else {
+        format!(
+            "SELECT {id}, {table}, {key}, {op}, {payload}, n.now, n.now, {def} FROM (SELECT {now} AS now) AS n WHERE {when}",
+            when = e.when
+        )
+    };
     format!(
         "INSERT INTO {q} (id, table_name, row_key, op, payload, created_at, updated_at, def)
-         SELECT {id}, {table}, {key}, {op}, {payload}, n.now, n.now, {def} FROM (SELECT {now} AS now) AS n WHERE {when}
+         {source}
          ON CONFLICT (id) DO UPDATE SET
            op = CASE WHEN excluded.op = 'delete' THEN 'delete'
                      WHEN excluded.op = 'upsert' OR {q}.op = 'upsert' THEN 'upsert' ELSE 'update' END,
            payload = CASE WHEN excluded.op = 'delete' THEN excluded.payload ELSE {overlay} END,
-           updated_at = excluded.updated_at",
-        table = e.table,
-        key = e.row_key,
-        op = e.op,
-        payload = e.payload,
-        now = e.now,
-        def = e.def,
-        when = e.when,
+           updated_at = excluded.updated_at"
     )
 }
 
@@ -254,12 +276,30 @@ mod tests {
         payload: &str,
         def: i64,
     ) {
+        let e = Enqueue::params("q", coalesce);
+        let args = params![table, format!("[{key}]"), op, payload, 0, def];
+        // The two steps, as the runtime takes them.
+        let target: Option<i64> = if coalesce {
+            conn.query_row(&merge_target_sql(&e), args, |r| r.get(0))
+                .unwrap()
+        } else {
+            None
+        };
+        conn.execute(
+            &enqueue_as_sql(&e, "?7"),
+            params![table, format!("[{key}]"), op, payload, 0, def, target],
+        )
+        .unwrap();
+        let id = target.unwrap_or_else(|| conn.last_insert_rowid());
+        conn.execute(&run_sql("q", "?1", "?2", "true"), params![table, id])
+            .unwrap();
+    }
+
+    /// The one statement, as capture triggers run it.
+    fn enqueue_in_one(conn: &Connection, table: &str, key: i64, op: &str, payload: &str, def: i64) {
         let id: i64 = conn
             .query_row(
-                &format!(
-                    "{} RETURNING id",
-                    enqueue_sql(&Enqueue::params("q", coalesce))
-                ),
+                &format!("{} RETURNING id", enqueue_sql(&Enqueue::params("q", true))),
                 params![table, format!("[{key}]"), op, payload, 0, def],
                 |r| r.get(0),
             )
@@ -481,6 +521,55 @@ mod tests {
         assert_eq!(records(&conn)[0].0, 3, "ids only grow");
         put(&conn, "t", 5, "upsert", r#"{"a":1}"#, 1);
         assert_eq!(records(&conn).len(), 1);
+    }
+
+    #[test]
+    fn the_one_statement_and_the_two_steps_queue_the_same() {
+        let (one, two) = (
+            Connection::open_in_memory().unwrap(),
+            Connection::open_in_memory().unwrap(),
+        );
+        queue(&one);
+        queue(&two);
+        let payloads = [
+            r#"{"a":1,"c":5}"#,
+            r#"{"b":2}"#,
+            r#"{"c":null,"a":3}"#,
+            "{}",
+        ];
+        // A fixed pseudo-random walk over tables, rows, operations, payloads and claims.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for _ in 0..600 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Runs of a few records of one table.
+            let table = if x >> 59 < 3 {
+                ["u", "s"][((x >> 40) % 2) as usize]
+            } else {
+                "t"
+            };
+            let def = if table == "t" { 1 } else { 2 };
+            let key = ((x >> 8) % 3) as i64;
+            let op = ["upsert", "update", "upsert", "update", "upsert", "delete"]
+                [((x >> 16) % 6) as usize];
+            let payload = payloads[((x >> 24) % 4) as usize];
+            enqueue_in_one(&one, table, key, op, payload, def);
+            put(&two, table, key, op, payload, def);
+            if (x >> 32).is_multiple_of(29) {
+                // A claim of everything queued so far.
+                for conn in [&one, &two] {
+                    let newest: i64 = conn
+                        .query_row("SELECT max(id) FROM q", [], |r| r.get(0))
+                        .unwrap();
+                    conn.execute(&claim_mark_sql("q"), params![newest, false])
+                        .unwrap();
+                }
+            }
+        }
+        let queued = records(&one);
+        assert!(queued.len() > 100 && queued.len() < 450, "{}", queued.len());
+        assert_eq!(queued, records(&two));
     }
 
     #[test]

@@ -520,12 +520,20 @@ fn the_hot_queries_walk_indexes_without_sorting() {
             "dead letters and waiting records are found through their partial index, not the backlog:\n{dead}"
         );
     }
-    let enqueue = plan(&conn, &o.insert_sql);
+    let target = plan(
+        &conn,
+        o.merge_target_sql.as_deref().expect("coalescing is on"),
+    );
     assert!(
-        enqueue.contains("SEARCH d1_sync_queue USING COVERING INDEX d1_sync_queue_rows (table_name=? AND row_key=?)")
-            && !enqueue.contains("SCAN d1_sync_queue ")
-            && !enqueue.contains("TEMP B-TREE"),
-        "an enqueue finds the row's newest record through the rows index, and reads nothing else of the backlog:\n{enqueue}"
+        target.contains("SEARCH d1_sync_queue USING COVERING INDEX d1_sync_queue_rows (table_name=? AND row_key=?)")
+            && !target.contains("SCAN d1_sync_queue ")
+            && !target.contains("TEMP B-TREE"),
+        "an enqueue finds the row's newest record through the rows index, and reads nothing else of the backlog:\n{target}"
+    );
+    let insert = plan(&conn, &o.insert_sql);
+    assert!(
+        !insert.contains("SCAN d1_sync_queue ") && !insert.contains("TEMP B-TREE"),
+        "the insert reads nothing of the backlog:\n{insert}"
     );
     let purge = plan(&conn, &sql::purge(&o));
     assert!(

@@ -2,7 +2,7 @@
 //! `patch` and `remove` write the local row and queue its record in the caller's
 //! transaction; the `enqueue_*` methods only queue.
 
-use rusqlite::{params, Connection, Transaction};
+use rusqlite::{params, Connection, Transaction, TransactionBehavior};
 
 use super::{now_ms, Outbox};
 use crate::change::Op;
@@ -36,15 +36,36 @@ impl Outbox {
         payload: &str,
         def: Option<i64>,
     ) -> Result<i64> {
+        // The merge target is looked up, merged into and the run moved in one transaction: the
+        // caller's, or one of its own (taking the write lock first) when the caller has none.
+        let own = if conn.is_autocommit() {
+            Some(Transaction::new_unchecked(
+                conn,
+                TransactionBehavior::Immediate,
+            )?)
+        } else {
+            None
+        };
         let now = now_ms();
-        let id: i64 = conn
-            .prepare_cached(&self.insert_sql)
-            .and_then(|mut s| {
-                s.query_row(params![table, row_key, op, payload, now, def], |r| r.get(0))
-            })
+        let target: Option<i64> = match &self.merge_target_sql {
+            Some(sql) => conn
+                .prepare_cached(sql)
+                .and_then(|mut s| {
+                    s.query_row(params![table, row_key, op, payload, now, def], |r| r.get(0))
+                })
+                .map_err(|e| self.map_missing(e))?,
+            None => None,
+        };
+        conn.prepare_cached(&self.insert_sql)
+            .and_then(|mut s| s.execute(params![table, row_key, op, payload, now, def, target]))
             .map_err(|e| self.map_missing(e))?;
+        // A merge keeps the target's id; an append made a new row.
+        let id = target.unwrap_or_else(|| conn.last_insert_rowid());
         conn.prepare_cached(&self.run_sql)?
             .execute(params![table, id])?;
+        if let Some(tx) = own {
+            tx.commit()?;
+        }
         Ok(id)
     }
 
