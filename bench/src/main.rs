@@ -207,44 +207,88 @@ fn bench_enqueue(quick: bool) -> Vec<Row> {
             },
         )
     })
-    .chain(std::iter::once(write_ratio(
-        dir.path(),
-        "floor",
-        (
-            "the floor of any outbox that copies the row: the row write plus a plain INSERT of its record, 1,000 per commit",
-            "row write alone",
-            "report",
-        ),
-        if quick { 20_000 } else { 100_000 },
-        1_000,
-        |on, conn| {
-            if on {
-                Outbox::new().install(conn).unwrap();
-            }
-        },
-        |on, _, tx, i| {
-            bare_write(tx, i);
-            if on {
-                let m = message(i);
-                let payload = serde_json::json!({
-                    "id": m.id, "platform": m.platform, "conversation_id": m.conversation_id,
-                    "role": m.role, "raw_text": m.raw_text, "summary": m.summary,
-                    "observed_at": m.observed_at, "static_path": m.static_path,
-                    "page_url": m.page_url, "page_title": m.page_title,
-                    "created_at": m.created_at, "organization_id": m.organization_id,
-                    "version": m.version,
-                });
-                tx.prepare_cached(
-                    "INSERT INTO d1_sync_queue (table_name, row_key, op, payload, created_at, updated_at)
-                     VALUES ('messages', json_array(?1), 'upsert', ?2, 0, 0)",
-                )
-                .unwrap()
-                .execute(d1_sync::rusqlite::params![m.id, payload.to_string()])
-                .unwrap();
-            }
-        },
-    )))
+    .chain(floors(dir.path(), if quick { 20_000 } else { 100_000 }))
     .collect()
+}
+
+/// The floors under the enqueue figure, 1,000 writes per commit: the row write plus a plain
+/// `INSERT` of a record of it, with no coalescing, definitions or run, in three formats: the
+/// payload as today's JSON object (named columns), as a JSON array (values in the definition's
+/// order), and no payload at all (a record that names the row, and is read from it when sent).
+/// What each format could reach at best, for planning: none is what the outbox does.
+fn floors(dir: &Path, n: u64) -> Vec<Row> {
+    let formats: [(&'static str, &'static str); 3] = [
+        (
+            "floor: the row write plus a plain INSERT of its record as today's format (payload a JSON object), 1,000 per commit",
+            "object",
+        ),
+        (
+            "floor: the same with the payload a JSON array of the values (no column names), 1,000 per commit",
+            "array",
+        ),
+        (
+            "floor: the same with no payload (the record names the row; it would be read when sent), 1,000 per commit",
+            "key",
+        ),
+    ];
+    formats
+        .into_iter()
+        .map(|(name, format)| {
+            write_ratio(
+                dir,
+                &format!("floor-{format}"),
+                (name, "row write alone", "report"),
+                n,
+                1_000,
+                |on, conn| {
+                    if on {
+                        // The queue's columns and its rows index, without AUTOINCREMENT.
+                        conn.execute_batch(
+                            "CREATE TABLE floor_queue (id INTEGER PRIMARY KEY, table_name TEXT NOT NULL,
+                               row_key TEXT NOT NULL, op TEXT NOT NULL, payload TEXT NOT NULL,
+                               status TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
+                               next_attempt_at INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL,
+                               updated_at INTEGER NOT NULL, def INTEGER);
+                             CREATE INDEX floor_queue_rows ON floor_queue (table_name, row_key);",
+                        )
+                        .unwrap();
+                    }
+                },
+                move |on, _, tx, i| {
+                    bare_write(tx, i);
+                    if on {
+                        let m = message(i);
+                        let values = m.values();
+                        let columns = || {
+                            Message::COLUMNS
+                                .iter()
+                                .copied()
+                                .zip(values.iter())
+                                .filter(|(c, _)| !Message::PRIMARY_KEY.contains(c))
+                        };
+                        let payload = match format {
+                            "object" => d1_sync::codec::stored_object(columns()),
+                            "array" => d1_sync::codec::stored_array(
+                                &columns().map(|(_, v)| v.clone()).collect::<Vec<_>>(),
+                            ),
+                            _ => String::new(),
+                        };
+                        tx.prepare_cached(
+                            "INSERT INTO floor_queue (table_name, row_key, op, payload, created_at, updated_at, def)
+                             VALUES ('messages', ?1, 'upsert', ?2, ?3, ?3, 1)",
+                        )
+                        .unwrap()
+                        .execute(d1_sync::rusqlite::params![
+                            d1_sync::codec::stored_array(&m.key_values()),
+                            payload,
+                            1_767_225_600_000_i64
+                        ])
+                        .unwrap();
+                    }
+                },
+            )
+        })
+        .collect()
 }
 
 /// 1b. A raw write to a captured table (the trigger queues its record) against the same write
