@@ -805,3 +805,28 @@ fn a_version_4_queue_with_capture_is_migrated() {
         .unwrap();
     assert_eq!(payload, r#"{"body":"y"}"#);
 }
+
+#[test]
+fn a_raw_record_outside_a_transaction_is_queued_in_one_of_its_own() {
+    let (conn, o) = setup();
+    assert!(conn.is_autocommit());
+    let first = put(&conn, &o, "a");
+    let second = put(&conn, &o, "b");
+    assert!(second > first);
+    assert!(conn.is_autocommit(), "the enqueue's own transaction ended");
+    let (run_table, run_start): (String, i64) = conn
+        .query_row(
+            "SELECT run_table, run_start FROM d1_sync_queue_coalesce",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((run_table.as_str(), run_start), ("t", first));
+    // A failed enqueue leaves no transaction open either.
+    let other = Outbox::with_table("not_installed");
+    assert!(matches!(
+        other.enqueue_raw(&conn, "t", "[1]", "upsert", "{}"),
+        Err(Error::NotInstalled(_))
+    ));
+    assert!(conn.is_autocommit());
+}
