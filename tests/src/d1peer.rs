@@ -6,6 +6,7 @@
 //! on `127.0.0.1`, port 0. The peer serves 32 databases (`db0`..`db31`); each test takes its
 //! own with [`D1Peer::database`], so tests run in parallel. The peer exits when the test
 //! binary's end closes its standard input; [`D1Peer`]'s `Drop` also ends its process group.
+//! With `D1PEER_CPUS` set (a `taskset` CPU list, e.g. `1`), the peer runs on those CPUs only.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -142,7 +143,17 @@ impl D1Peer {
         let node_modules = ensure_installed();
         let log = install_dir().join(format!("peer-{}.log", std::process::id()));
         let log_file = std::fs::File::create(&log).expect("create the peer log");
-        let mut cmd = Command::new("node");
+        // `D1PEER_CPUS=1`: the peer (node and the engine it starts) on those CPUs only, with
+        // `taskset`; run the client under `taskset -c 0` and the two no longer share cores,
+        // as a client and a remote D1 do not.
+        let mut cmd = match std::env::var("D1PEER_CPUS") {
+            Ok(cpus) if !cpus.is_empty() => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpus, "node"]);
+                c
+            }
+            _ => Command::new("node"),
+        };
         cmd.arg(peer_src().join("serve.mjs"))
             .env("NODE_PATH", &node_modules)
             .env("D1PEER_PORT", "0")

@@ -240,14 +240,39 @@ impl Outbox {
             log.execute(params![now, first, last])?;
         }
         drop(log);
-        let mut delete = tx.prepare_cached(&sql::delete_synced(self))?;
-        let mut n = 0;
-        for &(first, last) in &runs {
-            n += delete.execute(params![first, last])?;
-        }
-        drop(delete);
+        let n = if self.holds_only(&tx, &runs)? {
+            // The worker caught up: the queue is emptied whole, not row by row.
+            tx.prepare_cached(&sql::clear(self))?.execute([])?
+        } else {
+            let mut delete = tx.prepare_cached(&sql::delete_synced(self))?;
+            let mut n = 0;
+            for &(first, last) in &runs {
+                n += delete.execute(params![first, last])?;
+            }
+            n
+        };
         tx.commit()?;
         Ok(n)
+    }
+
+    /// Whether the queue holds exactly the records of `runs`, all pending and due.
+    fn holds_only(&self, conn: &Connection, runs: &[(i64, i64)]) -> Result<bool> {
+        let (Some(&(first, _)), Some(&(_, last))) = (runs.first(), runs.last()) else {
+            return Ok(false);
+        };
+        let spans: bool = conn
+            .prepare_cached(&sql::spans_only(self))?
+            .query_row(params![first, last], |r| r.get(0))?;
+        if !spans {
+            return Ok(false);
+        }
+        let mut between = conn.prepare_cached(&sql::any_between(self))?;
+        for w in runs.windows(2) {
+            if between.exists(params![w[0].1, w[1].0])? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Charges failed records an attempt: due again at their `until`, or `failed` once

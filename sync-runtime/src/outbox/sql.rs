@@ -74,6 +74,30 @@ pub(super) fn waiting_rows(o: &Outbox) -> String {
     )
 }
 
+/// Whether the queue's ids span exactly `?1` to `?2` and it holds no dead letter (read
+/// through their partial index): three seeks. With no record in the gaps between an
+/// acknowledgement's runs, every record in the queue is then one the acknowledgement names
+/// and may delete ([`delete_synced`] deletes only pending ones).
+pub(super) fn spans_only(o: &Outbox) -> String {
+    format!(
+        "SELECT (SELECT min(id) FROM {q}) IS ?1 AND (SELECT max(id) FROM {q}) IS ?2
+           AND NOT EXISTS (SELECT 1 FROM {dead})",
+        q = o.q,
+        dead = dead_letters(o)
+    )
+}
+
+/// Whether a record lies strictly between `?1` and `?2`.
+pub(super) fn any_between(o: &Outbox) -> String {
+    format!("SELECT 1 FROM {} WHERE id > ?1 AND id < ?2 LIMIT 1", o.q)
+}
+
+/// Empties the queue. Without a `WHERE`, SQLite frees the table's and its indexes' pages
+/// whole instead of deleting row by row (the ids go on growing: `AUTOINCREMENT` keeps them).
+pub(super) fn clear(o: &Outbox) -> String {
+    format!("DELETE FROM {}", o.q)
+}
+
 /// Trims the log to its newest `?1` entries: only its low end is ever deleted, so the cut is
 /// one subtraction and the delete a range of the rowid.
 pub(super) fn purge(o: &Outbox) -> String {

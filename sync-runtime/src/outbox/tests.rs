@@ -535,6 +535,16 @@ fn the_hot_queries_walk_indexes_without_sorting() {
         !insert.contains("SCAN d1_sync_queue ") && !insert.contains("TEMP B-TREE"),
         "the insert reads nothing of the backlog:\n{insert}"
     );
+    for spans in [sql::spans_only(&o), sql::any_between(&o)] {
+        let spans = plan(&conn, &spans);
+        assert!(
+            spans
+                .lines()
+                .filter(|l| l.contains("d1_sync_queue"))
+                .all(|l| l.starts_with("SEARCH") || l.contains("INDEX d1_sync_queue_blocking")),
+            "whether an acknowledgement spans the queue is a few seeks and a look at the dead letters:\n{spans}"
+        );
+    }
     let purge = plan(&conn, &sql::purge(&o));
     assert!(
         !purge.contains("TEMP B-TREE") && !purge.contains("SCAN d1_sync_queue_synced"),
@@ -829,4 +839,47 @@ fn a_raw_record_outside_a_transaction_is_queued_in_one_of_its_own() {
         Err(Error::NotInstalled(_))
     ));
     assert!(conn.is_autocommit());
+}
+
+#[test]
+fn an_acknowledgement_of_everything_queued_empties_the_queue_whole() {
+    let (mut conn, o) = setup();
+    let all: Vec<i64> = (0..6).map(|i| put(&conn, &o, &i.to_string())).collect();
+    // Two runs around a gap that holds nothing any more.
+    o.mark_synced(&mut conn, &[all[2]], None).unwrap();
+    let rest = [all[0], all[1], all[3], all[4], all[5]];
+    assert_eq!(o.mark_synced(&mut conn, &rest, None).unwrap(), 5);
+    let c = o.counts(&conn).unwrap();
+    assert_eq!((c.pending, c.synced), (0, 6));
+    let indexed: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM d1_sync_queue INDEXED BY d1_sync_queue_rows",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(indexed, 0, "the rows index is emptied with the table");
+    assert!(put(&conn, &o, "next") > all[5], "ids go on growing");
+}
+
+#[test]
+fn an_acknowledgement_that_spans_the_queue_leaves_what_it_does_not_name() {
+    // A record in backoff between acknowledged ones (the queue's first and last ids are the
+    // acknowledgement's) stays; records in backoff that it names go like any other.
+    let (mut conn, o) = setup();
+    let all: Vec<i64> = (0..4).map(|i| put(&conn, &o, &i.to_string())).collect();
+    o.charge(&mut conn, &[setback(all[1], "later", i64::MAX)], 10)
+        .unwrap();
+    assert_eq!(
+        o.mark_synced(&mut conn, &[all[0], all[2], all[3]], None)
+            .unwrap(),
+        3
+    );
+    assert_eq!(o.counts(&conn).unwrap().pending, 1);
+    let b = put(&conn, &o, "b");
+    o.charge(&mut conn, &[setback(b, "later", i64::MAX)], 10)
+        .unwrap();
+    let c = put(&conn, &o, "c");
+    assert_eq!(o.mark_synced(&mut conn, &[all[1], b, c], None).unwrap(), 3);
+    assert_eq!(o.counts(&conn).unwrap().pending, 0);
 }
