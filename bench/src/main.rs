@@ -611,6 +611,27 @@ async fn d1_table(peer: &D1Peer) -> d1_sync_tests::d1peer::TestDb {
     db
 }
 
+/// Where one drain's time went (see `bench_d1`).
+struct Split {
+    before: Duration,
+    requests: Duration,
+    between: Duration,
+    after: Duration,
+    /// The engine alone with the same requests.
+    alone: Duration,
+}
+
+impl Split {
+    fn total(&self) -> Duration {
+        self.before + self.requests + self.between + self.after
+    }
+
+    /// The share of the drain spent in requests.
+    fn share(&self) -> f64 {
+        self.requests.as_secs_f64() / self.total().as_secs_f64().max(1e-9)
+    }
+}
+
 /// 3. Over the D1 REST API to the local D1, against the seed's way in the same run.
 async fn bench_d1(peer: &D1Peer, quick: bool) -> Vec<Row> {
     let n = std::env::var("D1_N")
@@ -619,8 +640,9 @@ async fn bench_d1(peer: &D1Peer, quick: bool) -> Vec<Row> {
         .unwrap_or(if quick { 5_000 } else { 30_000 });
     let (mut ours, mut seeds, mut per_1000) = (Vec::new(), Vec::new(), Vec::new());
     let (mut engine, mut engine_bare, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    // Where each drain's time went: before the first request, in requests, after the last.
-    let mut splits: Vec<(Duration, Duration, Duration, Duration)> = Vec::new();
+    // Where each drain's time went: before the first request, in requests, between them,
+    // after the last; and the engine's time alone.
+    let mut splits: Vec<Split> = Vec::new();
     let mut originals = Vec::new();
     let original = original::prepare();
     for _ in 0..ROUNDS {
@@ -707,12 +729,17 @@ async fn bench_d1(peer: &D1Peer, quick: bool) -> Vec<Row> {
         let spans = std::mem::take(&mut *log.lock().unwrap());
         if let (Some(first), Some(last)) = (spans.first(), spans.last()) {
             let in_requests = spans.iter().map(|(s, e)| *e - *s).sum();
-            splits.push((
+            let (before, after) = (
                 first.0 - start,
-                in_requests,
                 (start + took).saturating_duration_since(last.1),
-                with_ledger,
-            ));
+            );
+            splits.push(Split {
+                before,
+                requests: in_requests,
+                between: took.saturating_sub(before + in_requests + after),
+                after,
+                alone: with_ledger,
+            });
         }
         // The worker against the engine in the same round, one right after the other.
         ratios.push(rate(n, took) / rate(n, with_ledger));
@@ -731,29 +758,26 @@ async fn bench_d1(peer: &D1Peer, quick: bool) -> Vec<Row> {
     let (ours, seed, engine) = (median_f64(ours), median_f64(seeds), median_f64(engine));
     let engine_bare = median_f64(engine_bare);
     // The round with the median share of the drain in requests.
-    splits.sort_by(|a, b| {
-        let share = |(before, requests, after, _): &(Duration, Duration, Duration, Duration)| {
-            requests.as_secs_f64() / (*before + *requests + *after).as_secs_f64().max(1e-9)
-        };
-        share(a).total_cmp(&share(b))
-    });
-    let split_row = splits.get(splits.len() / 2).map(|&(before, requests, after, alone)| {
+    splits.sort_by(|a, b| a.share().total_cmp(&b.share()));
+    let split_row = splits.get(splits.len() / 2).map(|sp| {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        let total = before + requests + after;
+        let total = sp.total();
         Row {
             name: "where the worker's drain time goes, over local D1",
             measured: format!(
-                "{:.0} ms before the first request (claim, check, pack), {:.0} ms in requests, {:.0} ms after the last answer (its acknowledgement); {:.0} ms in all",
-                ms(before),
-                ms(requests),
-                ms(after),
+                "{:.0} ms before the first request (claim, check, pack), {:.0} ms in requests, {:.0} ms between them, {:.0} ms after the last answer (its acknowledgement); {:.0} ms in all",
+                ms(sp.before),
+                ms(sp.requests),
+                ms(sp.between),
+                ms(sp.after),
                 ms(total)
             ),
-            baseline: format!("{:.0} ms: the engine alone with the same requests", ms(alone)),
+            baseline: format!("{:.0} ms: the engine alone with the same requests", ms(sp.alone)),
             ratio: format!(
-                "requests {:.2}x the engine's time (the worker's work beside them on this machine's cores); before and after {:.0}% of the drain (the round with the median split)",
-                requests.as_secs_f64() / alone.as_secs_f64().max(1e-9),
-                (before + after).as_secs_f64() * 100.0 / total.as_secs_f64().max(1e-9)
+                "requests {:.2}x the engine's time (the worker's work beside them on this machine's cores); before, between and after {:.0}% of the drain (the round with the median split)",
+                sp.requests.as_secs_f64() / sp.alone.as_secs_f64().max(1e-9),
+                (sp.before + sp.between + sp.after).as_secs_f64() * 100.0
+                    / total.as_secs_f64().max(1e-9)
             ),
             target: "report",
         }
