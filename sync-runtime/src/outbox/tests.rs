@@ -883,3 +883,25 @@ fn an_acknowledgement_that_spans_the_queue_leaves_what_it_does_not_name() {
     assert_eq!(o.mark_synced(&mut conn, &[all[1], b, c], None).unwrap(), 3);
     assert_eq!(o.counts(&conn).unwrap().pending, 0);
 }
+
+#[test]
+fn a_save_that_inserts_its_row_appends_and_one_that_updates_it_merges() {
+    let (mut conn, o) = notes();
+    // Not 1: the queue's first id is 1 too, and an insert whose rowid equals the last one
+    // reads as "not new" (it then looks for a record to merge into, which is also correct).
+    let note = |body: &str| Note {
+        id: 7,
+        body: body.into(),
+        created_at: 5,
+    };
+    let tx = conn.transaction().unwrap();
+    // Queued only: the local file has no such row yet.
+    let queued = o.enqueue_upsert(&tx, &note("queued")).unwrap();
+    // The save inserts the local row: its record is appended, not looked up to merge.
+    let inserted = o.save(&tx, &note("inserted")).unwrap().unwrap();
+    assert!(inserted > queued);
+    // The next save updates the row: it merges into the record before it.
+    assert_eq!(o.save(&tx, &note("updated")).unwrap(), Some(inserted));
+    tx.commit().unwrap();
+    assert_eq!(o.counts(&conn).unwrap().pending, 2);
+}

@@ -24,9 +24,11 @@ impl Outbox {
         op: &str,
         payload: &str,
     ) -> Result<i64> {
-        self.insert(conn, table, row_key, op, payload, None)
+        self.insert(conn, table, row_key, op, payload, Under::Raw)
     }
 
+    /// Queues a record, merged into the row's pending record when `under` lets it and the
+    /// rules allow (see [`d1_sync_schema::queue`]).
     fn insert(
         &self,
         conn: &Connection,
@@ -34,8 +36,12 @@ impl Outbox {
         row_key: &str,
         op: &str,
         payload: &str,
-        def: Option<i64>,
+        under: Under,
     ) -> Result<i64> {
+        let (def, merge) = match under {
+            Under::Raw => (None, false),
+            Under::Definition { id, merge } => (Some(id), merge),
+        };
         // The merge target is looked up, merged into and the run moved in one transaction: the
         // caller's, or one of its own (taking the write lock first) when the caller has none.
         let own = if conn.is_autocommit() {
@@ -47,7 +53,7 @@ impl Outbox {
             None
         };
         let now = now_ms();
-        let target: Option<i64> = match &self.merge_target_sql {
+        let target: Option<i64> = match self.merge_target_sql.as_ref().filter(|_| merge) {
             Some(sql) => conn
                 .prepare_cached(sql)
                 .and_then(|mut s| {
@@ -91,25 +97,23 @@ impl Outbox {
         payload: String,
     ) -> Result<i64> {
         self.define::<T>(conn)?;
-        self.record::<T>(conn, row_key, op, payload)
+        self.record::<T>(conn, row_key, op, payload, true)
     }
 
-    /// Queues a record of `T` whose definition is stored already.
+    /// Queues a record of `T` whose definition is stored already; `merge` as in [`Under`].
     fn record<T: SyncRow>(
         &self,
         conn: &Connection,
         row_key: &str,
         op: Op,
         payload: String,
+        merge: bool,
     ) -> Result<i64> {
-        self.insert(
-            conn,
-            T::TABLE,
-            row_key,
-            op.as_str(),
-            &payload,
-            Some(T::DEFINITION_ID),
-        )
+        let under = Under::Definition {
+            id: T::DEFINITION_ID,
+            merge,
+        };
+        self.insert(conn, T::TABLE, row_key, op.as_str(), &payload, under)
     }
 
     /// Writes the row to the local file (upsert) **and** queues its upsert for D1, in the
@@ -144,16 +148,15 @@ impl Outbox {
         op: Op,
         payload: impl FnOnce() -> String,
     ) -> Result<Option<i64>> {
-        let (changed, triggered) = self.write_locally::<T>(tx, write)?;
-        if changed == 0 {
+        let w = self.write_locally::<T>(tx, write)?;
+        if w.changed == 0 {
             return Ok(None);
         }
-        self.queue_written::<T>(tx, row_key, triggered, op, payload)
+        self.queue_written::<T>(tx, row_key, &w, op, payload)
             .map(Some)
     }
 
-    /// Runs the local write `write` of a `T` row: how many rows it changed, and whether it
-    /// changed more than its own (a trigger or a cascade ran).
+    /// Runs the local write `write` of a `T` row.
     ///
     /// The definition is stored first: an `INSERT`, so the caller's transaction is a write
     /// transaction before anything in it reads (see [`Outbox::define`]).
@@ -161,31 +164,42 @@ impl Outbox {
         &self,
         tx: &Transaction<'_>,
         write: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<usize>,
-    ) -> Result<(usize, bool)> {
+    ) -> Result<Written> {
         self.define::<T>(tx)?;
-        let before = tx.total_changes();
+        let (before, rowid) = (tx.total_changes(), tx.last_insert_rowid());
         let changed = write(tx)?;
-        Ok((changed, tx.total_changes() - before > changed as u64))
+        Ok(Written {
+            changed,
+            triggered: tx.total_changes() - before > changed as u64,
+            // An upsert that updated leaves the last rowid alone; one that inserted sets it
+            // (a trigger's inserts do not outlast the trigger). The same rowid by chance
+            // reads as "not new", which only costs a lookup.
+            new_row: tx.last_insert_rowid() != rowid,
+        })
     }
 
     /// Queues the record of a local write just done, unless a capture trigger queued it during
-    /// the write: then the id of the row's record that carries it. `triggered`: the write
-    /// changed more rows than its own (a trigger or a cascade ran); only then can a capture
-    /// trigger have queued anything, and only then is the schema asked.
+    /// the write: then the id of the row's record that carries it. Only a write that changed
+    /// more rows than its own (a trigger or a cascade ran) can have fired a capture trigger,
+    /// and only then is the schema asked.
+    ///
+    /// The record of a row the write inserted is appended without looking for a record to
+    /// merge into: a new row rarely has one (only after an `enqueue_*` of it), and appending
+    /// is always correct.
     fn queue_written<T: SyncRow>(
         &self,
         tx: &Transaction<'_>,
         row_key: &str,
-        triggered: bool,
+        w: &Written,
         op: Op,
         payload: impl FnOnce() -> String,
     ) -> Result<i64> {
-        if triggered && self.captured_now::<T>(tx)? {
+        if w.triggered && self.captured_now::<T>(tx)? {
             if let Some(id) = self.newest_of_row::<T>(tx, row_key)? {
                 return Ok(id);
             }
         }
-        self.record::<T>(tx, row_key, op, payload())
+        self.record::<T>(tx, row_key, op, payload(), !w.new_row)
     }
 
     /// Updates the named columns of the row in the local file **and** queues the same
@@ -265,7 +279,7 @@ impl Outbox {
         let key = row.key_values();
         let mut deleted: Option<i64> = None;
         // Queued even when nothing was deleted here: D1 may hold the row.
-        let (_, triggered) = self.write_locally::<T>(tx, |tx| match T::VERSION {
+        let w = self.write_locally::<T>(tx, |tx| match T::VERSION {
             Some(v) => {
                 let sql = d1_sync_schema::guard::delete_local_sql(T::TABLE, T::PRIMARY_KEY, v);
                 let mut stmt = tx.prepare_cached(&sql)?;
@@ -283,13 +297,7 @@ impl Outbox {
         })?;
         // The key is the record's row key: a delete has nothing else to say but its version.
         let payload = delete_payload(row, deleted)?;
-        self.queue_written::<T>(
-            tx,
-            &codec::stored_array(&key),
-            triggered,
-            Op::Delete,
-            || payload,
-        )
+        self.queue_written::<T>(tx, &codec::stored_array(&key), &w, Op::Delete, || payload)
     }
 
     /// The id of the row's newest record (the one a capture trigger just queued or merged
@@ -387,6 +395,27 @@ impl Outbox {
 
 /// The stored payload of an upsert: every column but the key, which the record's row key
 /// holds (stored once).
+/// What a record is written under.
+#[derive(Debug, Clone, Copy)]
+enum Under {
+    /// No stored definition: the record never merges.
+    Raw,
+    /// The stored definition `id`. With `merge`, the record may merge into its row's pending
+    /// record; without, it is appended (always correct, as with coalescing off, and a lookup
+    /// less).
+    Definition { id: i64, merge: bool },
+}
+
+/// What a local write did.
+struct Written {
+    /// Rows it changed.
+    changed: usize,
+    /// Whether it changed more than its own (a trigger or a cascade ran).
+    triggered: bool,
+    /// Whether it inserted a new row.
+    new_row: bool,
+}
+
 fn upsert_payload<T: SyncRow>(values: &[Value]) -> String {
     codec::stored_object(
         T::COLUMNS
