@@ -130,8 +130,14 @@ fn json_value(row: &str, column: &str) -> String {
 }
 
 /// The record's enqueue (see [`crate::queue`]): queued only `when` holds, coalesced into the
-/// row's pending record when `c.coalesce` says so and the rules allow.
-fn record(c: &Capture<'_>, op: &str, row: &str, with_payload: bool, when: &str) -> String {
+/// row's pending record when `c.coalesce` and `merge` say so and the rules allow.
+fn record(
+    c: &Capture<'_>,
+    (op, merge): (&str, bool),
+    row: &str,
+    with_payload: bool,
+    when: &str,
+) -> String {
     let key: Vec<String> = c.primary_key.iter().map(|k| json_value(row, k)).collect();
     let payload = if with_payload {
         let pairs: Vec<String> = c
@@ -159,7 +165,7 @@ fn record(c: &Capture<'_>, op: &str, row: &str, with_payload: bool, when: &str) 
         def: &def,
         now: "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
         when,
-        coalesce: c.coalesce,
+        coalesce: c.coalesce && merge,
     };
     format!(
         "{}; {}",
@@ -192,19 +198,21 @@ pub fn create_triggers_sql(c: &Capture<'_>) -> Vec<String> {
         format!(
             "CREATE TRIGGER {} AFTER INSERT ON {t} WHEN {not_paused} BEGIN {}; END",
             quote_ident(&ins),
-            record(c, "upsert", "NEW", true, "true")
+            // An inserted row is new: its record is appended without looking for one to merge
+            // into (only an `enqueue_*` of it could have left one, and appending is correct).
+            record(c, ("upsert", false), "NEW", true, "true")
         ),
         format!(
             "CREATE TRIGGER {} AFTER UPDATE ON {t} WHEN {not_paused} AND ({}) BEGIN {}; {}; END",
             quote_ident(&upd),
             differs(c.columns),
-            record(c, "delete", "OLD", false, &differs(c.primary_key)),
-            record(c, "upsert", "NEW", true, "true")
+            record(c, ("delete", true), "OLD", false, &differs(c.primary_key)),
+            record(c, ("upsert", true), "NEW", true, "true")
         ),
         format!(
             "CREATE TRIGGER {} AFTER DELETE ON {t} WHEN {not_paused} BEGIN {}; END",
             quote_ident(&del),
-            record(c, "delete", "OLD", false, "true")
+            record(c, ("delete", true), "OLD", false, "true")
         ),
     ]
 }
@@ -395,6 +403,52 @@ mod tests {
                 ("upsert", r#"{"a":"x","v":8}"#),
                 ("delete", r#"{"v":8}"#),
             ]
+        );
+    }
+
+    #[test]
+    fn an_inserted_row_is_appended_and_its_updates_merge() {
+        let conn = Connection::open_in_memory().unwrap();
+        queue(&conn);
+        conn.execute_batch(&format!(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT);
+             INSERT INTO q_tables VALUES (4, '{{\"insert_only\":[]}}');
+             {}",
+            crate::queue::create_state_sql("q")
+        ))
+        .unwrap();
+        let c = Capture {
+            queue: "q",
+            table: "t",
+            columns: &["id", "a"],
+            primary_key: &["id"],
+            definition_id: 4,
+            coalesce: true,
+            version: None,
+        };
+        for sql in create_triggers_sql(&c) {
+            conn.execute_batch(&sql).unwrap();
+        }
+        // A pending upsert of row 1 under the same definition, queued before the row exists.
+        conn.execute(
+            &crate::queue::enqueue_sql(&crate::queue::Enqueue::params("q", true)),
+            rusqlite::params!["t", "[1]", "upsert", r#"{"a":"queued"}"#, 0, 4],
+        )
+        .unwrap();
+        conn.execute(
+            &crate::queue::run_sql("q", "?1", "(SELECT max(id) FROM q)", "true"),
+            ["t"],
+        )
+        .unwrap();
+        conn.execute_batch(
+            "INSERT INTO t VALUES (1, 'inserted'); UPDATE t SET a = 'updated' WHERE id = 1;",
+        )
+        .unwrap();
+        let payloads: Vec<String> = records(&conn).into_iter().map(|r| r.2).collect();
+        assert_eq!(
+            payloads,
+            [r#"{"a":"queued"}"#, r#"{"a":"updated"}"#],
+            "the insert is appended; the update merges into it"
         );
     }
 }
