@@ -337,6 +337,8 @@ async fn bench_coalesce(quick: bool) -> Vec<Row> {
     let edit = |i: u64| {
         let mut m = message(i % rows);
         m.raw_text = Some(format!("edit {i} of {}", m.id));
+        // Each edit newer than the last: the local version guard keeps a write that is not.
+        m.version = i as i64 + 1;
         m
     };
     let mut out = Vec::new();
@@ -369,6 +371,8 @@ async fn bench_coalesce(quick: bool) -> Vec<Row> {
         out.push((records, bytes, wrote, stats.requests, took));
     }
     let (c, p) = (out[0], out[1]);
+    // Every write changed its row: not coalesced, each is a record; coalesced, one per row.
+    assert_eq!((c.0, p.0), (rows, n), "records coalesced and not");
     let show = |(records, bytes, wrote, requests, took): (u64, u64, Duration, u64, Duration)| {
         format!(
             "{records} records, {:.1} MiB, {requests} requests; written in {:.2} s, drained in {:.2} s",
