@@ -255,7 +255,8 @@ impl Outbox {
         Ok(n)
     }
 
-    /// Whether the queue holds exactly the records of `runs`, all pending and due.
+    /// Whether every record in the queue is one of `runs`, and none is a dead letter: then
+    /// emptying the queue deletes what the row-by-row delete would.
     fn holds_only(&self, conn: &Connection, runs: &[(i64, i64)]) -> Result<bool> {
         let (Some(&(first, _)), Some(&(_, last))) = (runs.first(), runs.last()) else {
             return Ok(false);
