@@ -393,8 +393,6 @@ impl Outbox {
     }
 }
 
-/// The stored payload of an upsert: every column but the key, which the record's row key
-/// holds (stored once).
 /// What a record is written under.
 #[derive(Debug, Clone, Copy)]
 enum Under {
@@ -416,6 +414,8 @@ struct Written {
     new_row: bool,
 }
 
+/// The stored payload of an upsert: every column but the key, which the record's row key
+/// holds (stored once).
 fn upsert_payload<T: SyncRow>(values: &[Value]) -> String {
     codec::stored_object(
         T::COLUMNS
