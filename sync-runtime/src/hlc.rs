@@ -157,13 +157,26 @@ impl Hlc {
     /// below the wall clock. Written in `conn`, in its transaction if one is open.
     pub fn now(&self, conn: &Connection) -> Result<i64> {
         let wall = version_at((self.physical)());
+        let upsert = format!(
+            "INSERT INTO {TABLE} (name, last) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET last = max(last + 1, excluded.last)"
+        );
+        if conn.is_autocommit() {
+            // One statement, so no other connection's stamp comes between the write and the
+            // read of what it wrote.
+            return self.write(conn, |c| {
+                c.prepare_cached(&format!("{upsert} RETURNING last"))?
+                    .query_row(params![self.name, wall], |r| r.get(0))
+            });
+        }
+        // In the caller's transaction, which holds the write lock from the upsert on: two plain
+        // statements, not one with `RETURNING`, which SQLite runs under a statement journal
+        // (a stamp took 2.3 µs that way, 1.3 µs this way).
         self.write(conn, |c| {
-            c.prepare_cached(&format!(
-                "INSERT INTO {TABLE} (name, last) VALUES (?1, ?2)
-                 ON CONFLICT (name) DO UPDATE SET last = max(last + 1, excluded.last)
-                 RETURNING last"
-            ))?
-            .query_row(params![self.name, wall], |r| r.get(0))
+            c.prepare_cached(&upsert)?
+                .execute(params![self.name, wall])?;
+            c.prepare_cached(&format!("SELECT last FROM {TABLE} WHERE name = ?1"))?
+                .query_row([&self.name], |r| r.get(0))
         })
     }
 
@@ -275,5 +288,40 @@ mod tests {
         assert!(err.contains("ahead of this device's clock"), "{err}");
         assert!(c.now(&conn).unwrap() < broken);
         assert!(version_at(EPOCH_MS + 69 * 365 * 86_400_000) < 1 << 53);
+    }
+
+    #[test]
+    fn two_connections_with_one_clock_never_give_the_same_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.db");
+        // The clock's table first, so the two threads race on versions, not on making it.
+        Hlc::new().now(&crate::open(&path).unwrap()).unwrap();
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let mut conn = crate::open(&path).unwrap();
+                    let clock = Hlc::new();
+                    let mut seen: Vec<i64> = (0..150).map(|_| clock.now(&conn).unwrap()).collect();
+                    // And in transactions of the app's own, stamping several writes each.
+                    for _ in 0..50 {
+                        let tx = conn
+                            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                            .unwrap();
+                        seen.extend((0..3).map(|_| clock.now(&tx).unwrap()));
+                        tx.commit().unwrap();
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let mut all: Vec<i64> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        let n = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), n, "every version given once");
     }
 }
