@@ -207,6 +207,31 @@ fn bench_enqueue(quick: bool) -> Vec<Row> {
             },
         )
     })
+    .chain(std::iter::once({
+        // The README's way on a versioned table: each write stamped by the clock, then saved.
+        let clock = d1_sync::Hlc::new();
+        write_ratio(
+            dir.path(),
+            "stamped",
+            (
+                "stamped save (`Hlc::stamp`, then `save`), 1,000 per commit",
+                "row write alone",
+                "report",
+            ),
+            if quick { 20_000 } else { 100_000 },
+            1_000,
+            |_, _| {},
+            move |on, outbox, tx, i| {
+                if on {
+                    let mut m = message(i);
+                    clock.stamp(tx, &mut m).unwrap();
+                    outbox.save(tx, &m).unwrap();
+                } else {
+                    bare_write(tx, i);
+                }
+            },
+        )
+    }))
     .chain(floors(dir.path(), if quick { 20_000 } else { 100_000 }))
     .collect()
 }
