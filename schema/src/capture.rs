@@ -32,7 +32,7 @@
 //! };
 //! let sql = create_triggers_sql(&c);
 //! assert_eq!(sql.len(), 3);
-//! assert!(sql[0].starts_with(r#"CREATE TRIGGER "d1_sync_capture_d1_sync_queue_notes_0000000000000007_v2c_insert" AFTER INSERT ON "notes""#));
+//! assert!(sql[0].starts_with(r#"CREATE TRIGGER "d1_sync_capture_d1_sync_queue_notes_0000000000000007_v3c_insert" AFTER INSERT ON "notes""#));
 //! ```
 
 use crate::queue::{self, Enqueue};
@@ -73,12 +73,19 @@ pub fn trigger_prefix(queue: &str, table: &str) -> String {
     format!("{}{table}_", queue_prefix(queue))
 }
 
+/// The form of the triggers this build installs, which their names carry (`_v3`). Form 3
+/// appends a new row's record without looking for a pending one to merge into; form 2 (`_v2`)
+/// sent every record through that lookup; form 1 (no tag, queues before version 5) inserted
+/// into the queue directly. Installing the queue replaces triggers of an earlier form (see
+/// [`TriggerName`]).
+pub const FORM: u32 = 3;
+
 /// The names of the three triggers: insert, update, delete. They carry the definition's id
-/// and the triggers' form (`v2`: through [`crate::queue::enqueue_sql`], `c` when coalescing),
-/// so installing after either changed replaces the triggers.
+/// and the triggers' form (`v3`, see [`FORM`]; `c` when coalescing), so installing after
+/// either changed replaces the triggers.
 pub fn trigger_names(c: &Capture<'_>) -> [String; 3] {
     let base = format!(
-        "{}{:016x}_v2{}",
+        "{}{:016x}_v{FORM}{}",
         trigger_prefix(c.queue, c.table),
         c.definition_id,
         if c.coalesce { "c" } else { "" }
@@ -86,8 +93,69 @@ pub fn trigger_names(c: &Capture<'_>) -> [String; 3] {
     ["insert", "update", "delete"].map(|w| format!("{base}_{w}"))
 }
 
-/// The definition id a capture trigger's name carries (see [`trigger_names`]), in either form:
-/// `<prefix><table>_<16 hex digits>[_v2[c]]_<insert|update|delete>`.
+/// What a capture trigger's name says (see [`trigger_names`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TriggerName {
+    /// The id of the table definition the trigger writes records of.
+    pub definition_id: i64,
+    /// The triggers' form (see [`FORM`]): 1 for a name without a tag.
+    pub form: u32,
+    /// Whether the triggers coalesce; `None` for form 1, whose name does not say.
+    pub coalesce: Option<bool>,
+}
+
+impl TriggerName {
+    /// Reads `<prefix><table>_<16 hex digits>[_v<form>[c]]_<insert|update|delete>`; `None`
+    /// for a name of another shape.
+    ///
+    /// ```
+    /// use d1_sync_schema::capture::{trigger_names, Capture, TriggerName, FORM};
+    /// let c = Capture { queue: "q", table: "t_v2", columns: &["k"], primary_key: &["k"], definition_id: -7, coalesce: true, version: None };
+    /// for name in trigger_names(&c) {
+    ///     assert_eq!(TriggerName::parse(&name), Some(TriggerName { definition_id: -7, form: FORM, coalesce: Some(true) }));
+    /// }
+    /// assert_eq!(
+    ///     TriggerName::parse("d1_sync_capture_q_t_00000000000000ff_v2_update"),
+    ///     Some(TriggerName { definition_id: 255, form: 2, coalesce: Some(false) }),
+    /// );
+    /// assert_eq!(
+    ///     TriggerName::parse("d1_sync_capture_q_t_v2_00000000000000ff_insert"),
+    ///     Some(TriggerName { definition_id: 255, form: 1, coalesce: None }),
+    /// );
+    /// assert_eq!(TriggerName::parse("d1_sync_capture_q_t_insert"), None);
+    /// ```
+    pub fn parse(trigger: &str) -> Option<TriggerName> {
+        let rest = ["_insert", "_update", "_delete"]
+            .iter()
+            .find_map(|w| trigger.strip_suffix(w))?;
+        let tagged = rest.rsplit_once("_v").and_then(|(head, tag)| {
+            let (digits, coalesce) = match tag.strip_suffix('c') {
+                Some(digits) => (digits, true),
+                None => (tag, false),
+            };
+            let form = digits
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| digits.parse::<u32>().ok())
+                .flatten()
+                .filter(|f| *f >= 2)?;
+            Some((head, form, Some(coalesce)))
+        });
+        let (rest, form, coalesce) = tagged.unwrap_or((rest, 1, None));
+        let hex = rest.get(rest.len().checked_sub(16)?..)?;
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let v = u64::from_str_radix(hex, 16).ok()?;
+        Some(TriggerName {
+            definition_id: i64::from_ne_bytes(v.to_ne_bytes()),
+            form,
+            coalesce,
+        })
+    }
+}
+
+/// The definition id a capture trigger's name carries (see [`TriggerName::parse`]).
 ///
 /// ```
 /// use d1_sync_schema::capture::{definition_id_of, trigger_names, Capture};
@@ -96,16 +164,7 @@ pub fn trigger_names(c: &Capture<'_>) -> [String; 3] {
 /// assert_eq!(definition_id_of("d1_sync_capture_q_t_00000000000000ff_insert"), Some(255));
 /// ```
 pub fn definition_id_of(trigger: &str) -> Option<i64> {
-    let rest = ["_insert", "_update", "_delete"]
-        .iter()
-        .find_map(|w| trigger.strip_suffix(w))?;
-    let rest = rest
-        .strip_suffix("_v2c")
-        .or_else(|| rest.strip_suffix("_v2"))
-        .unwrap_or(rest);
-    let hex = rest.get(rest.len().checked_sub(16)?..)?;
-    let v = u64::from_str_radix(hex, 16).ok()?;
-    Some(i64::from_ne_bytes(v.to_ne_bytes()))
+    TriggerName::parse(trigger).map(|t| t.definition_id)
 }
 
 /// `CREATE TABLE IF NOT EXISTS` of [`PAUSED_TABLE`].

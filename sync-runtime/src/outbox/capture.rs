@@ -7,7 +7,7 @@ use super::{now_ms, Outbox};
 use crate::error::{Error, Result};
 use crate::registry::Registry;
 use crate::row::{SyncRow, TableDef};
-use d1_sync_schema::capture::{self, Capture};
+use d1_sync_schema::capture::{self, Capture, TriggerName};
 use d1_sync_schema::sql::quote_ident;
 
 impl Outbox {
@@ -53,50 +53,56 @@ impl Outbox {
     pub fn capture_table(&self, conn: &Connection, def: &TableDef) -> Result<()> {
         self.install(conn)?;
         check_capturable(conn, def)?;
-        self.install_triggers(conn, def)
+        self.install_triggers(conn, def, self.coalesce)
     }
 
-    /// Replaces capture triggers of the first form (a plain insert into the queue, from a queue
-    /// before version 5) with the current form of the same definition, checked when it was
-    /// installed: they write through the enqueue statement and keep the queue's run.
-    pub(super) fn upgrade_capture(&self, conn: &Connection) -> Result<()> {
+    /// Replaces capture triggers of an earlier form (see [`capture::FORM`]) with this build's
+    /// form of the same definition, coalescing as they did (form 1, whose name does not say,
+    /// takes this outbox's setting). Their tables were checked when they were installed. Run
+    /// by every [`Outbox::install`]: one read of the schema when nothing is out of date.
+    ///
+    /// `strict` (while migrating the queue): a trigger naming a definition the queue does not
+    /// hold is an error; otherwise that trigger is left as it is.
+    pub(super) fn upgrade_capture(&self, conn: &Connection, strict: bool) -> Result<()> {
         let prefix = capture::queue_prefix(&self.table);
         let mut stmt = conn.prepare(
             "SELECT name FROM sqlite_schema WHERE type = 'trigger'
-             AND substr(name, 1, length(?1)) = ?1 AND name LIKE '%\\_insert' ESCAPE '\\'
-             AND name NOT LIKE '%\\_v2%' ESCAPE '\\'",
+             AND substr(name, 1, length(?1)) = ?1 AND name LIKE '%\\_insert' ESCAPE '\\'",
         )?;
-        let old: Vec<String> = stmt
-            .query_map([&prefix], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        for name in old {
-            let id = capture::definition_id_of(&name);
-            let text: Option<String> = match id {
-                Some(id) => conn
-                    .query_row(
-                        &format!("SELECT definition FROM {} WHERE id = ?1", self.tables),
-                        [id],
-                        |r| r.get(0),
-                    )
-                    .optional()?,
-                None => None,
+        let old: Vec<(String, TriggerName)> = stmt
+            .query_map([&prefix], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter_map(|name| {
+                let parsed = TriggerName::parse(&name).filter(|t| t.form < capture::FORM)?;
+                Some((name, parsed))
+            })
+            .collect();
+        for (name, old) in old {
+            let text: Option<String> = conn
+                .query_row(
+                    &format!("SELECT definition FROM {} WHERE id = ?1", self.tables),
+                    [old.definition_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let def = match text {
+                Some(text) => TableDef::from_definition(&text).map_err(Error::Config)?,
+                None if strict => {
+                    return Err(Error::Capture {
+                        table: name,
+                        reason: "its trigger names a table definition the queue does not hold; capture it again".into(),
+                    })
+                }
+                None => continue,
             };
-            let def = text
-                .as_deref()
-                .map(TableDef::from_definition)
-                .transpose()
-                .map_err(Error::Config)?
-                .ok_or_else(|| Error::Capture {
-                    table: name.clone(),
-                    reason: "its trigger names a table definition the queue does not hold; capture it again".into(),
-                })?;
-            self.install_triggers(conn, &def)?;
+            self.install_triggers(conn, &def, old.coalesce.unwrap_or(self.coalesce))?;
         }
         Ok(())
     }
 
     /// Installs (or replaces) the triggers of `def`, without checks.
-    fn install_triggers(&self, conn: &Connection, def: &TableDef) -> Result<()> {
+    fn install_triggers(&self, conn: &Connection, def: &TableDef, coalesce: bool) -> Result<()> {
         let columns: Vec<&str> = def.columns.iter().map(String::as_str).collect();
         let key: Vec<&str> = def.primary_key.iter().map(String::as_str).collect();
         let c = Capture {
@@ -105,7 +111,7 @@ impl Outbox {
             columns: &columns,
             primary_key: &key,
             definition_id: def.definition_id(),
-            coalesce: self.coalesce,
+            coalesce,
             version: def.version.as_deref(),
         };
         let names = capture::trigger_names(&c);

@@ -22,11 +22,17 @@ use crate::error::{Error, Result};
 ///    keep the run.
 /// 6. Records the version guard refused are logged in `<queue>_conflicts` (see
 ///    [`Outbox::conflicts`]).
+///
+/// The form of the capture triggers is not part of this version: every install replaces
+/// triggers of an earlier form (see [`d1_sync_schema::capture::FORM`]), and a build that knows
+/// only an earlier form still reads the queue (its `capture` puts its own form back, which is
+/// as correct, only slower).
 pub(super) const QUEUE_VERSION: i64 = 6;
 
 impl Outbox {
     /// Creates the queue table (and its indexes) if missing, or migrates it; refuses a queue
-    /// made by a newer d1-sync. Idempotent; does not change the connection's pragmas.
+    /// made by a newer d1-sync. Brings capture triggers an earlier build installed to this
+    /// build's form. Idempotent; does not change the connection's pragmas.
     pub fn install(&self, conn: &Connection) -> Result<()> {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS d1_sync_meta (key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL)",
@@ -48,7 +54,8 @@ impl Outbox {
                 });
             }
             if found == QUEUE_VERSION {
-                return Ok(());
+                // Capture triggers an earlier build installed get this build's form.
+                return self.upgrade_capture(conn, false);
             }
         }
         // A savepoint, not a transaction: the caller may be inside its own.
@@ -160,7 +167,7 @@ impl Outbox {
             state = d1_sync_schema::queue::create_state_sql(&self.table),
         ))?;
         conn.execute_batch(&self.create_conflicts_sql())?;
-        self.upgrade_capture(conn)?;
+        self.upgrade_capture(conn, true)?;
         conn.execute(
             "INSERT INTO d1_sync_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             params![format!("queue_version:{}", self.table), QUEUE_VERSION],

@@ -795,7 +795,9 @@ fn a_version_4_queue_with_capture_is_migrated() {
     );
     assert_eq!(triggers.len(), 3);
     assert!(
-        triggers.iter().all(|t| t.contains("_v2c_")),
+        triggers
+            .iter()
+            .all(|t| t.contains(&format!("_v{}c_", d1_sync_schema::capture::FORM))),
         "the first form is replaced: {triggers:?}"
     );
     conn.execute_batch(
@@ -814,6 +816,81 @@ fn a_version_4_queue_with_capture_is_migrated() {
         })
         .unwrap();
     assert_eq!(payload, r#"{"body":"y"}"#);
+}
+
+/// Capture triggers of an earlier form, in a queue of this version, are replaced when the
+/// queue is installed, coalescing as they did; triggers of this build's form are left alone.
+#[test]
+fn capture_triggers_of_an_earlier_form_are_replaced_on_install() {
+    use d1_sync_schema::capture::FORM;
+    let triggers = |conn: &Connection| -> Vec<String> {
+        column(
+            conn,
+            "SELECT name FROM sqlite_schema WHERE type = 'trigger' ORDER BY name",
+        )
+    };
+    let schema_version = |conn: &Connection| -> i64 {
+        conn.query_row("PRAGMA schema_version", [], |r| r.get(0))
+            .unwrap()
+    };
+    for (installed_with, form_tag) in [(true, "c"), (false, "")] {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT, created_at INTEGER)",
+        )
+        .unwrap();
+        let installer = Outbox::new().coalescing(installed_with);
+        installer.capture::<Note>(&conn).unwrap();
+        let current = triggers(&conn);
+        let tag = format!("_v{FORM}{form_tag}_");
+        assert!(current.iter().all(|t| t.contains(&tag)), "{current:?}");
+
+        // What an earlier build left: the same triggers under form 2's names, the insert
+        // trigger writing nothing (so the test sees which one runs).
+        let earlier = format!("_v2{form_tag}_");
+        let sql: Vec<(String, String)> = current
+            .iter()
+            .map(|name| {
+                let sql: String = conn
+                    .query_row(
+                        "SELECT sql FROM sqlite_schema WHERE name = ?1",
+                        [name],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                (name.clone(), sql)
+            })
+            .collect();
+        for (name, text) in &sql {
+            conn.execute_batch(&format!("DROP TRIGGER \"{name}\""))
+                .unwrap();
+            let old_name = name.replace(&tag, &earlier);
+            let text = if name.ends_with("_insert") {
+                format!("CREATE TRIGGER \"{old_name}\" AFTER INSERT ON notes BEGIN SELECT 1; END")
+            } else {
+                text.replace(name.as_str(), &old_name)
+            };
+            conn.execute_batch(&text).unwrap();
+        }
+        conn.execute("INSERT INTO notes VALUES (1, 'unseen', 0)", [])
+            .unwrap();
+        assert_eq!(installer.counts(&conn).unwrap().pending, 0);
+
+        // A build whose own setting differs installs the queue: the form changes, coalescing
+        // stays as the triggers had it.
+        let opener = Outbox::new().coalescing(!installed_with);
+        opener.install(&conn).unwrap();
+        assert_eq!(triggers(&conn), current, "replaced by this build's form");
+        conn.execute("INSERT INTO notes VALUES (2, 'seen', 0)", [])
+            .unwrap();
+        assert_eq!(opener.counts(&conn).unwrap().pending, 1);
+
+        // Up to date: installing again changes no schema.
+        let before = schema_version(&conn);
+        opener.install(&conn).unwrap();
+        installer.install(&conn).unwrap();
+        assert_eq!(schema_version(&conn), before);
+    }
 }
 
 #[test]
