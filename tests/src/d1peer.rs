@@ -3,7 +3,7 @@
 //!
 //! On first use it installs miniflare with npm into `target/d1peer/` (once per machine; a
 //! file lock keeps parallel test binaries from racing), then starts one peer per test binary
-//! on `127.0.0.1`, port 0. The peer serves 32 databases (`db0`..`db31`); each test takes its
+//! on `127.0.0.1`, port 0. The peer serves 64 databases (`db0`..`db63`); each test takes its
 //! own with [`D1Peer::database`], so tests run in parallel. The peer exits when the test
 //! binary's end closes its standard input; [`D1Peer`]'s `Drop` also ends its process group.
 //! With `D1PEER_CPUS` set (a `taskset` CPU list, e.g. `1`), the peer runs on those CPUs only.
@@ -19,7 +19,7 @@ use d1_sync::{D1Config, D1Http};
 
 /// The miniflare release the harness installs: the last one that runs on Node 20.
 pub const MINIFLARE_VERSION: &str = "4.20260426.0";
-const DATABASES: usize = 48;
+const DATABASES: usize = 64;
 const TOKEN: &str = "test-token";
 
 fn workspace_dir() -> PathBuf {
@@ -141,6 +141,7 @@ impl D1Peer {
     /// Starts a peer (installing miniflare first if needed).
     pub fn start() -> D1Peer {
         let node_modules = ensure_installed();
+        prune_logs(&install_dir());
         let log = install_dir().join(format!("peer-{}.log", std::process::id()));
         let log_file = std::fs::File::create(&log).expect("create the peer log");
         // `D1PEER_CPUS=1`: the peer (node and the engine it starts) on those CPUs only, with
@@ -282,6 +283,40 @@ impl D1Peer {
             .json()
             .await
             .expect("peer stats")
+    }
+}
+
+/// Removes the logs of peers whose test binaries have ended (each log is named after its
+/// binary's process id), so `target/d1peer` does not grow by one file per test run. Where
+/// there is no `/proc` to ask, logs older than a day go.
+fn prune_logs(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let proc_fs = Path::new("/proc/self").exists();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("peer-"))
+            .and_then(|n| n.strip_suffix(".log"))
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let ended = if proc_fs {
+            !Path::new("/proc").join(pid.to_string()).exists()
+        } else {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(24 * 3600))
+        };
+        if ended && pid != std::process::id() {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
