@@ -176,6 +176,18 @@ impl GuardShape {
         let key = key_positions(c, &c.columns)?;
         Some(GuardShape { key, version })
     }
+
+    /// The positions of the columns the guard reads: the key's, then the version's.
+    fn read(&self) -> impl Iterator<Item = &usize> + '_ {
+        self.key.iter().chain(std::iter::once(&self.version))
+    }
+
+    /// How those columns are encoded in `s`'s JSON.
+    fn encodings(&self, s: &Shape) -> Vec<JsonEncoding> {
+        self.read()
+            .map(|&i| s.encodings.get(i).copied().unwrap_or(JsonEncoding::Plain))
+            .collect()
+    }
 }
 
 impl Shape<'_> {
@@ -271,12 +283,7 @@ fn check_sql(s: &Shape, c: &Change, single_row: bool) -> Option<(String, bool)> 
     } else {
         let mut cols: Vec<&str> = pk.clone();
         cols.push(v);
-        let encodings: Vec<JsonEncoding> = g
-            .key
-            .iter()
-            .chain(std::iter::once(&g.version))
-            .map(|&i| s.encodings.get(i).copied().unwrap_or(JsonEncoding::Plain))
-            .collect();
+        let encodings = g.encodings(s);
         guard::stale_json_sql(write, s.table, &cols, &encodings, &pk, v)
     };
     Some((sql, whole))
@@ -294,7 +301,7 @@ fn tombstone_trigger(s: &Shape, c: &Change) -> Option<String> {
 /// Appends a row's key and version (`[k1, ..., v]`) to a check's JSON.
 fn push_key_and_version(json: &mut String, row: &str, g: &GuardShape) {
     json.push('[');
-    push_elements(json, row, g.key.iter().chain(std::iter::once(&g.version)));
+    push_elements(json, row, g.read());
     json.push(']');
 }
 
@@ -1084,12 +1091,7 @@ impl<'a> Upfront<'a> {
         let Some(version) = c.table.version.as_deref() else {
             return;
         };
-        let encodings: Vec<JsonEncoding> = g
-            .key
-            .iter()
-            .chain(std::iter::once(&g.version))
-            .map(|&i| s.encodings.get(i).copied().unwrap_or(JsonEncoding::Plain))
-            .collect();
+        let encodings = g.encodings(s);
         let key = (s.table, s.op, encodings);
         let at = match self.checks.iter().position(|(k, _, _)| *k == key) {
             Some(at) => at,
@@ -1105,11 +1107,7 @@ impl<'a> Upfront<'a> {
             json.push(',');
         }
         json.push_str(&format!("[{place},"));
-        push_elements(
-            json,
-            &c.row,
-            g.key.iter().chain(std::iter::once(&g.version)),
-        );
+        push_elements(json, &c.row, g.read());
         json.push(']');
     }
 }
