@@ -78,7 +78,13 @@ fn open_local(path: &std::path::Path) -> Result<d1_sync::rusqlite::Connection, C
             path.display()
         )));
     }
+    // The app may be writing the file: wait for its lock (5 s, as d1-sync's own connections
+    // do) instead of failing at once.
     d1_sync::rusqlite::Connection::open(path)
+        .and_then(|conn| {
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            Ok(conn)
+        })
         .map_err(|e| CliError::Failed(format!("cannot open `{}`: {e}", path.display())))
 }
 

@@ -132,6 +132,14 @@ pub fn record_sql(table: &str) -> String {
     format!("INSERT INTO {} (name) VALUES (?1)", quote_ident(table))
 }
 
+/// Whether the migration named `?1` is recorded as applied (one row: `1` or `0`).
+pub fn is_recorded_sql(table: &str) -> String {
+    format!(
+        "SELECT count(*) > 0 FROM {} WHERE name = ?1",
+        quote_ident(table)
+    )
+}
+
 /// Records a migration's checksum (`?1` name, `?2` checksum).
 pub fn record_checksum_sql() -> String {
     format!(

@@ -84,6 +84,7 @@ pub mod row;
 pub mod sizing;
 pub mod stats;
 pub mod target;
+mod txn;
 pub mod value;
 pub mod verify;
 pub mod worker;

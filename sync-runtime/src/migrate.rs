@@ -28,6 +28,7 @@ use tracing::{info, warn};
 use crate::error::{Error, Result};
 use crate::pack::{Param, Statement};
 use crate::target::{result_column, D1Http, TargetError};
+use crate::txn::write_unit;
 
 /// What a migration run found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,6 +54,10 @@ const RETRY_FOR: Duration = Duration::from_secs(120);
 /// Applies the pending migrations of `dir` to the application's file, recording them in
 /// `d1_migrations` as wrangler does. Idempotent: applied files are skipped. A file changed
 /// after it was applied is logged as a warning and listed in the report's `plan.changed`.
+///
+/// Several processes may migrate one file at once: each file goes in a transaction that takes
+/// the write lock before it looks, so it is applied once, by whichever comes first, and is
+/// not in the others' [`MigrationReport::applied`].
 pub fn migrate(conn: &Connection, dir: impl AsRef<Path>) -> Result<MigrationReport> {
     let files = m::load(dir.as_ref())?;
     let report = migrate_local(conn, &files, m::DEFAULT_TABLE, false)?;
@@ -114,20 +119,29 @@ pub fn migrate_local(
         let Some(file) = files.iter().find(|f| f.name == name) else {
             continue;
         };
-        // A savepoint: the caller may be inside a transaction of its own.
-        conn.execute_batch("SAVEPOINT d1_sync_migrate")?;
-        let run = (|| -> rusqlite::Result<()> {
+        // In the caller's transaction, or one that takes the write lock before it looks: a
+        // process that started at the same moment may be applying the same files, and a file
+        // it recorded meanwhile is applied, by it.
+        let run = write_unit(conn, "d1_sync_migrate", || -> rusqlite::Result<bool> {
+            let recorded: bool =
+                conn.query_row(&m::is_recorded_sql(table), [&file.name], |r| r.get(0))?;
+            if recorded {
+                return Ok(false);
+            }
             conn.execute(&m::record_sql(table), [&file.name])?;
             for s in &file.statements {
                 conn.execute_batch(s)?;
             }
             conn.execute(&m::record_checksum_sql(), [&file.name, &file.checksum])?;
-            Ok(())
-        })();
+            Ok(true)
+        });
         match run {
-            Ok(()) => conn.execute_batch("RELEASE d1_sync_migrate")?,
+            Ok(true) => {}
+            Ok(false) => {
+                info!(migration = %file.name, "applied to the app's file meanwhile, by another connection");
+                continue;
+            }
             Err(e) => {
-                conn.execute_batch("ROLLBACK TO d1_sync_migrate; RELEASE d1_sync_migrate")?;
                 return Err(Error::MigrationFailed {
                     name: file.name.clone(),
                     target: "the app's file".into(),

@@ -201,3 +201,45 @@ async fn a_real_typo_is_still_charged_and_dead_lettered_with_d1s_message() {
     );
     assert_eq!(dead[0].attempts, 2);
 }
+
+/// Processes that start at once (the app, a `d1sync run`, a second instance) each open the same
+/// new file and apply the same migrations: every one succeeds, each migration is applied and
+/// recorded once, and the outbox is installed once.
+#[test]
+fn processes_starting_at_once_open_and_migrate_one_file_without_errors() {
+    const OPENERS: usize = 6;
+    let dir = folder(&[]);
+    let files = std::fs::read_dir(dir.path()).unwrap().count();
+    for round in 0..10 {
+        let app_dir = tempfile::tempdir().unwrap();
+        let app_path = app_dir.path().join("app.db");
+        let start = std::sync::Barrier::new(OPENERS);
+        let applied: Vec<Vec<String>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..OPENERS)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        let conn = d1_sync::open(&app_path)
+                            .unwrap_or_else(|e| panic!("round {round}: open: {e}"));
+                        d1_sync::migrate(&conn, dir.path())
+                            .unwrap_or_else(|e| panic!("round {round}: migrate: {e}"))
+                            .applied
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut all: Vec<String> = applied.into_iter().flatten().collect();
+        all.sort();
+        let conn = d1_sync::open(&app_path).unwrap();
+        let recorded = d1_sync::migrate::recorded_local(&conn, m::DEFAULT_TABLE).unwrap();
+        assert_eq!(
+            all.len(),
+            files,
+            "round {round}: each applied once: {all:?}"
+        );
+        all.dedup();
+        assert_eq!(all.len(), files, "round {round}: by one opener each");
+        assert_eq!(recorded.names.len(), files, "round {round}");
+    }
+}

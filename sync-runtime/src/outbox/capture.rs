@@ -7,6 +7,7 @@ use super::{now_ms, Outbox};
 use crate::error::{Error, Result};
 use crate::registry::Registry;
 use crate::row::{SyncRow, TableDef};
+use crate::txn::write_unit;
 use d1_sync_schema::capture::{self, Capture, TriggerName};
 use d1_sync_schema::sql::quote_ident;
 
@@ -116,8 +117,7 @@ impl Outbox {
         };
         let names = capture::trigger_names(&c);
         let prefix = capture::trigger_prefix(&self.table, &def.name);
-        conn.execute_batch("SAVEPOINT d1_sync_capture")?;
-        let done = (|| -> Result<()> {
+        write_unit(conn, "d1_sync_capture", || {
             conn.execute_batch(&capture::create_paused_table_sql())?;
             conn.execute(
                 &self.define_sql,
@@ -136,12 +136,7 @@ impl Outbox {
                 }
             }
             Ok(())
-        })();
-        match done {
-            Ok(()) => conn.execute_batch("RELEASE d1_sync_capture")?,
-            Err(_) => conn.execute_batch("ROLLBACK TO d1_sync_capture; RELEASE d1_sync_capture")?,
-        }
-        done
+        })
     }
 
     /// Removes the capture triggers of `table` (any definition). Writes to it are then queued

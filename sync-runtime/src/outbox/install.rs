@@ -4,6 +4,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::Outbox;
 use crate::error::{Error, Result};
+use crate::txn::write_unit;
 
 /// The queue schema version this build writes.
 ///
@@ -58,16 +59,10 @@ impl Outbox {
                 return self.upgrade_capture(conn, false);
             }
         }
-        // A savepoint, not a transaction: the caller may be inside its own.
-        conn.execute_batch("SAVEPOINT d1_sync_install")?;
-        let migrated = self.migrate(conn);
-        let done = match migrated {
-            Ok(()) => conn.execute_batch("RELEASE d1_sync_install"),
-            Err(_) => conn.execute_batch("ROLLBACK TO d1_sync_install; RELEASE d1_sync_install"),
-        };
-        migrated?;
-        done?;
-        Ok(())
+        // In the caller's transaction, or one that takes the write lock first: another
+        // process may be installing the same queue at this moment, and every step is made
+        // again safely once it has.
+        write_unit(conn, "d1_sync_install", || self.migrate(conn))
     }
 
     /// Creates what is missing and moves an older queue to this version.

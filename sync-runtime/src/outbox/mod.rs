@@ -261,13 +261,17 @@ fn attempts_of(v: rusqlite::types::ValueRef<'_>) -> u32 {
 
 /// Opens (creating if needed) the application's database with the settings the outbox wants
 /// — WAL, `synchronous = FULL` (a returned commit survives power loss), foreign keys on, a 5 s
-/// busy timeout — and installs the default outbox.
+/// busy timeout — and installs the default outbox. Processes may open one file at once, a new
+/// one included: each waits for the others' lock.
 pub fn open(path: impl AsRef<std::path::Path>) -> Result<Connection> {
     let conn = open_with(path.as_ref(), "FULL")?;
     conn.execute_batch("PRAGMA foreign_keys = ON;")?;
     Outbox::new().install(&conn)?;
     Ok(conn)
 }
+
+/// How long a connection d1-sync opens waits for another one's lock.
+pub(crate) const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Opens a database in WAL mode with `synchronous = <synchronous>` and a 5 s busy timeout.
 pub(crate) fn open_with(path: &std::path::Path, synchronous: &str) -> Result<Connection> {
@@ -276,9 +280,9 @@ pub(crate) fn open_with(path: &std::path::Path, synchronous: &str) -> Result<Con
         source,
     };
     let conn = Connection::open(path).map_err(db)?;
-    conn.execute_batch(&format!(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA busy_timeout = 5000;"
-    ))
-    .map_err(db)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
+    crate::txn::set_wal(&conn, BUSY_TIMEOUT).map_err(db)?;
+    conn.execute_batch(&format!("PRAGMA synchronous = {synchronous};"))
+        .map_err(db)?;
     Ok(conn)
 }

@@ -16,8 +16,10 @@ use super::{
 use crate::change::{Change, Op};
 use crate::error::Error;
 use crate::ledger;
+use crate::outbox::BUSY_TIMEOUT;
 use crate::pack::DEFER_FOREIGN_KEYS;
 use crate::row::TableDef;
+use crate::txn::set_wal;
 use crate::value::Value;
 
 /// How a [`SqliteTarget`] applies a batch.
@@ -61,13 +63,15 @@ impl SqliteTarget {
             path: path.clone(),
             source: e,
         })?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
-        )
-        .map_err(|e| Error::Database {
-            path: path.clone(),
-            source: e,
-        })?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .and_then(|()| set_wal(&conn, BUSY_TIMEOUT))
+            .and_then(|()| {
+                conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+            })
+            .map_err(|e| Error::Database {
+                path: path.clone(),
+                source: e,
+            })?;
         // One statement text per shape (table, operation, columns): more than rusqlite's 16.
         conn.set_prepared_statement_cache_capacity(256);
         Ok(SqliteTarget {
