@@ -41,13 +41,23 @@ pub fn open_db(path: &Path) -> Result<Connection, CliError> {
     conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
         r.get::<_, i64>(0)
     })
-    .map_err(|e| {
-        CliError::Failed(format!(
-            "`{}` is not an SQLite database ({e})",
-            path.display()
-        ))
-    })?;
+    .map_err(|e| unreadable(path, &e))?;
     Ok(conn)
+}
+
+/// Why the first read of `path` failed, in words that point at the fix.
+fn unreadable(path: &Path, e: &d1_sync::rusqlite::Error) -> CliError {
+    use d1_sync::rusqlite::ErrorCode;
+    let path = path.display();
+    CliError::Failed(match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) => format!("`{path}` is not an SQLite database ({e})"),
+        Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => {
+            format!(
+                "cannot read `{path}` ({e}): d1sync needs write access to the file and to its folder, where SQLite keeps the file's `-wal` and `-shm` companions"
+            )
+        }
+        _ => format!("cannot read `{path}`: {e}"),
+    })
 }
 
 /// Where to send changes: `d1` (the REST API, configured from the environment) or
@@ -170,5 +180,35 @@ pub fn open_target(
     match spec {
         TargetSpec::D1 => Ok(d1_client(base_url, project)?),
         TargetSpec::Sqlite(p) => Ok(Arc::new(SqliteTarget::open(p)?)),
+    }
+}
+
+#[cfg(test)]
+mod unreadable_tests {
+    use super::*;
+    use d1_sync::rusqlite::ffi;
+
+    fn message(code: i32) -> String {
+        let e = d1_sync::rusqlite::Error::SqliteFailure(ffi::Error::new(code), None);
+        match unreadable(Path::new("app.db"), &e) {
+            CliError::Failed(m) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_read_only_file_is_not_called_a_non_database() {
+        let m = message(ffi::SQLITE_READONLY);
+        assert!(m.starts_with("cannot read `app.db`"), "{m}");
+        assert!(
+            m.contains("write access to the file and to its folder"),
+            "{m}"
+        );
+        assert!(
+            message(ffi::SQLITE_NOTADB).starts_with("`app.db` is not an SQLite database"),
+            "{}",
+            message(ffi::SQLITE_NOTADB)
+        );
+        assert!(message(ffi::SQLITE_IOERR).starts_with("cannot read `app.db`: "));
     }
 }
