@@ -66,6 +66,9 @@ struct StatusReport {
     lease: Option<d1_sync::outbox::Lease>,
     /// Tables whose raw SQL writes are captured into this queue.
     captured_tables: Vec<String>,
+    /// Captured tables whose triggers are gone (a migration rebuilt the table): their raw
+    /// writes are not queued until the next install makes the triggers again.
+    capture_lost: Vec<String>,
 }
 
 pub fn status(a: &DbArgs) -> Result<ExitCode, CliError> {
@@ -82,6 +85,7 @@ pub fn status(a: &DbArgs) -> Result<ExitCode, CliError> {
         last_error: outbox.last_error(&conn).map_err(fail)?,
         lease: outbox.lease(&conn).map_err(fail)?,
         captured_tables: outbox.captured_tables(&conn).map_err(fail)?,
+        capture_lost: outbox.lost_capture(&conn).map_err(fail)?,
     };
     if a.json {
         println!(
@@ -143,6 +147,12 @@ pub fn status(a: &DbArgs) -> Result<ExitCode, CliError> {
         println!(
             "  capture: raw SQL writes to {} are queued",
             report.captured_tables.join(", ")
+        );
+    }
+    if !report.capture_lost.is_empty() {
+        println!(
+            "  capture lost: {} (the triggers went with a rebuilt table; raw SQL writes to it are not queued until the next `d1_sync::open` or worker start makes them again, if the table still fits its struct; `d1sync capture` says why not)",
+            report.capture_lost.join(", ")
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -878,6 +878,26 @@ fn capture_queues_raw_writes_that_push_then_sends() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no table `nope`"), "{err}");
 
+    // A migration tool rebuilds a table (SQLite's way to change a column): its triggers go
+    // with it, `status` says so, and the next worker (here `push`'s) makes them again.
+    conn.execute_batch(
+        "CREATE TABLE policy_new (state_key TEXT PRIMARY KEY NOT NULL, value_json TEXT NOT NULL,
+           updated_at INTEGER NOT NULL, version INTEGER NOT NULL DEFAULT 0);
+         INSERT INTO policy_new SELECT state_key, value_json, updated_at, version FROM browser_request_policy_state;
+         DROP TABLE browser_request_policy_state;
+         ALTER TABLE policy_new RENAME TO browser_request_policy_state;",
+    )
+    .unwrap();
+    let (_, out, _) = run(d1sync().args(["status", "--db"]).arg(&app));
+    assert!(
+        out.contains("capture lost: browser_request_policy_state (the triggers went"),
+        "{out}"
+    );
+    let (code, out, err) = run(&mut push_to_sqlite(&app, &schema, &mirror));
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (_, out, _) = run(d1sync().args(["status", "--db"]).arg(&app));
+    assert!(!out.contains("capture lost"), "{out}");
+
     // Another tool writes with plain SQL.
     conn.execute_batch(
         "INSERT INTO browser_request_policy_state VALUES ('a', '{}', 1, 1);

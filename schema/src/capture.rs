@@ -167,6 +167,36 @@ pub fn definition_id_of(trigger: &str) -> Option<i64> {
     TriggerName::parse(trigger).map(|t| t.definition_id)
 }
 
+/// The table that remembers which tables are captured into which queue, under which
+/// definition and coalescing: triggers a migration dropped with their table (SQLite's way to
+/// change a column makes a new table and drops the old one) are made again from it.
+pub const CAPTURED_TABLE: &str = "d1_sync_captured";
+
+/// `CREATE TABLE IF NOT EXISTS` of [`CAPTURED_TABLE`].
+pub fn create_captured_table_sql() -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {} (
+           queue TEXT NOT NULL,
+           table_name TEXT NOT NULL,
+           definition_id INTEGER NOT NULL,
+           coalescing INTEGER NOT NULL,
+           PRIMARY KEY (queue, table_name)
+         )",
+        quote_ident(CAPTURED_TABLE)
+    )
+}
+
+/// Remembers that `?2` is captured into the queue `?1` under definition `?3`, coalescing when
+/// `?4`.
+pub fn remember_captured_sql() -> String {
+    format!(
+        "INSERT INTO {} (queue, table_name, definition_id, coalescing) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (queue, table_name) DO UPDATE
+         SET definition_id = excluded.definition_id, coalescing = excluded.coalescing",
+        quote_ident(CAPTURED_TABLE)
+    )
+}
+
 /// `CREATE TABLE IF NOT EXISTS` of [`PAUSED_TABLE`].
 pub fn create_paused_table_sql() -> String {
     format!(

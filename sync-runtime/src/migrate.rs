@@ -152,7 +152,35 @@ pub fn migrate_local(
         info!(migration = %file.name, "applied to the app's file");
         report.applied.push(file.name.clone());
     }
+    if !report.applied.is_empty() {
+        restore_capture(conn)?;
+    }
     Ok(report)
+}
+
+/// Makes again the capture triggers the applied migrations dropped with their tables, for
+/// every queue (see [`crate::Outbox::restore_capture`]).
+fn restore_capture(conn: &Connection) -> Result<()> {
+    let captured = d1_sync_schema::capture::CAPTURED_TABLE;
+    let remembered: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+        [captured],
+        |r| r.get(0),
+    )?;
+    if !remembered {
+        return Ok(());
+    }
+    let mut stmt = conn.prepare(&format!(
+        "SELECT DISTINCT queue FROM {} ORDER BY queue",
+        d1_sync_schema::sql::quote_ident(captured)
+    ))?;
+    let queues: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for queue in queues {
+        crate::Outbox::with_table(queue).restore_capture(conn)?;
+    }
+    Ok(())
 }
 
 /// A report to fill in; a dry run's is already complete: what would be applied.

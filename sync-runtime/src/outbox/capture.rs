@@ -2,6 +2,7 @@
 //! built by the schema crate from the same table definition the derive uses.
 
 use rusqlite::{params, Connection, OptionalExtension};
+use tracing::{info, warn};
 
 use super::{now_ms, Outbox};
 use crate::error::{Error, Result};
@@ -80,15 +81,8 @@ impl Outbox {
             })
             .collect();
         for (name, old) in old {
-            let text: Option<String> = conn
-                .query_row(
-                    &format!("SELECT definition FROM {} WHERE id = ?1", self.tables),
-                    [old.definition_id],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let def = match text {
-                Some(text) => TableDef::from_definition(&text).map_err(Error::Config)?,
+            let def = match self.stored_definition(conn, old.definition_id)? {
+                Some(def) => def,
                 None if strict => {
                     return Err(Error::Capture {
                         table: name,
@@ -119,9 +113,14 @@ impl Outbox {
         let prefix = capture::trigger_prefix(&self.table, &def.name);
         write_unit(conn, "d1_sync_capture", || {
             conn.execute_batch(&capture::create_paused_table_sql())?;
+            conn.execute_batch(&capture::create_captured_table_sql())?;
             conn.execute(
                 &self.define_sql,
                 params![c.definition_id, def.name, def.definition(), now_ms()],
+            )?;
+            conn.execute(
+                &capture::remember_captured_sql(),
+                params![self.table, def.name, c.definition_id, coalesce],
             )?;
             let existing = triggers_with_prefix(conn, &def.name, &prefix)?;
             for old in existing.iter().filter(|n| !names.contains(n)) {
@@ -143,10 +142,92 @@ impl Outbox {
     /// only by the typed methods.
     pub fn uncapture(&self, conn: &Connection, table: &str) -> Result<()> {
         let prefix = capture::trigger_prefix(&self.table, table);
-        for name in triggers_with_prefix(conn, table, &prefix)? {
-            conn.execute_batch(&format!("DROP TRIGGER {}", quote_ident(&name)))?;
+        write_unit(conn, "d1_sync_uncapture", || {
+            for name in triggers_with_prefix(conn, table, &prefix)? {
+                conn.execute_batch(&format!("DROP TRIGGER {}", quote_ident(&name)))?;
+            }
+            if table_exists(conn, capture::CAPTURED_TABLE)? {
+                conn.execute(
+                    &format!(
+                        "DELETE FROM {} WHERE queue = ?1 AND table_name = ?2",
+                        quote_ident(capture::CAPTURED_TABLE)
+                    ),
+                    params![self.table, table],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Makes again the capture triggers of tables captured into this queue that have none
+    /// now: a migration that rebuilt the table (SQLite's way to change a column: a new table,
+    /// the rows copied, the old one dropped) dropped them with it. Each is checked against its
+    /// definition first; a table that no longer fits it (a column the struct does not write)
+    /// stays uncaptured, with a warning, until `capture` is called with a struct that fits.
+    /// Returns the tables whose capture was made again. Run by every [`Outbox::install`] and
+    /// after [`crate::migrate()`] applied a file.
+    pub fn restore_capture(&self, conn: &Connection) -> Result<Vec<String>> {
+        let mut restored = Vec::new();
+        for (table, id, coalesce) in self.lost(conn)? {
+            let Some(def) = self.stored_definition(conn, id)? else {
+                warn!(table = %table, queue = %self.table, "capture cannot be made again: the queue does not hold its definition; capture the table again");
+                continue;
+            };
+            if let Err(e) = check_capturable(conn, &def) {
+                warn!(table = %table, queue = %self.table, "capture was dropped with the table and cannot be made again: {e}; capture it again with a struct that fits");
+                continue;
+            }
+            self.install_triggers(conn, &def, coalesce)?;
+            info!(table = %table, queue = %self.table, "capture made again: its triggers were gone (the table was rebuilt)");
+            restored.push(table);
         }
-        Ok(())
+        Ok(restored)
+    }
+
+    /// The tables captured into this queue whose triggers are gone (a migration rebuilt the
+    /// table and [`Outbox::restore_capture`] has not run since, or the table no longer fits
+    /// its definition), sorted. `d1sync status` lists them.
+    pub fn lost_capture(&self, conn: &Connection) -> Result<Vec<String>> {
+        Ok(self.lost(conn)?.into_iter().map(|(t, _, _)| t).collect())
+    }
+
+    /// The lost captures, each with its definition's id and coalescing.
+    fn lost(&self, conn: &Connection) -> Result<Vec<(String, i64, bool)>> {
+        if !table_exists(conn, capture::CAPTURED_TABLE)? {
+            return Ok(Vec::new());
+        }
+        let mut stmt = conn.prepare(&format!(
+            "SELECT table_name, definition_id, coalescing FROM {} WHERE queue = ?1 ORDER BY table_name",
+            quote_ident(capture::CAPTURED_TABLE)
+        ))?;
+        let remembered: Vec<(String, i64, bool)> = stmt
+            .query_map([&self.table], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut lost = Vec::new();
+        for (table, id, coalesce) in remembered {
+            let prefix = capture::trigger_prefix(&self.table, &table);
+            if table_exists(conn, &table)?
+                && triggers_with_prefix(conn, &table, &prefix)?.is_empty()
+            {
+                lost.push((table, id, coalesce));
+            }
+        }
+        Ok(lost)
+    }
+
+    /// The table definition the queue stores under `id`, if any.
+    fn stored_definition(&self, conn: &Connection, id: i64) -> Result<Option<TableDef>> {
+        let text: Option<String> = conn
+            .query_row(
+                &format!("SELECT definition FROM {} WHERE id = ?1", self.tables),
+                [id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        text.as_deref()
+            .map(TableDef::from_definition)
+            .transpose()
+            .map_err(Error::Config)
     }
 
     /// The tables whose writes are captured into this queue (under any definition), sorted.
@@ -204,6 +285,14 @@ impl Outbox {
         )?;
         out
     }
+}
+
+fn table_exists(conn: &Connection, table: &str) -> Result<bool> {
+    Ok(conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+        [table],
+        |r| r.get(0),
+    )?)
 }
 
 fn triggers_with_prefix(conn: &Connection, table: &str, prefix: &str) -> Result<Vec<String>> {

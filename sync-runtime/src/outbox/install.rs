@@ -33,7 +33,8 @@ pub(super) const QUEUE_VERSION: i64 = 6;
 impl Outbox {
     /// Creates the queue table (and its indexes) if missing, or migrates it; refuses a queue
     /// made by a newer d1-sync. Brings capture triggers an earlier build installed to this
-    /// build's form. Idempotent; does not change the connection's pragmas.
+    /// build's form, and makes again those a migration dropped with their table (see
+    /// [`Outbox::restore_capture`]). Idempotent; does not change the connection's pragmas.
     pub fn install(&self, conn: &Connection) -> Result<()> {
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS d1_sync_meta (key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL)",
@@ -55,8 +56,11 @@ impl Outbox {
                 });
             }
             if found == QUEUE_VERSION {
-                // Capture triggers an earlier build installed get this build's form.
-                return self.upgrade_capture(conn, false);
+                // Capture triggers an earlier build installed get this build's form, and
+                // those a migration dropped with their table are made again.
+                self.upgrade_capture(conn, false)?;
+                self.restore_capture(conn)?;
+                return Ok(());
             }
         }
         // In the caller's transaction, or one that takes the write lock first: another
@@ -163,6 +167,7 @@ impl Outbox {
         ))?;
         conn.execute_batch(&self.create_conflicts_sql())?;
         self.upgrade_capture(conn, true)?;
+        self.restore_capture(conn)?;
         conn.execute(
             "INSERT INTO d1_sync_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             params![format!("queue_version:{}", self.table), QUEUE_VERSION],

@@ -893,6 +893,79 @@ fn capture_triggers_of_an_earlier_form_are_replaced_on_install() {
     }
 }
 
+/// Rebuilds `notes` the way SQLite changes a column (a new table, the rows copied, the old one
+/// dropped), which drops its triggers; `extra` adds columns.
+fn rebuild_notes(extra: &str) -> String {
+    format!(
+        "CREATE TABLE notes_new (id INTEGER PRIMARY KEY, body TEXT, created_at INTEGER{extra});
+         INSERT INTO notes_new (id, body, created_at) SELECT id, body, created_at FROM notes;
+         DROP TABLE notes;
+         ALTER TABLE notes_new RENAME TO notes;"
+    )
+}
+
+fn capture_triggers(conn: &Connection) -> usize {
+    column::<String>(
+        conn,
+        "SELECT name FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = 'notes'",
+    )
+    .len()
+}
+
+/// A migration that rebuilds a captured table drops its triggers with it: `migrate` makes them
+/// again after applying it, and a table rebuilt by another tool gets them back at the next
+/// install (`d1_sync::open`, a worker's start).
+#[test]
+fn capture_dropped_with_a_rebuilt_table_is_made_again() {
+    let conn = Connection::open_in_memory().unwrap();
+    let create = "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT, created_at INTEGER)";
+    let first = d1_sync_schema::migrations::from_texts(&[("0001_notes.sql", create)]).unwrap();
+    crate::migrate::migrate_local(&conn, &first, "d1_migrations", false).unwrap();
+    let o = Outbox::new();
+    o.capture::<Note>(&conn).unwrap();
+    assert_eq!(capture_triggers(&conn), 3);
+
+    // Through `migrate`.
+    let rebuild = rebuild_notes("");
+    let files = d1_sync_schema::migrations::from_texts(&[
+        ("0001_notes.sql", create),
+        ("0002_rebuild.sql", &rebuild),
+    ])
+    .unwrap();
+    let report = crate::migrate::migrate_local(&conn, &files, "d1_migrations", false).unwrap();
+    assert_eq!(report.applied, ["0002_rebuild.sql"]);
+    assert_eq!(capture_triggers(&conn), 3, "made again after the migration");
+    conn.execute("INSERT INTO notes VALUES (1, 'raw', 0)", [])
+        .unwrap();
+    assert_eq!(o.counts(&conn).unwrap().pending, 1, "a raw write is queued");
+
+    // By another tool: gone until the next install.
+    conn.execute_batch(&rebuild_notes("")).unwrap();
+    assert_eq!(capture_triggers(&conn), 0);
+    assert_eq!(o.lost_capture(&conn).unwrap(), ["notes"]);
+    Outbox::new().install(&conn).unwrap();
+    assert_eq!(capture_triggers(&conn), 3, "made again by the install");
+    conn.execute("INSERT INTO notes VALUES (2, 'raw', 0)", [])
+        .unwrap();
+    assert_eq!(o.counts(&conn).unwrap().pending, 2);
+
+    // A rebuild that adds a column the struct does not write: not made again (a raw write to
+    // it would never reach D1), and the install still succeeds.
+    conn.execute_batch(&rebuild_notes(", mood TEXT")).unwrap();
+    Outbox::new().install(&conn).unwrap();
+    assert_eq!(capture_triggers(&conn), 0);
+    assert!(o.restore_capture(&conn).unwrap().is_empty());
+
+    // Removed on purpose: stays removed.
+    conn.execute_batch(&rebuild_notes("")).unwrap();
+    assert_eq!(o.restore_capture(&conn).unwrap(), ["notes"]);
+    o.uncapture(&conn, "notes").unwrap();
+    conn.execute_batch(&rebuild_notes("")).unwrap();
+    Outbox::new().install(&conn).unwrap();
+    assert_eq!(capture_triggers(&conn), 0, "uncapture forgets the table");
+    assert!(o.lost_capture(&conn).unwrap().is_empty());
+}
+
 #[test]
 fn a_raw_record_outside_a_transaction_is_queued_in_one_of_its_own() {
     let (conn, o) = setup();
