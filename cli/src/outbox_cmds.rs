@@ -69,6 +69,15 @@ struct StatusReport {
     /// Captured tables whose triggers are gone (a migration rebuilt the table): their raw
     /// writes are not queued until the next install makes the triggers again.
     capture_lost: Vec<String>,
+    /// Captured tables whose capture no longer fits them, with the reason.
+    capture_gaps: Vec<CaptureGap>,
+}
+
+/// A captured table whose capture no longer fits it.
+#[derive(serde::Serialize)]
+struct CaptureGap {
+    table: String,
+    reason: String,
 }
 
 pub fn status(a: &DbArgs) -> Result<ExitCode, CliError> {
@@ -86,6 +95,12 @@ pub fn status(a: &DbArgs) -> Result<ExitCode, CliError> {
         lease: outbox.lease(&conn).map_err(fail)?,
         captured_tables: outbox.captured_tables(&conn).map_err(fail)?,
         capture_lost: outbox.lost_capture(&conn).map_err(fail)?,
+        capture_gaps: outbox
+            .capture_gaps(&conn)
+            .map_err(fail)?
+            .into_iter()
+            .map(|(table, reason)| CaptureGap { table, reason })
+            .collect(),
     };
     if a.json {
         println!(
@@ -153,6 +168,12 @@ pub fn status(a: &DbArgs) -> Result<ExitCode, CliError> {
         println!(
             "  capture lost: {} (the triggers went with a rebuilt table; raw SQL writes to it are not queued until the next `d1_sync::open` or worker start makes them again, if the table still fits its struct; `d1sync capture` says why not)",
             report.capture_lost.join(", ")
+        );
+    }
+    for gap in &report.capture_gaps {
+        println!(
+            "  capture incomplete: {}: {} (capture it again with a struct that fits)",
+            gap.table, gap.reason
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -932,6 +932,18 @@ fn capture_queues_raw_writes_that_push_then_sends() {
         out.contains("pending     0") && out.contains("capture: off"),
         "{out}"
     );
+
+    // A migration adds a column the schema's structs do not write: `status` says the capture
+    // no longer fits.
+    let (code, out, err) = capture(&["--insert-only", "created_at"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    conn.execute_batch("ALTER TABLE sessions ADD COLUMN mood TEXT")
+        .unwrap();
+    let (_, out, _) = run(d1sync().args(["status", "--db"]).arg(&app));
+    assert!(
+        out.contains("capture incomplete: sessions: the whitelist lacks its column(s) mood"),
+        "{out}"
+    );
 }
 
 /// The number after `label` in `out`.

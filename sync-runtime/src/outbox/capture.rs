@@ -191,6 +191,42 @@ impl Outbox {
         Ok(self.lost(conn)?.into_iter().map(|(t, _, _)| t).collect())
     }
 
+    /// Captured tables whose capture no longer fits them, each with the reason, sorted: a
+    /// migration added a column the struct does not write (raw writes of it never reach D1),
+    /// or changed the key. Capture the table again with a struct that fits. Every install logs
+    /// them as warnings, and `d1sync status` lists them.
+    pub fn capture_gaps(&self, conn: &Connection) -> Result<Vec<(String, String)>> {
+        let prefix = capture::queue_prefix(&self.table);
+        let mut stmt = conn.prepare(
+            "SELECT tbl_name, name FROM sqlite_schema WHERE type = 'trigger'
+             AND substr(name, 1, length(?1)) = ?1 AND name LIKE '%\\_insert' ESCAPE '\\'
+             ORDER BY tbl_name",
+        )?;
+        let captured: Vec<(String, String)> = stmt
+            .query_map([&prefix], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut gaps = Vec::new();
+        for (table, trigger) in captured {
+            let def = match TriggerName::parse(&trigger) {
+                Some(t) => self.stored_definition(conn, t.definition_id)?,
+                None => None,
+            };
+            let Some(def) = def else {
+                gaps.push((
+                    table,
+                    "its trigger names a table definition the queue does not hold".to_string(),
+                ));
+                continue;
+            };
+            match check_capturable(conn, &def) {
+                Ok(()) => {}
+                Err(Error::Capture { reason, .. }) => gaps.push((table, reason)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(gaps)
+    }
+
     /// The lost captures, each with its definition's id and coalescing.
     fn lost(&self, conn: &Connection) -> Result<Vec<(String, i64, bool)>> {
         if !table_exists(conn, capture::CAPTURED_TABLE)? {

@@ -60,6 +60,7 @@ impl Outbox {
                 // those a migration dropped with their table are made again.
                 self.upgrade_capture(conn, false)?;
                 self.restore_capture(conn)?;
+                self.warn_capture_gaps(conn)?;
                 return Ok(());
             }
         }
@@ -168,10 +169,19 @@ impl Outbox {
         conn.execute_batch(&self.create_conflicts_sql())?;
         self.upgrade_capture(conn, true)?;
         self.restore_capture(conn)?;
+        self.warn_capture_gaps(conn)?;
         conn.execute(
             "INSERT INTO d1_sync_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             params![format!("queue_version:{}", self.table), QUEUE_VERSION],
         )?;
+        Ok(())
+    }
+
+    /// Logs each capture that no longer fits its table (see [`Outbox::capture_gaps`]).
+    fn warn_capture_gaps(&self, conn: &Connection) -> Result<()> {
+        for (table, reason) in self.capture_gaps(conn)? {
+            tracing::warn!(table = %table, queue = %self.table, "capture no longer fits the table: {reason}; capture it again with a struct that fits");
+        }
         Ok(())
     }
 

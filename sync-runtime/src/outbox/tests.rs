@@ -949,6 +949,19 @@ fn capture_dropped_with_a_rebuilt_table_is_made_again() {
         .unwrap();
     assert_eq!(o.counts(&conn).unwrap().pending, 2);
 
+    // A column added in place: the triggers stay, but a raw write of it would never reach D1.
+    assert!(o.capture_gaps(&conn).unwrap().is_empty());
+    conn.execute_batch("ALTER TABLE notes ADD COLUMN tag TEXT")
+        .unwrap();
+    Outbox::new().install(&conn).unwrap();
+    let gaps = o.capture_gaps(&conn).unwrap();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert_eq!(gaps[0].0, "notes");
+    assert!(
+        gaps[0].1.contains("the whitelist lacks its column(s) tag"),
+        "{gaps:?}"
+    );
+
     // A rebuild that adds a column the struct does not write: not made again (a raw write to
     // it would never reach D1), and the install still succeeds.
     conn.execute_batch(&rebuild_notes(", mood TEXT")).unwrap();
