@@ -979,6 +979,65 @@ fn capture_dropped_with_a_rebuilt_table_is_made_again() {
     assert!(o.lost_capture(&conn).unwrap().is_empty());
 }
 
+/// `notes` as a later version of the app writes it: one column more than [`Note`].
+#[derive(crate::D1Sync, Debug, Clone)]
+#[d1(table = "notes")]
+struct NoteWithMood {
+    #[d1(primary_key)]
+    id: i64,
+    body: String,
+    #[d1(insert_only)]
+    created_at: i64,
+    mood: Option<String>,
+}
+
+/// A table captured under an older struct: its triggers do not write the new column, so a
+/// typed write of the newer struct queues its own record after the trigger's, and the
+/// column reaches D1.
+#[test]
+fn a_typed_write_does_not_lean_on_a_trigger_of_another_definition() {
+    let conn = Connection::open_in_memory().unwrap();
+    conn.execute_batch(
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT, created_at INTEGER)",
+    )
+    .unwrap();
+    let o = Outbox::new().coalescing(false);
+    o.capture::<Note>(&conn).unwrap();
+    conn.execute_batch("ALTER TABLE notes ADD COLUMN mood TEXT")
+        .unwrap();
+    let mut conn = conn;
+    let tx = conn.transaction().unwrap();
+    let row = NoteWithMood {
+        id: 1,
+        body: "b".into(),
+        created_at: 0,
+        mood: Some("glad".into()),
+    };
+    o.save(&tx, &row).unwrap();
+    tx.commit().unwrap();
+    let payloads: Vec<String> = column(&conn, "SELECT payload FROM d1_sync_queue ORDER BY id");
+    assert_eq!(payloads.len(), 2, "{payloads:?}");
+    assert!(!payloads[0].contains("mood"), "the trigger's: {payloads:?}");
+    assert!(
+        payloads[1].contains(r#""mood":"glad""#),
+        "the save's own: {payloads:?}"
+    );
+
+    // Under its own definition the trigger queues the write alone.
+    o.capture::<NoteWithMood>(&conn).unwrap();
+    let tx = conn.transaction().unwrap();
+    o.save(
+        &tx,
+        &NoteWithMood {
+            mood: Some("calm".into()),
+            ..row
+        },
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    assert_eq!(o.counts(&conn).unwrap().pending, 3);
+}
+
 #[test]
 fn a_raw_record_outside_a_transaction_is_queued_in_one_of_its_own() {
     let (conn, o) = setup();

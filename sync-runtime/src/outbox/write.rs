@@ -309,10 +309,16 @@ impl Outbox {
     }
 
     /// Whether a capture trigger of this queue queued `T`'s write just done: the table has
-    /// one, and capture is not paused. Asked every time, never cached, so a trigger dropped by
-    /// hand can never leave a write unqueued.
+    /// one made from `T`'s own definition, and capture is not paused. Asked every time, never
+    /// cached, so a trigger dropped by hand can never leave a write unqueued. A trigger made
+    /// from another definition (the struct gained a column since the table was captured)
+    /// does not write all of `T`'s columns: the typed write then queues its own record too.
     fn captured_now<T: SyncRow>(&self, conn: &Connection) -> Result<bool> {
-        let prefix = d1_sync_schema::capture::trigger_prefix(&self.table, T::TABLE);
+        let prefix = format!(
+            "{}{:016x}_",
+            d1_sync_schema::capture::trigger_prefix(&self.table, T::TABLE),
+            T::DEFINITION_ID
+        );
         let has_trigger: bool = conn
             .prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1
