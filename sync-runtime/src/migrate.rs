@@ -142,6 +142,12 @@ pub fn migrate_local(
                 continue;
             }
             Err(e) => {
+                // The files applied before this one may have rebuilt captured tables.
+                if !report.applied.is_empty() {
+                    if let Err(r) = restore_capture(conn) {
+                        warn!("capture could not be made again after a failed migration: {r}");
+                    }
+                }
                 return Err(Error::MigrationFailed {
                     name: file.name.clone(),
                     target: "the app's file".into(),

@@ -979,6 +979,32 @@ fn capture_dropped_with_a_rebuilt_table_is_made_again() {
     assert!(o.lost_capture(&conn).unwrap().is_empty());
 }
 
+/// A migration that fails after an earlier one rebuilt a captured table: the capture is made
+/// again before the error is returned.
+#[test]
+fn capture_is_made_again_when_a_later_migration_fails() {
+    let conn = Connection::open_in_memory().unwrap();
+    let create = "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT, created_at INTEGER)";
+    let first = d1_sync_schema::migrations::from_texts(&[("0001_notes.sql", create)]).unwrap();
+    crate::migrate::migrate_local(&conn, &first, "d1_migrations", false).unwrap();
+    let o = Outbox::new();
+    o.capture::<Note>(&conn).unwrap();
+    conn.execute("INSERT INTO notes VALUES (1, 'kept', 0)", [])
+        .unwrap();
+    let rebuild = rebuild_notes("");
+    let files = d1_sync_schema::migrations::from_texts(&[
+        ("0001_notes.sql", create),
+        ("0002_rebuild.sql", &rebuild),
+        // Runs on an empty table when the files are checked; fails on this file's row 1.
+        ("0003_seed.sql", "INSERT INTO notes VALUES (1, 'seed', 0);"),
+    ])
+    .unwrap();
+    let err = crate::migrate::migrate_local(&conn, &files, "d1_migrations", false).unwrap_err();
+    assert!(err.to_string().contains("0003_seed.sql"), "{err}");
+    assert_eq!(capture_triggers(&conn), 3, "made again before the error");
+    assert!(o.lost_capture(&conn).unwrap().is_empty());
+}
+
 /// `notes` as a later version of the app writes it: one column more than [`Note`].
 #[derive(crate::D1Sync, Debug, Clone)]
 #[d1(table = "notes")]
