@@ -57,11 +57,20 @@ impl Outbox {
             }
             if found == QUEUE_VERSION {
                 // Capture triggers an earlier build installed get this build's form, and
-                // those a migration dropped with their table are made again.
-                self.upgrade_capture(conn, false)?;
-                self.restore_capture(conn)?;
-                self.warn_capture_gaps(conn)?;
-                return Ok(());
+                // those a migration dropped with their table are made again. Upkeep: another
+                // connection holding the write lock past the busy timeout defers it to the
+                // next install instead of failing this one.
+                let upkeep = self
+                    .upgrade_capture(conn, false)
+                    .and_then(|()| self.restore_capture(conn))
+                    .and_then(|_| self.warn_capture_gaps(conn));
+                return match upkeep {
+                    Err(Error::Sqlite(e)) if is_busy(&e) => {
+                        tracing::warn!(queue = %self.table, "capture upkeep deferred to the next install: {e}");
+                        Ok(())
+                    }
+                    other => other,
+                };
             }
         }
         // In the caller's transaction, or one that takes the write lock first: another
@@ -256,4 +265,12 @@ impl Outbox {
         }
         Ok(())
     }
+}
+
+/// Whether `e` says another connection held the lock for longer than the busy timeout.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }

@@ -1005,6 +1005,33 @@ fn capture_is_made_again_when_a_later_migration_fails() {
     assert!(o.lost_capture(&conn).unwrap().is_empty());
 }
 
+/// Capture upkeep that meets another writer's lock past the busy timeout waits for the next
+/// install; the install itself succeeds.
+#[test]
+fn capture_upkeep_behind_a_held_lock_is_deferred_not_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let conn = crate::open(&path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT, created_at INTEGER)",
+    )
+    .unwrap();
+    let o = Outbox::new();
+    o.capture::<Note>(&conn).unwrap();
+    conn.execute_batch(&rebuild_notes("")).unwrap();
+    assert_eq!(o.lost_capture(&conn).unwrap(), ["notes"]);
+
+    // A plain connection: `open` would install, and so make the capture again first.
+    let other = Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    conn.busy_timeout(Duration::from_millis(50)).unwrap();
+    o.install(&conn).unwrap();
+    assert_eq!(o.lost_capture(&conn).unwrap(), ["notes"], "deferred");
+    other.execute_batch("COMMIT").unwrap();
+    o.install(&conn).unwrap();
+    assert!(o.lost_capture(&conn).unwrap().is_empty(), "made again");
+}
+
 /// `notes` as a later version of the app writes it: one column more than [`Note`].
 #[derive(crate::D1Sync, Debug, Clone)]
 #[d1(table = "notes")]
