@@ -16,7 +16,9 @@ impl Outbox {
     /// Installs `AFTER INSERT/UPDATE/DELETE` triggers on `T`'s table, so that any write to it,
     /// raw SQL included, queues its record. Typed writes to a captured table are queued once,
     /// by the trigger. Installing again is a no-op; installing after `T`'s definition changed
-    /// replaces the triggers.
+    /// replaces the triggers. The table is remembered as captured: triggers a migration drops
+    /// with a rebuilt table are made again (see [`Outbox::restore_capture`]) until
+    /// [`Outbox::uncapture`].
     ///
     /// Refused, with the reason, when the table is missing, has no primary key or another
     /// one, or has writable columns `T` does not write (a raw write to them would not reach
