@@ -54,7 +54,7 @@ fn worker(a: &PushArgs) -> Result<(SyncWorker, Arc<dyn Target>), CliError> {
     };
     let project = crate::config::load(&a.config)?;
     let dir = schema_dir(a.schema.as_deref(), project.as_ref());
-    let registry = schema_registry(&dir, a.insert_only.as_deref(), &stored)?;
+    let registry = schema_registry(&dir, a.insert_only.as_deref(), &[], &stored)?;
     let target = open_target(&a.target, a.d1_base_url.as_deref(), project.as_ref())?;
     let mut w = SyncWorker::builder(&a.db, target.clone()).registry(registry);
     if let Some(p) = &project {

@@ -138,10 +138,12 @@ pub fn d1_client(
 /// `migrations`.
 /// The tables of the schema files at `dir` that have a primary key; their insert-only columns
 /// from `insert_only` (`--insert-only`), else from `stored`, the definitions stored with the
-/// queue; their version columns from `stored`.
+/// queue; their version columns by `d1sync generate`'s rule from `version` (the column
+/// names `--version-column` gives), then from `stored`.
 pub fn schema_registry(
     dir: &Path,
     insert_only: Option<&[String]>,
+    version: &[String],
     stored: &[d1_sync::TableDef],
 ) -> Result<d1_sync::Registry, CliError> {
     let schema = d1_sync::schema::load_schema(dir).map_err(|e| CliError::Usage(e.to_string()))?;
@@ -154,6 +156,8 @@ pub fn schema_registry(
     if insert_only.is_none() {
         r.adopt_insert_only(stored);
     }
+    let version: Vec<&str> = version.iter().map(String::as_str).collect();
+    r.adopt_version_columns(&schema, &version);
     r.adopt_version(stored);
     if r.is_empty() {
         return Err(CliError::Usage(format!(

@@ -1090,3 +1090,68 @@ fn tombstones_older_than_the_horizon_are_pruned() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "pruned 1 tombstones older than 30 days; 1 kept");
 }
+
+/// `d1sync capture` on a new app file describes each table as the generated structs do
+/// (`examples/src/rows.rs`, from `d1sync generate`): the same definition, version column
+/// included. So a captured raw write of a versioned table carries its version, and a typed
+/// write of the struct leans on the trigger instead of queueing a second record.
+#[test]
+fn capture_describes_the_tables_as_the_generated_structs_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app.db");
+    let conn = d1_sync::rusqlite::Connection::open(&app).unwrap();
+    d1_sync_example::apply_migrations(&conn).unwrap();
+    let (code, out, err) = run(d1sync()
+        .args(["capture", "--db"])
+        .arg(&app)
+        .arg("--schema")
+        .arg(d1_sync_example::migrations_dir())
+        .args(["--insert-only", "created_at"]));
+    assert_eq!(code, 0, "{out}\n{err}");
+    let registry = d1_sync_example::rows::registry();
+    let mut checked = 0;
+    for name in registry.names() {
+        let def = registry.get(name).unwrap();
+        let prefix = format!(
+            "{}{:016x}_",
+            d1_sync::schema::capture::trigger_prefix(d1_sync::Outbox::DEFAULT_TABLE, name),
+            def.definition_id()
+        );
+        let triggers: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1
+                 AND substr(name, 1, length(?2)) = ?2",
+                [name, prefix.as_str()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(triggers, 3, "{name}: captured under {}", def.definition());
+        checked += 1;
+    }
+    assert_eq!(checked, 7);
+
+    // `--no-version` on another new file: captured without one.
+    let app = dir.path().join("other.db");
+    let conn = d1_sync::rusqlite::Connection::open(&app).unwrap();
+    d1_sync_example::apply_migrations(&conn).unwrap();
+    let (code, out, err) = run(d1sync()
+        .args(["capture", "--db"])
+        .arg(&app)
+        .arg("--schema")
+        .arg(d1_sync_example::migrations_dir())
+        .args([
+            "--insert-only",
+            "created_at",
+            "--no-version",
+            "--tables",
+            "messages",
+        ]));
+    assert_eq!(code, 0, "{out}\n{err}");
+    let stored = d1_sync::Outbox::new().definitions(&conn).unwrap();
+    assert!(
+        stored
+            .iter()
+            .any(|d| d.name == "messages" && d.version.is_none()),
+        "{stored:?}"
+    );
+}

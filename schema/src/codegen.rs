@@ -310,11 +310,7 @@ fn render_column(
     if col.pk_position.is_none() && opts.insert_only.contains(&col.name) {
         d1.push(quote!(insert_only));
     }
-    if col.pk_position.is_none()
-        && col.not_null
-        && col.affinity == crate::Affinity::Integer
-        && opts.version.contains(&col.name)
-    {
+    if col.can_be_version() && opts.version.contains(&col.name) {
         d1.push(quote!(version));
     }
     let attr = (!d1.is_empty()).then(|| quote!(#[d1(#(#d1),*)]));

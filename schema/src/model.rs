@@ -113,6 +113,16 @@ impl Column {
             && !self.generated
             && table.rowid_alias() != Some(self.name.as_str())
     }
+
+    /// Whether this column can be a table's version (`#[d1(version)]`): `INTEGER NOT NULL`,
+    /// written, and not in the primary key. `d1sync generate` and `d1sync capture` make the
+    /// first such column whose name they are given (by default `version`) the version.
+    pub fn can_be_version(&self) -> bool {
+        self.pk_position.is_none()
+            && self.not_null
+            && !self.generated
+            && self.affinity == crate::Affinity::Integer
+    }
 }
 
 /// A foreign key of a table.

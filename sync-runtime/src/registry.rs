@@ -86,6 +86,31 @@ impl Registry {
         self
     }
 
+    /// Makes each table's first column named in `names` that can be a version (`INTEGER NOT
+    /// NULL`, not in the key; see [`d1_sync_schema::Column::can_be_version`]) its version
+    /// column, as `d1sync generate` marks it `#[d1(version)]`: so a registry read from schema
+    /// files describes the tables as the generated structs do.
+    pub fn adopt_version_columns(
+        &mut self,
+        schema: &d1_sync_schema::Schema,
+        names: &[&str],
+    ) -> &mut Registry {
+        for (name, mine) in self.tables.iter_mut() {
+            let Some(table) = schema.table(name) else {
+                continue;
+            };
+            let column = table.columns.iter().find(|c| {
+                c.can_be_version() && names.contains(&c.name.as_str()) && mine.has_column(&c.name)
+            });
+            if let Some(c) = column {
+                if mine.version.as_deref() != Some(c.name.as_str()) {
+                    Arc::make_mut(mine).version = Some(c.name.clone());
+                }
+            }
+        }
+        self
+    }
+
     /// Takes the version column (`#[d1(version)]`) of each table from `stored`, the definitions
     /// records were queued under, where this registry's table has that column: a registry read
     /// from schema files alone cannot tell which column is the version.
@@ -188,6 +213,30 @@ mod tests {
             insert_only: insert_only.iter().map(|c| c.to_string()).collect(),
             version: None,
         }
+    }
+
+    #[test]
+    fn a_version_column_is_adopted_by_generates_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("0001.sql"),
+            "CREATE TABLE a (id INTEGER PRIMARY KEY, version INTEGER NOT NULL DEFAULT 0);
+             CREATE TABLE b (id INTEGER PRIMARY KEY, version INTEGER);
+             CREATE TABLE c (id INTEGER PRIMARY KEY, version TEXT NOT NULL);
+             CREATE TABLE d (version INTEGER PRIMARY KEY, x TEXT);
+             CREATE TABLE e (id INTEGER PRIMARY KEY, rev INTEGER NOT NULL);",
+        )
+        .unwrap();
+        let schema = d1_sync_schema::load_schema(dir.path()).unwrap();
+        let mut r = Registry::from_schema(&schema, &[]);
+        r.adopt_version_columns(&schema, &["version"]);
+        let versioned: Vec<&str> = r
+            .names()
+            .filter(|n| r.get(n).is_some_and(|d| d.version.is_some()))
+            .collect();
+        assert_eq!(versioned, ["a"], "INTEGER NOT NULL and not the key");
+        r.adopt_version_columns(&schema, &["rev"]);
+        assert_eq!(r.get("e").unwrap().version.as_deref(), Some("rev"));
     }
 
     fn record(def: Option<i64>) -> RawRecord {
