@@ -168,6 +168,31 @@ impl Outbox {
     /// stays uncaptured, with a warning, until `capture` is called with a struct that fits.
     /// Returns the tables whose capture was made again. Run by every [`Outbox::install`] and
     /// after [`crate::migrate()`] applied a file.
+    ///
+    /// ```
+    /// use d1_sync::{D1Sync, Outbox};
+    /// # fn main() -> Result<(), d1_sync::Error> {
+    /// #[derive(D1Sync)]
+    /// #[d1(table = "notes")]
+    /// struct Note { #[d1(primary_key)] id: i64, body: String }
+    ///
+    /// let conn = d1_sync::open(":memory:")?;
+    /// conn.execute_batch("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")?;
+    /// let outbox = Outbox::new();
+    /// outbox.capture::<Note>(&conn)?;
+    /// // Another tool's migration rebuilds the table; the triggers go with the old one.
+    /// conn.execute_batch(
+    ///     "CREATE TABLE notes_new (id INTEGER PRIMARY KEY, body TEXT NOT NULL DEFAULT '');
+    ///      INSERT INTO notes_new SELECT id, coalesce(body, '') FROM notes;
+    ///      DROP TABLE notes;
+    ///      ALTER TABLE notes_new RENAME TO notes;",
+    /// )?;
+    /// assert_eq!(outbox.lost_capture(&conn)?, ["notes"]);
+    /// assert_eq!(outbox.restore_capture(&conn)?, ["notes"]); // or the next `d1_sync::open`
+    /// conn.execute("INSERT INTO notes VALUES (1, 'queued')", [])?;
+    /// assert_eq!(outbox.counts(&conn)?.pending, 1);
+    /// # Ok(()) }
+    /// ```
     pub fn restore_capture(&self, conn: &Connection) -> Result<Vec<String>> {
         let mut restored = Vec::new();
         for (table, id, coalesce) in self.lost(conn)? {
