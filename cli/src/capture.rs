@@ -8,7 +8,7 @@ use clap::Args;
 
 use crate::config::ConfigArgs;
 use crate::error::CliError;
-use crate::target::{open_db, schema_dir, schema_registry};
+use crate::target::{open_db, schema_dir, schema_registry, VersionArgs};
 
 #[derive(Args)]
 pub struct CaptureArgs {
@@ -27,19 +27,11 @@ pub struct CaptureArgs {
     /// definition disagrees with its own, so say the same here.
     #[arg(long, value_delimiter = ',')]
     insert_only: Option<Vec<String>>,
-    /// Version columns (`#[d1(version)]`), as `d1sync generate` marks them: a column of one
-    /// of these names that is INTEGER NOT NULL and not in the key (default: `version`; the
-    /// definitions stored with the queue win). A captured raw write then carries its row's
-    /// version, and a typed write of the generated struct leans on the trigger.
-    #[arg(
-        long = "version-column",
-        value_delimiter = ',',
-        default_value = "version"
-    )]
-    version: Vec<String>,
-    /// No version columns (unless the stored definitions name one).
-    #[arg(long, conflicts_with = "version")]
-    no_version: bool,
+    /// Version columns, as `d1sync generate` marks them (the definitions stored with the
+    /// queue win): a captured raw write then carries its row's version, and a typed write of
+    /// the generated struct leans on the trigger.
+    #[command(flatten)]
+    version: VersionArgs,
     /// The outbox table.
     #[arg(long, default_value = d1_sync::Outbox::DEFAULT_TABLE)]
     queue_table: String,
@@ -56,8 +48,7 @@ pub fn run(a: &CaptureArgs) -> Result<ExitCode, CliError> {
     let stored = outbox.definitions(&conn)?;
     let project = crate::config::load(&a.config)?;
     let dir = schema_dir(a.schema.as_deref(), project.as_ref());
-    let version: &[String] = if a.no_version { &[] } else { &a.version };
-    let registry = schema_registry(&dir, a.insert_only.as_deref(), version, &stored)?;
+    let registry = schema_registry(&dir, a.insert_only.as_deref(), a.version.names(), &stored)?;
     let mut names: Vec<String> = registry.names().map(str::to_string).collect();
     if !a.tables.is_empty() {
         if let Some(t) = a.tables.iter().find(|t| registry.get(t).is_none()) {

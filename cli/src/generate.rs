@@ -40,16 +40,8 @@ pub struct GenerateArgs {
     /// No insert-only columns.
     #[arg(long, conflicts_with = "insert_only")]
     no_insert_only: bool,
-    /// Columns made `#[d1(version)]` where they are INTEGER NOT NULL and not in the key.
-    #[arg(
-        long = "version-column",
-        value_delimiter = ',',
-        default_value = "version"
-    )]
-    version: Vec<String>,
-    /// No version columns.
-    #[arg(long, conflicts_with = "version")]
-    no_version: bool,
+    #[command(flatten)]
+    version: crate::target::VersionArgs,
     #[command(flatten)]
     config: crate::config::ConfigArgs,
 }
@@ -77,11 +69,7 @@ pub fn run(a: &GenerateArgs) -> Result<ExitCode, CliError> {
         } else {
             a.insert_only.clone()
         },
-        version: if a.no_version {
-            Vec::new()
-        } else {
-            a.version.clone()
-        },
+        version: a.version.names().to_vec(),
     };
     let code = codegen::generate(&schema, &opts).map_err(|e| match e {
         codegen::CodegenError::Schema(s) => CliError::Failed(s.to_string()),

@@ -134,6 +134,34 @@ pub fn d1_client(
     D1Http::new(config).map(Arc::new).map_err(CliError::from)
 }
 
+/// `--version-column` / `--no-version`: which columns are tables' versions, by one rule for
+/// `generate` and `capture` (see `d1_sync::schema::Column::can_be_version`).
+#[derive(clap::Args)]
+pub struct VersionArgs {
+    /// Version columns (`#[d1(version)]`): a column of one of these names that is INTEGER NOT
+    /// NULL and not in the key.
+    #[arg(
+        long = "version-column",
+        value_delimiter = ',',
+        default_value = "version"
+    )]
+    version: Vec<String>,
+    /// No version columns.
+    #[arg(long, conflicts_with = "version")]
+    no_version: bool,
+}
+
+impl VersionArgs {
+    /// The column names that may be versions: none with `--no-version`.
+    pub fn names(&self) -> &[String] {
+        if self.no_version {
+            &[]
+        } else {
+            &self.version
+        }
+    }
+}
+
 /// The migrations folder: the one given, else the project's `migrations_dir`, else
 /// `migrations`.
 /// The tables of the schema files at `dir` that have a primary key; their insert-only columns

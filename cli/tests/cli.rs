@@ -1091,6 +1091,22 @@ fn tombstones_older_than_the_horizon_are_pruned() {
     assert_eq!(out.trim(), "pruned 1 tombstones older than 30 days; 1 kept");
 }
 
+/// A new app file at `app` with the example's tables, captured by `d1sync capture
+/// --insert-only created_at` and `extra`.
+fn captured_new_app(app: &std::path::Path, extra: &[&str]) -> d1_sync::rusqlite::Connection {
+    let conn = d1_sync::rusqlite::Connection::open(app).unwrap();
+    d1_sync_example::apply_migrations(&conn).unwrap();
+    let (code, out, err) = run(d1sync()
+        .args(["capture", "--db"])
+        .arg(app)
+        .arg("--schema")
+        .arg(d1_sync_example::migrations_dir())
+        .args(["--insert-only", "created_at"])
+        .args(extra));
+    assert_eq!(code, 0, "{out}\n{err}");
+    conn
+}
+
 /// `d1sync capture` on a new app file describes each table as the generated structs do
 /// (`examples/src/rows.rs`, from `d1sync generate`): the same definition, version column
 /// included. So a captured raw write of a versioned table carries its version, and a typed
@@ -1098,16 +1114,7 @@ fn tombstones_older_than_the_horizon_are_pruned() {
 #[test]
 fn capture_describes_the_tables_as_the_generated_structs_do() {
     let dir = tempfile::tempdir().unwrap();
-    let app = dir.path().join("app.db");
-    let conn = d1_sync::rusqlite::Connection::open(&app).unwrap();
-    d1_sync_example::apply_migrations(&conn).unwrap();
-    let (code, out, err) = run(d1sync()
-        .args(["capture", "--db"])
-        .arg(&app)
-        .arg("--schema")
-        .arg(d1_sync_example::migrations_dir())
-        .args(["--insert-only", "created_at"]));
-    assert_eq!(code, 0, "{out}\n{err}");
+    let conn = captured_new_app(&dir.path().join("app.db"), &[]);
     let registry = d1_sync_example::rows::registry();
     let mut checked = 0;
     for name in registry.names() {
@@ -1131,22 +1138,10 @@ fn capture_describes_the_tables_as_the_generated_structs_do() {
     assert_eq!(checked, 7);
 
     // `--no-version` on another new file: captured without one.
-    let app = dir.path().join("other.db");
-    let conn = d1_sync::rusqlite::Connection::open(&app).unwrap();
-    d1_sync_example::apply_migrations(&conn).unwrap();
-    let (code, out, err) = run(d1sync()
-        .args(["capture", "--db"])
-        .arg(&app)
-        .arg("--schema")
-        .arg(d1_sync_example::migrations_dir())
-        .args([
-            "--insert-only",
-            "created_at",
-            "--no-version",
-            "--tables",
-            "messages",
-        ]));
-    assert_eq!(code, 0, "{out}\n{err}");
+    let conn = captured_new_app(
+        &dir.path().join("other.db"),
+        &["--no-version", "--tables", "messages"],
+    );
     let stored = d1_sync::Outbox::new().definitions(&conn).unwrap();
     assert!(
         stored

@@ -22,13 +22,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use d1_sync_schema::migrations::{self as m, Migration, Plan};
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::Connection;
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
 use crate::pack::{Param, Statement};
 use crate::target::{result_column, D1Http, TargetError};
-use crate::txn::write_unit;
+use crate::txn::{table_exists, write_unit};
 
 /// What a migration run found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -70,18 +70,8 @@ pub fn migrate(conn: &Connection, dir: impl AsRef<Path>) -> Result<MigrationRepo
 /// The migrations `table` of a local file records, in the order applied (none if it has no
 /// such table), with their checksums.
 pub fn recorded_local(conn: &Connection, table: &str) -> Result<Recorded> {
-    let exists = |name: &str| -> Result<bool> {
-        Ok(conn
-            .query_row(
-                "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
-                [name],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some())
-    };
     let mut names = Vec::new();
-    if exists(table)? {
+    if table_exists(conn, table)? {
         let mut stmt = conn.prepare(&m::applied_sql(table))?;
         names = stmt
             .query_map([], |r| r.get::<_, Option<String>>(0))?
@@ -89,7 +79,7 @@ pub fn recorded_local(conn: &Connection, table: &str) -> Result<Recorded> {
             .collect::<rusqlite::Result<_>>()?;
     }
     let mut sums = Vec::new();
-    if exists(m::CHECKSUMS_TABLE)? {
+    if table_exists(conn, m::CHECKSUMS_TABLE)? {
         let mut stmt = conn.prepare(&m::checksums_sql())?;
         sums = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -144,7 +134,7 @@ pub fn migrate_local(
             Err(e) => {
                 // The files applied before this one may have rebuilt captured tables.
                 if !report.applied.is_empty() {
-                    if let Err(r) = restore_capture(conn) {
+                    if let Err(r) = crate::outbox::restore_capture_of_every_queue(conn) {
                         warn!("capture could not be made again after a failed migration: {r}");
                     }
                 }
@@ -159,34 +149,9 @@ pub fn migrate_local(
         report.applied.push(file.name.clone());
     }
     if !report.applied.is_empty() {
-        restore_capture(conn)?;
+        crate::outbox::restore_capture_of_every_queue(conn)?;
     }
     Ok(report)
-}
-
-/// Makes again the capture triggers the applied migrations dropped with their tables, for
-/// every queue (see [`crate::Outbox::restore_capture`]).
-fn restore_capture(conn: &Connection) -> Result<()> {
-    let captured = d1_sync_schema::capture::CAPTURED_TABLE;
-    let remembered: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
-        [captured],
-        |r| r.get(0),
-    )?;
-    if !remembered {
-        return Ok(());
-    }
-    let mut stmt = conn.prepare(&format!(
-        "SELECT DISTINCT queue FROM {} ORDER BY queue",
-        d1_sync_schema::sql::quote_ident(captured)
-    ))?;
-    let queues: Vec<String> = stmt
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    for queue in queues {
-        crate::Outbox::with_table(queue).restore_capture(conn)?;
-    }
-    Ok(())
 }
 
 /// A report to fill in; a dry run's is already complete: what would be applied.

@@ -1,11 +1,27 @@
 //! Working on a SQLite file that other processes open at the same moment (the app, a
-//! `d1sync run`, a second instance): switching it to WAL, and one unit of writes, inside the
-//! caller's transaction when there is one or in one of its own that takes the write lock
-//! before it reads.
+//! `d1sync run`, a second instance): switching it to WAL, one unit of writes (inside the
+//! caller's transaction when there is one, or in one of its own that takes the write lock
+//! before it reads), and the small schema and lock questions the rest of the crate asks.
 
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode};
+
+/// Whether `table` exists in `conn`'s main schema.
+pub(crate) fn table_exists(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+    )?
+    .query_row([table], |r| r.get(0))
+}
+
+/// Whether `e` says another connection held a lock past the busy timeout.
+pub(crate) fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
 
 /// Puts the file in WAL mode (a file in memory keeps its own mode).
 ///
@@ -16,9 +32,7 @@ pub(crate) fn set_wal(conn: &Connection, wait: Duration) -> rusqlite::Result<()>
     let deadline = Instant::now() + wait;
     loop {
         match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)) {
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == ErrorCode::DatabaseBusy && Instant::now() < deadline =>
-            {
+            Err(e) if is_busy(&e) && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(5));
             }
             other => return other.map(|_| ()),

@@ -8,7 +8,7 @@ use super::{now_ms, Outbox};
 use crate::error::{Error, Result};
 use crate::registry::Registry;
 use crate::row::{SyncRow, TableDef};
-use crate::txn::write_unit;
+use crate::txn::{table_exists, write_unit};
 use d1_sync_schema::capture::{self, Capture, TriggerName};
 use d1_sync_schema::sql::quote_ident;
 
@@ -68,16 +68,10 @@ impl Outbox {
     /// `strict` (while migrating the queue): a trigger naming a definition the queue does not
     /// hold is an error; otherwise that trigger is left as it is.
     pub(super) fn upgrade_capture(&self, conn: &Connection, strict: bool) -> Result<()> {
-        let prefix = capture::queue_prefix(&self.table);
-        let mut stmt = conn.prepare(
-            "SELECT name FROM sqlite_schema WHERE type = 'trigger'
-             AND substr(name, 1, length(?1)) = ?1 AND name LIKE '%\\_insert' ESCAPE '\\'",
-        )?;
-        let old: Vec<(String, TriggerName)> = stmt
-            .query_map([&prefix], |r| r.get::<_, String>(0))?
-            .collect::<Result<Vec<_>, _>>()?
+        let old: Vec<(String, TriggerName)> = self
+            .insert_triggers(conn)?
             .into_iter()
-            .filter_map(|name| {
+            .filter_map(|(_, name)| {
                 let parsed = TriggerName::parse(&name).filter(|t| t.form < capture::FORM)?;
                 Some((name, parsed))
             })
@@ -223,17 +217,8 @@ impl Outbox {
     /// or changed the key. Capture the table again with a struct that fits. Every install logs
     /// them as warnings, and `d1sync status` lists them.
     pub fn capture_gaps(&self, conn: &Connection) -> Result<Vec<(String, String)>> {
-        let prefix = capture::queue_prefix(&self.table);
-        let mut stmt = conn.prepare(
-            "SELECT tbl_name, name FROM sqlite_schema WHERE type = 'trigger'
-             AND substr(name, 1, length(?1)) = ?1 AND name LIKE '%\\_insert' ESCAPE '\\'
-             ORDER BY tbl_name",
-        )?;
-        let captured: Vec<(String, String)> = stmt
-            .query_map([&prefix], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
         let mut gaps = Vec::new();
-        for (table, trigger) in captured {
+        for (table, trigger) in self.insert_triggers(conn)? {
             let def = match TriggerName::parse(&trigger) {
                 Some(t) => self.stored_definition(conn, t.definition_id)?,
                 None => None,
@@ -266,16 +251,29 @@ impl Outbox {
         let remembered: Vec<(String, i64, bool)> = stmt
             .query_map([&self.table], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<Result<_, _>>()?;
+        let captured = self.insert_triggers(conn)?;
         let mut lost = Vec::new();
         for (table, id, coalesce) in remembered {
-            let prefix = capture::trigger_prefix(&self.table, &table);
-            if table_exists(conn, &table)?
-                && triggers_with_prefix(conn, &table, &prefix)?.is_empty()
-            {
+            if !captured.iter().any(|(t, _)| *t == table) && table_exists(conn, &table)? {
                 lost.push((table, id, coalesce));
             }
         }
         Ok(lost)
+    }
+
+    /// The insert triggers capturing into this queue, each with its table, sorted by table:
+    /// one per captured table (and definition, while an install replaces them).
+    fn insert_triggers(&self, conn: &Connection) -> Result<Vec<(String, String)>> {
+        let prefix = capture::queue_prefix(&self.table);
+        let mut stmt = conn.prepare_cached(
+            "SELECT tbl_name, name FROM sqlite_schema WHERE type = 'trigger'
+             AND substr(name, 1, length(?1)) = ?1 AND name LIKE '%\\_insert' ESCAPE '\\'
+             ORDER BY tbl_name, name",
+        )?;
+        let triggers = stmt
+            .query_map([&prefix], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(triggers)
     }
 
     /// The table definition the queue stores under `id`, if any.
@@ -295,15 +293,12 @@ impl Outbox {
 
     /// The tables whose writes are captured into this queue (under any definition), sorted.
     pub fn captured_tables(&self, conn: &Connection) -> Result<Vec<String>> {
-        let prefix = capture::queue_prefix(&self.table);
-        let mut stmt = conn.prepare(
-            "SELECT DISTINCT tbl_name FROM sqlite_schema WHERE type = 'trigger'
-             AND substr(name, 1, length(?1)) = ?1 AND name LIKE '%\\_insert' ESCAPE '\\'
-             ORDER BY tbl_name",
-        )?;
-        let names = stmt
-            .query_map([&prefix], |r| r.get(0))?
-            .collect::<Result<Vec<String>, _>>()?;
+        let mut names: Vec<String> = self
+            .insert_triggers(conn)?
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        names.dedup();
         Ok(names)
     }
 
@@ -350,12 +345,23 @@ impl Outbox {
     }
 }
 
-fn table_exists(conn: &Connection, table: &str) -> Result<bool> {
-    Ok(conn.query_row(
-        "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
-        [table],
-        |r| r.get(0),
-    )?)
+/// Makes again, for every queue, the capture triggers a migration dropped with their tables
+/// (see [`Outbox::restore_capture`]): after [`crate::migrate()`] applied files.
+pub(crate) fn restore_capture_of_every_queue(conn: &Connection) -> Result<()> {
+    if !table_exists(conn, capture::CAPTURED_TABLE)? {
+        return Ok(());
+    }
+    let mut stmt = conn.prepare(&format!(
+        "SELECT DISTINCT queue FROM {} ORDER BY queue",
+        quote_ident(capture::CAPTURED_TABLE)
+    ))?;
+    let queues: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for queue in queues {
+        Outbox::with_table(queue).restore_capture(conn)?;
+    }
+    Ok(())
 }
 
 fn triggers_with_prefix(conn: &Connection, table: &str, prefix: &str) -> Result<Vec<String>> {

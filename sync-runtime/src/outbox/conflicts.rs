@@ -148,10 +148,9 @@ impl Outbox {
     }
 
     fn has_conflicts_log(&self, conn: &Connection) -> Result<bool> {
-        Ok(conn
-            .prepare_cached(
-                "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
-            )?
-            .query_row([self.conflicts_table_name()], |r| r.get(0))?)
+        Ok(crate::txn::table_exists(
+            conn,
+            &self.conflicts_table_name(),
+        )?)
     }
 }

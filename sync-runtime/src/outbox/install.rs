@@ -4,7 +4,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::Outbox;
 use crate::error::{Error, Result};
-use crate::txn::write_unit;
+use crate::txn::{is_busy, table_exists, write_unit};
 
 /// The queue schema version this build writes.
 ///
@@ -234,20 +234,10 @@ impl Outbox {
 
     /// Checks, without writing, that the queue exists and that this build understands it.
     pub fn check(&self, conn: &Connection) -> Result<()> {
-        let exists: bool = conn.query_row(
-            "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
-            [&self.table],
-            |r| r.get(0),
-        )?;
-        if !exists {
+        if !table_exists(conn, &self.table)? {
             return Err(Error::NotInstalled(self.table.clone()));
         }
-        let meta: bool = conn.query_row(
-            "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = 'd1_sync_meta'",
-            [],
-            |r| r.get(0),
-        )?;
-        if meta {
+        if table_exists(conn, "d1_sync_meta")? {
             let found: Option<i64> = conn
                 .query_row(
                     "SELECT value FROM d1_sync_meta WHERE key = ?1",
@@ -265,12 +255,4 @@ impl Outbox {
         }
         Ok(())
     }
-}
-
-/// Whether `e` says another connection held the lock for longer than the busy timeout.
-fn is_busy(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-    )
 }

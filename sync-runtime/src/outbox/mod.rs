@@ -50,6 +50,7 @@ use rusqlite::Connection;
 use crate::error::{Error, Result};
 
 pub(crate) use crate::clock::now_ms;
+pub(crate) use capture::restore_capture_of_every_queue;
 pub use conflicts::Conflict;
 pub(crate) use conflicts::Stale;
 pub use operator::{Counts, DeadLetter, Lease, Selection};

@@ -73,12 +73,7 @@ impl Outbox {
     /// cannot be read is an [`Error::Config`] naming it. None when nothing was stored: no
     /// queue yet, or one written before queue version 4, which stored no definitions.
     pub fn definitions(&self, conn: &Connection) -> Result<Vec<TableDef>> {
-        let stored: bool = conn.query_row(
-            "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = ?1",
-            [self.tables_table_name()],
-            |r| r.get(0),
-        )?;
-        if !stored {
+        if !crate::txn::table_exists(conn, &self.tables_table_name())? {
             return Ok(Vec::new());
         }
         let mut stmt = conn.prepare(&format!(

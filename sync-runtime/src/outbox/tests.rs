@@ -912,26 +912,35 @@ fn capture_triggers(conn: &Connection) -> usize {
     .len()
 }
 
+/// The first migration of `notes`, as a file.
+const CREATE_NOTES: (&str, &str) = (
+    "0001_notes.sql",
+    "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT, created_at INTEGER)",
+);
+
+/// `notes` made by [`CREATE_NOTES`] through `migrate`, and captured.
+fn migrated_and_captured() -> (Connection, Outbox) {
+    let conn = Connection::open_in_memory().unwrap();
+    let first = d1_sync_schema::migrations::from_texts(&[CREATE_NOTES]).unwrap();
+    crate::migrate::migrate_local(&conn, &first, "d1_migrations", false).unwrap();
+    let o = Outbox::new();
+    o.capture::<Note>(&conn).unwrap();
+    (conn, o)
+}
+
 /// A migration that rebuilds a captured table drops its triggers with it: `migrate` makes them
 /// again after applying it, and a table rebuilt by another tool gets them back at the next
 /// install (`d1_sync::open`, a worker's start).
 #[test]
 fn capture_dropped_with_a_rebuilt_table_is_made_again() {
-    let conn = Connection::open_in_memory().unwrap();
-    let create = "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT, created_at INTEGER)";
-    let first = d1_sync_schema::migrations::from_texts(&[("0001_notes.sql", create)]).unwrap();
-    crate::migrate::migrate_local(&conn, &first, "d1_migrations", false).unwrap();
-    let o = Outbox::new();
-    o.capture::<Note>(&conn).unwrap();
+    let (conn, o) = migrated_and_captured();
     assert_eq!(capture_triggers(&conn), 3);
 
     // Through `migrate`.
     let rebuild = rebuild_notes("");
-    let files = d1_sync_schema::migrations::from_texts(&[
-        ("0001_notes.sql", create),
-        ("0002_rebuild.sql", &rebuild),
-    ])
-    .unwrap();
+    let files =
+        d1_sync_schema::migrations::from_texts(&[CREATE_NOTES, ("0002_rebuild.sql", &rebuild)])
+            .unwrap();
     let report = crate::migrate::migrate_local(&conn, &files, "d1_migrations", false).unwrap();
     assert_eq!(report.applied, ["0002_rebuild.sql"]);
     assert_eq!(capture_triggers(&conn), 3, "made again after the migration");
@@ -983,17 +992,12 @@ fn capture_dropped_with_a_rebuilt_table_is_made_again() {
 /// again before the error is returned.
 #[test]
 fn capture_is_made_again_when_a_later_migration_fails() {
-    let conn = Connection::open_in_memory().unwrap();
-    let create = "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT, created_at INTEGER)";
-    let first = d1_sync_schema::migrations::from_texts(&[("0001_notes.sql", create)]).unwrap();
-    crate::migrate::migrate_local(&conn, &first, "d1_migrations", false).unwrap();
-    let o = Outbox::new();
-    o.capture::<Note>(&conn).unwrap();
+    let (conn, o) = migrated_and_captured();
     conn.execute("INSERT INTO notes VALUES (1, 'kept', 0)", [])
         .unwrap();
     let rebuild = rebuild_notes("");
     let files = d1_sync_schema::migrations::from_texts(&[
-        ("0001_notes.sql", create),
+        CREATE_NOTES,
         ("0002_rebuild.sql", &rebuild),
         // Runs on an empty table when the files are checked; fails on this file's row 1.
         ("0003_seed.sql", "INSERT INTO notes VALUES (1, 'seed', 0);"),
