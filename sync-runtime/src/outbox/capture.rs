@@ -134,8 +134,8 @@ impl Outbox {
         })
     }
 
-    /// Removes the capture triggers of `table` (any definition). Writes to it are then queued
-    /// only by the typed methods.
+    /// Removes the capture triggers of `table` (any definition) from the app's file, and
+    /// forgets that it was captured. Writes to it are then queued only by the typed methods.
     pub fn uncapture(&self, conn: &Connection, table: &str) -> Result<()> {
         let prefix = capture::trigger_prefix(&self.table, table);
         write_unit(conn, "d1_sync_uncapture", || {
@@ -155,12 +155,12 @@ impl Outbox {
         })
     }
 
-    /// Makes again the capture triggers of tables captured into this queue that have none
-    /// now: a migration that rebuilt the table (SQLite's way to change a column: a new table,
-    /// the rows copied, the old one dropped) dropped them with it. Each is checked against its
-    /// definition first; a table that no longer fits it (a column the struct does not write)
-    /// stays uncaptured, with a warning, until `capture` is called with a struct that fits.
-    /// Returns the tables whose capture was made again. Run by every [`Outbox::install`] and
+    /// Makes again, in the app's file, the capture triggers of tables captured into this queue
+    /// that have none now: a migration that rebuilt the table (SQLite's way to change a
+    /// column: a new table, the rows copied, the old one dropped) dropped them with it. Each
+    /// is checked against its definition first; a table that no longer fits it (a column the
+    /// struct does not write) stays uncaptured, with a warning, until `capture` is called with
+    /// a struct that fits. Returns the tables whose capture was made again. Run by every [`Outbox::install`] and
     /// after [`crate::migrate()`] applied a file.
     ///
     /// ```
@@ -205,17 +205,17 @@ impl Outbox {
         Ok(restored)
     }
 
-    /// The tables captured into this queue whose triggers are gone (a migration rebuilt the
-    /// table and [`Outbox::restore_capture`] has not run since, or the table no longer fits
-    /// its definition), sorted. `d1sync status` lists them.
+    /// Reads (writes nothing): the tables captured into this queue whose triggers are gone (a
+    /// migration rebuilt the table and [`Outbox::restore_capture`] has not run since, or the
+    /// table no longer fits its definition), sorted. `d1sync status` lists them.
     pub fn lost_capture(&self, conn: &Connection) -> Result<Vec<String>> {
         Ok(self.lost(conn)?.into_iter().map(|(t, _, _)| t).collect())
     }
 
-    /// Captured tables whose capture no longer fits them, each with the reason, sorted: a
-    /// migration added a column the struct does not write (raw writes of it never reach D1),
-    /// or changed the key. Capture the table again with a struct that fits. Every install logs
-    /// them as warnings, and `d1sync status` lists them.
+    /// Reads (writes nothing): captured tables whose capture no longer fits them, each with the
+    /// reason, sorted: a migration added a column the struct does not write (raw writes of it
+    /// never reach D1), or changed the key. Capture the table again with a struct that fits.
+    /// Every install logs them as warnings, and `d1sync status` lists them.
     pub fn capture_gaps(&self, conn: &Connection) -> Result<Vec<(String, String)>> {
         let mut gaps = Vec::new();
         for (table, trigger) in self.insert_triggers(conn)? {
