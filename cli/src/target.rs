@@ -162,8 +162,6 @@ impl VersionArgs {
     }
 }
 
-/// The migrations folder: the one given, else the project's `migrations_dir`, else
-/// `migrations`.
 /// The tables of the schema files at `dir` that have a primary key; their insert-only columns
 /// from `insert_only` (`--insert-only`), else from `stored`, the definitions stored with the
 /// queue; their version columns by `d1sync generate`'s rule from `version` (the column
@@ -196,6 +194,8 @@ pub fn schema_registry(
     Ok(r)
 }
 
+/// The migrations folder: the one given, else the project's `migrations_dir`, else
+/// `migrations`.
 pub fn schema_dir(given: Option<&Path>, project: Option<&crate::config::Database>) -> PathBuf {
     given
         .map(Path::to_path_buf)
