@@ -237,15 +237,22 @@ fn bench_enqueue(quick: bool) -> Vec<Row> {
 }
 
 /// The floors under the enqueue figure, 1,000 writes per commit: the row write plus a plain
-/// `INSERT` of a record of it, with no coalescing, definitions or run, in three formats: the
-/// payload as today's JSON object (named columns), as a JSON array (values in the definition's
-/// order), and no payload at all (a record that names the row, and is read from it when sent).
-/// What each format could reach at best, for planning: none is what the outbox does.
+/// `INSERT` of a record of it, with no coalescing, definitions or run, in five forms: the
+/// payload as today's JSON object (named columns), the same without the queue's index on
+/// (table, key) that coalescing looks rows up by, as a JSON array (values in the definition's
+/// order), no payload at all (a record that names the row, and is read from it when sent), and
+/// no payload with the triggers that would keep such a record exact (before the row changes
+/// again or is deleted, they copy its old values into its records that have none yet). What
+/// each form could reach at best, for planning: none is what the outbox does.
 fn floors(dir: &Path, n: u64) -> Vec<Row> {
-    let formats: [(&'static str, &'static str); 3] = [
+    let formats: [(&'static str, &'static str); 5] = [
         (
             "floor: the row write plus a plain INSERT of its record as today's format (payload a JSON object), 1,000 per commit",
             "object",
+        ),
+        (
+            "floor: the same without the index on (table, key) that coalescing looks rows up by, 1,000 per commit",
+            "unindexed",
         ),
         (
             "floor: the same with the payload a JSON array of the values (no column names), 1,000 per commit",
@@ -254,6 +261,10 @@ fn floors(dir: &Path, n: u64) -> Vec<Row> {
         (
             "floor: the same with no payload (the record names the row; it would be read when sent), 1,000 per commit",
             "key",
+        ),
+        (
+            "floor: no payload, with the triggers that keep such a record exact (the row's old values copied into its records before it changes again), 1,000 per commit",
+            "copied",
         ),
     ];
     formats
@@ -270,13 +281,36 @@ fn floors(dir: &Path, n: u64) -> Vec<Row> {
                         // The queue's columns and its rows index, without AUTOINCREMENT.
                         conn.execute_batch(
                             "CREATE TABLE floor_queue (id INTEGER PRIMARY KEY, table_name TEXT NOT NULL,
-                               row_key TEXT NOT NULL, op TEXT NOT NULL, payload TEXT NOT NULL,
+                               row_key TEXT NOT NULL, op TEXT NOT NULL, payload TEXT,
                                status TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
                                next_attempt_at INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL,
-                               updated_at INTEGER NOT NULL, def INTEGER);
-                             CREATE INDEX floor_queue_rows ON floor_queue (table_name, row_key);",
+                               updated_at INTEGER NOT NULL, def INTEGER);",
                         )
                         .unwrap();
+                        if format != "unindexed" {
+                            conn.execute_batch(
+                                "CREATE INDEX floor_queue_rows ON floor_queue (table_name, row_key);",
+                            )
+                            .unwrap();
+                        }
+                        if format == "copied" {
+                            conn.execute_batch(&copy_on_change_triggers()).unwrap();
+                            // The triggers do what the row says: a change fills the record.
+                            conn.execute_batch(
+                                "SAVEPOINT probe;
+                                 INSERT INTO messages (id, platform, role, observed_at, created_at, version)
+                                   VALUES ('probe', 'p', 'user', 1, 1, 1);
+                                 INSERT INTO floor_queue (table_name, row_key, op, created_at, updated_at)
+                                   VALUES ('messages', '[\"probe\"]', 'upsert', 1, 1);
+                                 UPDATE messages SET platform = 'q' WHERE id = 'probe';",
+                            )
+                            .unwrap();
+                            let copied: String = conn
+                                .query_row("SELECT json_extract(payload, '$.platform') FROM floor_queue", [], |r| r.get(0))
+                                .unwrap();
+                            assert_eq!(copied, "p");
+                            conn.execute_batch("ROLLBACK TO probe; RELEASE probe;").unwrap();
+                        }
                     }
                 },
                 move |on, _, tx, i| {
@@ -292,11 +326,11 @@ fn floors(dir: &Path, n: u64) -> Vec<Row> {
                                 .filter(|(c, _)| !Message::PRIMARY_KEY.contains(c))
                         };
                         let payload = match format {
-                            "object" => d1_sync::codec::stored_object(columns()),
-                            "array" => d1_sync::codec::stored_array(
+                            "object" | "unindexed" => Some(d1_sync::codec::stored_object(columns())),
+                            "array" => Some(d1_sync::codec::stored_array(
                                 &columns().map(|(_, v)| v.clone()).collect::<Vec<_>>(),
-                            ),
-                            _ => String::new(),
+                            )),
+                            _ => None,
                         };
                         tx.prepare_cached(
                             "INSERT INTO floor_queue (table_name, row_key, op, payload, created_at, updated_at, def)
@@ -311,6 +345,29 @@ fn floors(dir: &Path, n: u64) -> Vec<Row> {
                         .unwrap();
                     }
                 },
+            )
+        })
+        .collect()
+}
+
+/// The triggers of the `copied` floor: before a `messages` row changes or goes, its old values
+/// fill the payload of its records that have none, so a record that named the row when it was
+/// queued still ships the row as it was then.
+fn copy_on_change_triggers() -> String {
+    let old = Message::COLUMNS
+        .iter()
+        .filter(|c| !Message::PRIMARY_KEY.contains(c))
+        .map(|c| format!("'{c}', OLD.\"{c}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    ["UPDATE", "DELETE"]
+        .iter()
+        .map(|event| {
+            format!(
+                "CREATE TRIGGER floor_copy_{event} BEFORE {event} ON messages BEGIN
+                   UPDATE floor_queue SET payload = json_object({old})
+                   WHERE table_name = 'messages' AND row_key = json_array(OLD.id) AND payload IS NULL;
+                 END;"
             )
         })
         .collect()
