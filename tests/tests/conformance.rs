@@ -40,6 +40,7 @@ both_targets!(
     partial_updates_touch_only_their_columns,
     a_request_applied_before_is_refused_as_a_whole_by_the_ledger,
     the_version_guard_keeps_the_newest_write_of_every_row,
+    a_tombstone_made_within_a_request_refuses_an_older_write_after_it,
     a_leafs_write_moved_ahead_of_its_parents_delete_ends_as_in_the_queues_order,
 );
 
@@ -165,6 +166,89 @@ async fn the_version_guard_keeps_the_newest_write_of_every_row(mut f: Fixture) {
             ("[\"m1\"]".to_string(), Some(50), Some(100)),
             ("[\"m3\"]".to_string(), Some(6), Some(7)),
             ("[\"m4\"]".to_string(), Some(15), Some(20)),
+        ]
+    );
+}
+
+/// One request in which tombstones appear after a write to their table: one left by a trigger
+/// of the target's own (a write to `local_conversations` deletes `m5`), and one left by a
+/// delete the worker sends of a row the target never had (`c7`). An older write of each row
+/// after them is refused, though its table was written in the request before the tombstone
+/// existed (the SQLite file reads "no tombstone of this table" once, and must read it again
+/// after each).
+async fn a_tombstone_made_within_a_request_refuses_an_older_write_after_it(mut f: Fixture) {
+    let at = |id: &str, version: i64| {
+        let mut m = message(id, "ours", 1);
+        m.version = version;
+        m
+    };
+    let conversation = |id: &str, version: i64| {
+        let mut c = d1_sync_tests::fixture::conversation(id);
+        c.version = version;
+        c
+    };
+    f.target
+        .exec(&[
+            "INSERT INTO messages (id, platform, role, raw_text, observed_at, created_at, version)
+               VALUES ('m5', 'web', 'user', 'theirs', 1, 1, 40)",
+            "CREATE TRIGGER drop_m5 AFTER INSERT ON local_conversations BEGIN
+               DELETE FROM messages WHERE id = 'm5';
+             END",
+        ])
+        .await
+        .unwrap();
+    let worker = f.worker().build().unwrap();
+    f.write(|o, tx| {
+        o.save(tx, &at("m9", 10)).unwrap(); // no tombstone of `messages` yet
+        o.save(tx, &conversation("c9", 10)).unwrap(); // the target's trigger deletes m5 (40)
+        o.enqueue_upsert(tx, &at("m5", 30)).unwrap(); // refused: deleted at 40
+        o.save(tx, &conversation("c6", 10)).unwrap(); // no tombstone of the table yet
+        o.remove(tx, &conversation("c7", 7)).unwrap(); // a tombstone at 7, no row deleted
+        o.enqueue_upsert(tx, &conversation("c7", 6)).unwrap(); // refused: deleted at 7
+    });
+    worker.start().unwrap();
+    worker.flush().await.unwrap();
+    let stats = worker.stats().await.unwrap();
+    worker.shutdown().await.unwrap();
+    assert_eq!(
+        (
+            stats.records_synced,
+            stats.records_superseded,
+            stats.requests
+        ),
+        (6, 2, 1),
+        "{stats:?}"
+    );
+    let held_ids = |rows: Vec<String>, ids: &[&'static str]| -> Vec<&'static str> {
+        ids.iter()
+            .copied()
+            .filter(|id| rows.iter().any(|r| r.contains(&format!("\"{id}\""))))
+            .collect()
+    };
+    let messages = f.target.dump(&Message::table_def()).await;
+    assert_eq!(held_ids(messages, &["m5", "m9"]), ["m9"]);
+    let conversations = f
+        .target
+        .dump(&d1_sync_example::rows::LocalConversation::table_def())
+        .await;
+    assert_eq!(
+        held_ids(conversations, &["c6", "c7", "c9"]),
+        ["c6", "c9"],
+        "an older write never brings a deleted row back"
+    );
+    let mut held: Vec<(String, Option<i64>, Option<i64>)> = f
+        .outbox
+        .conflicts(&f.app, 10)
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.row_key, c.sent_version, c.held_version))
+        .collect();
+    held.sort();
+    assert_eq!(
+        held,
+        [
+            ("[\"c7\"]".to_string(), Some(6), Some(7)),
+            ("[\"m5\"]".to_string(), Some(30), Some(40)),
         ]
     );
 }

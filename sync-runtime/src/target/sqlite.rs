@@ -172,6 +172,40 @@ struct RowSql {
     trigger: Option<String>,
     versions: Option<String>,
     apply: Vec<String>,
+    /// A versioned upsert's statement for a table without tombstones
+    /// ([`guard::upsert_row_untombstoned_sql`]): it writes what `apply` writes then.
+    untombstoned: Option<String>,
+}
+
+/// Which tables hold no tombstone in the target, as read in the request's transaction, until
+/// a write could have made one.
+#[derive(Default)]
+struct Tombstones<'a> {
+    none: std::collections::HashMap<&'a str, bool>,
+}
+
+impl<'a> Tombstones<'a> {
+    /// Whether the target holds no tombstone of `table` (read once, then remembered).
+    fn none_of(
+        &mut self,
+        tx: &rusqlite::Transaction<'_>,
+        table: &'a str,
+    ) -> Result<bool, TargetError> {
+        if let Some(&none) = self.none.get(table) {
+            return Ok(none);
+        }
+        let any: bool = tx
+            .prepare_cached(&guard::any_tombstone_sql())
+            .and_then(|mut st| st.query_row([table], |r| r.get(0)))
+            .map_err(classify)?;
+        self.none.insert(table, !any);
+        Ok(!any)
+    }
+
+    /// A write may have left a tombstone: read again.
+    fn forget(&mut self) {
+        self.none.clear();
+    }
 }
 
 fn row_sql(c: &Change) -> RowSql {
@@ -189,6 +223,7 @@ fn row_sql(c: &Change) -> RowSql {
                 Op::Update => update_sql(name, &pk, set),
                 Op::Delete => delete_sql(name, &cols),
             }],
+            untombstoned: None,
         },
         Some(v) => RowSql {
             trigger: Some(guard::tombstone_trigger_sql(name, &pk, v)),
@@ -198,6 +233,8 @@ fn row_sql(c: &Change) -> RowSql {
                 Op::Update => vec![guard::update_row_sql(name, &pk, set, v)],
                 Op::Delete => guard::delete_row_sql(name, &pk, v).to_vec(),
             },
+            untombstoned: (c.op == Op::Upsert)
+                .then(|| guard::upsert_row_untombstoned_sql(name, &cols, &pk, &io, v)),
         },
     }
 }
@@ -279,9 +316,11 @@ fn apply_rows(
         trigger: None,
         versions: None,
         apply: Vec::new(),
+        untombstoned: None,
     };
     let mut prev: Option<&Change> = None;
     let mut superseded = Vec::new();
+    let mut tombstones = Tombstones::default();
     for c in changes {
         if !prev.is_some_and(|p| same_shape(p, c)) {
             sql = row_sql(c);
@@ -293,12 +332,23 @@ fn apply_rows(
         }
         prev = Some(c);
         let values = c.values();
-        let mut changed = 0;
-        for apply in &sql.apply {
+        let apply = match &sql.untombstoned {
+            Some(plain) if tombstones.none_of(&tx, &c.table.name)? => std::slice::from_ref(plain),
+            _ => &sql.apply[..],
+        };
+        let before = tx.total_changes();
+        let (mut changed, mut direct) = (0, 0);
+        for apply in apply {
             let mut stmt = tx.prepare_cached(apply).map_err(classify)?;
             changed = stmt
                 .execute(params_from_iter(values.iter()))
                 .map_err(classify)?;
+            direct += changed as u64;
+        }
+        // A delete leaves a tombstone; so may a trigger or a foreign-key action, whose rows
+        // count in the connection's total but not in the statements' own.
+        if c.op == Op::Delete || tx.total_changes() - before != direct {
+            tombstones.forget();
         }
         // The guarded statement (the last) changed nothing: refused, or (an update or delete)
         // no such row. The versions the target holds now are the ones the guard saw.
