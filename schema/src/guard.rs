@@ -138,6 +138,11 @@ fn position(names: &[&str], name: &str) -> usize {
 /// The local upsert of a versioned row (`SyncRow::SAVE_SQL` and `UPSERT_SQL`): it applies only
 /// over an older version, so a save that carries no newer version writes nothing, and queues
 /// nothing. Parameters `?1..?N` in `columns` order.
+///
+/// It is also a target's one-row upsert for a table of which the target holds no tombstone
+/// ([`any_tombstone_sql`]): the tombstone test of [`upsert_row_sql`] then holds for every row,
+/// so the two write the same, and this plain `INSERT ... VALUES` spares SQLite the statement
+/// journal it keeps for an `INSERT ... SELECT` (about 2 µs a row on a 2-core VM).
 pub fn save_sql(
     table: &str,
     columns: &[&str],
@@ -241,30 +246,6 @@ pub fn upsert_row_sql(
         conflict_clause(columns, primary_key, insert_only),
         newer(table, version)
     )
-}
-
-/// [`upsert_row_sql`] for a table of which the target holds no tombstone: the row guard alone,
-/// a plain `INSERT ... VALUES` (the text of [`save_sql`]). With no tombstone of the table, the
-/// tombstone test of [`upsert_row_sql`] holds for every row, so the two write the same; this
-/// one spares SQLite the statement journal it keeps for an `INSERT ... SELECT` (about 2 µs a
-/// row on a 2-core VM). Whether the table has one: [`any_tombstone_sql`].
-///
-/// ```
-/// use d1_sync_schema::guard::{upsert_row_untombstoned_sql, save_sql};
-/// let cols = ["id", "body", "v"];
-/// assert_eq!(
-///     upsert_row_untombstoned_sql("notes", &cols, &["id"], &[], "v"),
-///     save_sql("notes", &cols, &["id"], &[], "v"),
-/// );
-/// ```
-pub fn upsert_row_untombstoned_sql(
-    table: &str,
-    columns: &[&str],
-    primary_key: &[&str],
-    insert_only: &[&str],
-    version: &str,
-) -> String {
-    save_sql(table, columns, primary_key, insert_only, version)
 }
 
 /// Whether a target holds a tombstone of table `?1`: one row, `1` or `0`.

@@ -152,16 +152,8 @@ async fn the_version_guard_keeps_the_newest_write_of_every_row(mut f: Fixture) {
         m4.contains("\"theirs\"") && m4.contains("\"patched\"") && m4.contains("\"30\""),
         "{m4}"
     );
-    let mut held: Vec<(String, Option<i64>, Option<i64>)> = f
-        .outbox
-        .conflicts(&f.app, 10)
-        .unwrap()
-        .into_iter()
-        .map(|c| (c.row_key, c.sent_version, c.held_version))
-        .collect();
-    held.sort();
     assert_eq!(
-        held,
+        conflicts(&f),
         [
             ("[\"m1\"]".to_string(), Some(50), Some(100)),
             ("[\"m3\"]".to_string(), Some(6), Some(7)),
@@ -236,7 +228,18 @@ async fn a_tombstone_made_within_a_request_refuses_an_older_write_after_it(mut f
         ["c6", "c9"],
         "an older write never brings a deleted row back"
     );
-    let mut held: Vec<(String, Option<i64>, Option<i64>)> = f
+    assert_eq!(
+        conflicts(&f),
+        [
+            ("[\"c7\"]".to_string(), Some(6), Some(7)),
+            ("[\"m5\"]".to_string(), Some(30), Some(40)),
+        ]
+    );
+}
+
+/// The conflicts log: each refused record's key, the version sent and the version held.
+fn conflicts(f: &Fixture) -> Vec<(String, Option<i64>, Option<i64>)> {
+    let mut held: Vec<_> = f
         .outbox
         .conflicts(&f.app, 10)
         .unwrap()
@@ -244,13 +247,7 @@ async fn a_tombstone_made_within_a_request_refuses_an_older_write_after_it(mut f
         .map(|c| (c.row_key, c.sent_version, c.held_version))
         .collect();
     held.sort();
-    assert_eq!(
-        held,
-        [
-            ("[\"c7\"]".to_string(), Some(6), Some(7)),
-            ("[\"m5\"]".to_string(), Some(30), Some(40)),
-        ]
-    );
+    held
 }
 
 async fn upsert_update_keeps_created_at_and_delete_removes_the_row(mut f: Fixture) {

@@ -172,8 +172,8 @@ struct RowSql {
     trigger: Option<String>,
     versions: Option<String>,
     apply: Vec<String>,
-    /// A versioned upsert's statement for a table without tombstones
-    /// ([`guard::upsert_row_untombstoned_sql`]): it writes what `apply` writes then.
+    /// A versioned upsert's statement for a table without tombstones: the row guard alone
+    /// ([`guard::save_sql`]), which writes what `apply` writes then.
     untombstoned: Option<String>,
 }
 
@@ -233,8 +233,7 @@ fn row_sql(c: &Change) -> RowSql {
                 Op::Update => vec![guard::update_row_sql(name, &pk, set, v)],
                 Op::Delete => guard::delete_row_sql(name, &pk, v).to_vec(),
             },
-            untombstoned: (c.op == Op::Upsert)
-                .then(|| guard::upsert_row_untombstoned_sql(name, &cols, &pk, &io, v)),
+            untombstoned: (c.op == Op::Upsert).then(|| guard::save_sql(name, &cols, &pk, &io, v)),
         },
     }
 }
