@@ -70,23 +70,46 @@ async fn drain_messages(versioned: bool, n: u64, target: Arc<dyn Target>) -> f64
     rate(n, took)
 }
 
+/// A SQLite file with the example's tables, and `tombstones` deletes of `messages` rows the
+/// drains never write (their keys are not `message`'s).
+fn mirror(dir: &std::path::Path, tombstones: u64) -> SqliteTarget {
+    let mirror = SqliteTarget::open(dir.join("mirror.db")).unwrap();
+    mirror
+        .with_connection(|c| {
+            d1_sync_example::apply_migrations(c)?;
+            c.execute_batch(&d1_sync::schema::guard::create_tombstones_sql())?;
+            let mut insert = c.prepare(&format!(
+                "INSERT INTO {} (table_name, row_key, version, deleted_at) VALUES ('messages', ?1, 1, 0)",
+                d1_sync::schema::guard::TOMBSTONES
+            ))?;
+            for i in 0..tombstones {
+                insert.execute([format!("[\"gone-{i}\"]")])?;
+            }
+            Ok::<_, d1_sync::rusqlite::Error>(())
+        })
+        .unwrap();
+    mirror
+}
+
 /// The guard's cost: the same messages drained with and without a version column, in turns,
-/// to the local D1 and to a SQLite file.
+/// to the local D1 and to a SQLite file (empty, and holding 1,000 tombstones of the table).
 pub(super) async fn bench_guard(peer: &D1Peer, quick: bool) -> Vec<Row> {
     let n = if quick { 5_000 } else { 30_000 };
     let (mut d1_on, mut d1_off, mut sq_on, mut sq_off) = (vec![], vec![], vec![], vec![]);
+    let mut sq_tombstoned = vec![];
     for round in 0..ROUNDS {
         for versioned in [round % 2 == 0, round % 2 == 1] {
             let db = d1_table(peer).await;
             let r = drain_messages(versioned, n, Arc::new(db.client())).await;
             if versioned { &mut d1_on } else { &mut d1_off }.push(r);
             let dir = tempfile::tempdir().unwrap();
-            let mirror = SqliteTarget::open(dir.path().join("mirror.db")).unwrap();
-            mirror
-                .with_connection(d1_sync_example::apply_migrations)
-                .unwrap();
-            let r = drain_messages(versioned, n, Arc::new(mirror)).await;
+            let r = drain_messages(versioned, n, Arc::new(mirror(dir.path(), 0))).await;
             if versioned { &mut sq_on } else { &mut sq_off }.push(r);
+            if versioned {
+                let dir = tempfile::tempdir().unwrap();
+                let r = drain_messages(true, n, Arc::new(mirror(dir.path(), 1_000))).await;
+                sq_tombstoned.push(r);
+            }
         }
     }
     let row = |name, on: Vec<f64>, off: Vec<f64>| {
@@ -108,6 +131,11 @@ pub(super) async fn bench_guard(peer: &D1Peer, quick: bool) -> Vec<Row> {
         row(
             "the version guard's cost, drain to a SQLite file",
             sq_on,
+            sq_off.clone(),
+        ),
+        row(
+            "the version guard's cost, drain to a SQLite file holding tombstones of the table (1,000, of other keys)",
+            sq_tombstoned,
             sq_off,
         ),
     ]

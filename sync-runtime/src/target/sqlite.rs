@@ -172,9 +172,11 @@ struct RowSql {
     trigger: Option<String>,
     versions: Option<String>,
     apply: Vec<String>,
-    /// A versioned upsert's statement for a table without tombstones: the row guard alone
-    /// ([`guard::save_sql`]), which writes what `apply` writes then.
-    untombstoned: Option<String>,
+    /// A versioned upsert's statement for a row that no tombstone can refuse: the row guard
+    /// alone ([`guard::save_sql`]), which writes what `apply` writes then; and the read of
+    /// whether a tombstone of the row's key is as new as the write
+    /// ([`guard::newer_tombstone_sql`]).
+    untombstoned: Option<(String, String)>,
 }
 
 /// Which tables hold no tombstone in the target, as read in the request's transaction, until
@@ -233,9 +235,40 @@ fn row_sql(c: &Change) -> RowSql {
                 Op::Update => vec![guard::update_row_sql(name, &pk, set, v)],
                 Op::Delete => guard::delete_row_sql(name, &pk, v).to_vec(),
             },
-            untombstoned: (c.op == Op::Upsert).then(|| guard::save_sql(name, &cols, &pk, &io, v)),
+            untombstoned: (c.op == Op::Upsert).then(|| {
+                (
+                    guard::save_sql(name, &cols, &pk, &io, v),
+                    guard::newer_tombstone_sql(name, &pk),
+                )
+            }),
         },
     }
+}
+
+/// The values of `c`'s key, in key order, from its `values`.
+fn key_values<'v>(c: &Change, values: &'v [Value]) -> Vec<&'v Value> {
+    c.table
+        .primary_key
+        .iter()
+        .filter_map(|k| c.columns.iter().position(|x| x == k))
+        .filter_map(|i| values.get(i))
+        .collect()
+}
+
+/// Whether the target holds a tombstone of `c`'s key at its version or newer (`newer`:
+/// [`guard::newer_tombstone_sql`]), read in `tx`.
+fn newer_tombstone(
+    tx: &rusqlite::Transaction<'_>,
+    newer: &str,
+    c: &Change,
+    values: &[Value],
+) -> Result<bool, TargetError> {
+    let mut params = key_values(c, values);
+    let version = c.version.map_or(Value::Null, Value::Integer);
+    params.push(&version);
+    tx.prepare_cached(newer)
+        .and_then(|mut st| st.query_row(params_from_iter(params), |r| r.get(0)))
+        .map_err(classify)
 }
 
 /// The version that refuses a versioned change, if any: read from the target in `tx`.
@@ -248,13 +281,7 @@ fn refused_by(
     let Some(sent) = c.version else {
         return Ok(None);
     };
-    let key: Vec<&Value> = c
-        .table
-        .primary_key
-        .iter()
-        .filter_map(|k| c.columns.iter().position(|x| x == k))
-        .filter_map(|i| values.get(i))
-        .collect();
+    let key = key_values(c, values);
     let (row, tombstone): (Option<i64>, Option<i64>) = tx
         .prepare_cached(versions)
         .and_then(|mut st| st.query_row(params_from_iter(key), |r| Ok((r.get(0)?, r.get(1)?))))
@@ -332,7 +359,12 @@ fn apply_rows(
         prev = Some(c);
         let values = c.values();
         let apply = match &sql.untombstoned {
-            Some(plain) if tombstones.none_of(&tx, &c.table.name)? => std::slice::from_ref(plain),
+            Some((plain, newer))
+                if tombstones.none_of(&tx, &c.table.name)?
+                    || !newer_tombstone(&tx, newer, c, &values)? =>
+            {
+                std::slice::from_ref(plain)
+            }
             _ => &sql.apply[..],
         };
         let before = tx.total_changes();
