@@ -256,15 +256,18 @@ fn key_values<'v>(c: &Change, values: &'v [Value]) -> Vec<&'v Value> {
 }
 
 /// Whether the target holds a tombstone of `c`'s key at its version or newer (`newer`:
-/// [`guard::newer_tombstone_sql`]), read in `tx`.
+/// [`guard::newer_tombstone_sql`]), read in `tx`. A change without a version may be refused
+/// by any: `true`.
 fn newer_tombstone(
     tx: &rusqlite::Transaction<'_>,
     newer: &str,
     c: &Change,
     values: &[Value],
 ) -> Result<bool, TargetError> {
+    let Some(version) = c.version.map(Value::Integer) else {
+        return Ok(true);
+    };
     let mut params = key_values(c, values);
-    let version = c.version.map_or(Value::Null, Value::Integer);
     params.push(&version);
     tx.prepare_cached(newer)
         .and_then(|mut st| st.query_row(params_from_iter(params), |r| r.get(0)))
