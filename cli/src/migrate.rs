@@ -11,7 +11,7 @@ use d1_sync::schema::migrations::{self as m, Migration};
 
 use crate::config::ConfigArgs;
 use crate::error::CliError;
-use crate::target::{d1_client, schema_dir};
+use crate::target::{d1_client, open_db, schema_dir};
 
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -71,23 +71,6 @@ fn setup(o: &MigrateOpts) -> Result<Setup, CliError> {
     })
 }
 
-fn open_local(path: &std::path::Path) -> Result<d1_sync::rusqlite::Connection, CliError> {
-    if !path.is_file() {
-        return Err(CliError::Usage(format!(
-            "no database at `{}`",
-            path.display()
-        )));
-    }
-    // The app may be writing the file: wait for its lock (5 s, as d1-sync's own connections
-    // do) instead of failing at once.
-    d1_sync::rusqlite::Connection::open(path)
-        .and_then(|conn| {
-            conn.busy_timeout(std::time::Duration::from_secs(5))?;
-            Ok(conn)
-        })
-        .map_err(|e| CliError::Failed(format!("cannot open `{}`: {e}", path.display())))
-}
-
 fn warn_changed(report: &MigrationReport, target: &str) {
     for name in &report.plan.changed {
         eprintln!(
@@ -125,7 +108,7 @@ async fn apply(o: &MigrateOpts) -> Result<ExitCode, CliError> {
     let s = setup(o)?;
     if o.local {
         let path = o.db.as_deref().unwrap_or_else(|| std::path::Path::new(""));
-        let conn = open_local(path)?;
+        let conn = open_db(path)?;
         let target = format!("`{}`", path.display());
         let report =
             migrate::migrate_local(&conn, &s.files, &s.table, o.dry_run).map_err(CliError::from)?;
@@ -142,7 +125,7 @@ async fn list(o: &MigrateOpts) -> Result<ExitCode, CliError> {
     let s = setup(o)?;
     let local = match &o.db {
         Some(path) => {
-            Some(migrate::recorded_local(&open_local(path)?, &s.table).map_err(CliError::from)?)
+            Some(migrate::recorded_local(&open_db(path)?, &s.table).map_err(CliError::from)?)
         }
         None => None,
     };

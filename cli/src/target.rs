@@ -24,11 +24,12 @@ pub fn open_app_db(path: &Path, queue_table: &str) -> Result<(Connection, Outbox
 }
 
 /// Opens an existing SQLite file: no file is created, and one that is not SQLite is a clear
-/// error.
+/// error. It waits 5 s for another connection's lock (the app may be writing the file), as
+/// d1-sync's own connections do.
 pub fn open_db(path: &Path) -> Result<Connection, CliError> {
     if !path.is_file() {
         return Err(CliError::Usage(format!(
-            "no database at `{}`",
+            "no database at `{}`: d1sync opens the application's SQLite file and never creates one (the app creates it, e.g. with `d1_sync::open`)",
             path.display()
         )));
     }

@@ -420,15 +420,33 @@ fn clear_errors_for_bad_databases_and_arguments() {
         .arg(dir.path().join("missing.db")));
     assert_eq!(code, 2);
     assert!(err.starts_with("d1sync: error: no database at"), "{err}");
+    assert!(err.contains("with `d1_sync::open`"), "{err}");
     assert!(
         !dir.path().join("missing.db").exists(),
         "status must not create a database"
     );
+    // `migrate --local` says the same, and creates nothing either.
+    let (code, _, err) = run(d1sync()
+        .args(["migrate", "--local", "--schema"])
+        .arg(d1_sync_example::migrations_dir())
+        .arg("--db")
+        .arg(dir.path().join("missing.db")));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.starts_with("d1sync: error: no database at"), "{err}");
+    assert!(!dir.path().join("missing.db").exists());
 
     let junk = dir.path().join("junk.db");
     std::fs::write(&junk, vec![0x42u8; 4096]).unwrap();
     let (code, _, err) = run(d1sync().args(["status", "--db"]).arg(&junk));
     assert_eq!(code, 1);
+    assert!(err.contains("is not an SQLite database"), "{err}");
+    // So does `migrate --local` (it said "cannot open" or failed on the first statement).
+    let (code, _, err) = run(d1sync()
+        .args(["migrate", "--local", "--schema"])
+        .arg(d1_sync_example::migrations_dir())
+        .arg("--db")
+        .arg(&junk));
+    assert_eq!(code, 1, "{err}");
     assert!(err.contains("is not an SQLite database"), "{err}");
 
     let plain = dir.path().join("plain.db");
