@@ -202,9 +202,7 @@ impl Outbox {
         Ok(())
     }
 
-    /// Marks records synced (they must still be pending): moves them from the queue to the
-    /// synced log and forgets the journaled request `seq` that carried them, in one
-    /// transaction. Returns how many moved.
+    /// [`Outbox::acknowledge`] with nothing refused and every record logged (tests).
     #[cfg(test)]
     pub(crate) fn mark_synced(
         &self,
@@ -215,10 +213,13 @@ impl Outbox {
         self.acknowledge(conn, ids, seq, &[], usize::MAX)
     }
 
-    /// [`Outbox::mark_synced`], logging first the records among `ids` that the version guard
-    /// refused (`stale`) in the conflicts log. Only the newest `keep` of `ids` are logged: the
-    /// log keeps its newest `keep` entries (see [`Outbox::purge`]), so the older ones would
-    /// only be written to be trimmed (a request of 10,000 rows against the default 1,000).
+    /// Marks records synced (they must still be pending): moves them from the queue to the
+    /// synced log and forgets the journaled request `seq` that carried them, in one
+    /// transaction, logging first the records among `ids` that the version guard refused
+    /// (`stale`) in the conflicts log. Returns how many moved. Only the newest `keep` of `ids`
+    /// are logged: the log keeps its newest `keep` entries (see [`Outbox::purge`]), so the
+    /// older ones would only be written to be trimmed (a request of 10,000 rows against the
+    /// default 1,000).
     pub(crate) fn acknowledge(
         &self,
         conn: &mut Connection,
@@ -332,7 +333,7 @@ impl Outbox {
     }
 
     /// Journals a request before it is sent: its records' ids get a new sequence number and
-    /// a random nonce. From here until [`Outbox::mark_synced`] or [`Outbox::unjournal`] the
+    /// a random nonce. From here until [`Outbox::acknowledge`] or [`Outbox::unjournal`] the
     /// request counts as in flight, and whoever sends this queue next sends it again first.
     ///
     /// The entry is written durably (`synchronous = FULL` for this one commit, which also makes
