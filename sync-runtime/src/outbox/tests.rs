@@ -835,10 +835,7 @@ fn capture_triggers_of_an_earlier_form_are_replaced_on_install() {
     };
     for (installed_with, form_tag) in [(true, "c"), (false, "")] {
         let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(
-            "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT, created_at INTEGER)",
-        )
-        .unwrap();
+        conn.execute_batch(CREATE_NOTES.1).unwrap();
         let installer = Outbox::new().coalescing(installed_with);
         installer.capture::<Note>(&conn).unwrap();
         let current = triggers(&conn);
@@ -1016,10 +1013,7 @@ fn capture_upkeep_behind_a_held_lock_is_deferred_not_failed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.db");
     let conn = crate::open(&path).unwrap();
-    conn.execute_batch(
-        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT, created_at INTEGER)",
-    )
-    .unwrap();
+    conn.execute_batch(CREATE_NOTES.1).unwrap();
     let o = Outbox::new();
     o.capture::<Note>(&conn).unwrap();
     conn.execute_batch(&rebuild_notes("")).unwrap();
@@ -1054,10 +1048,7 @@ struct NoteWithMood {
 #[test]
 fn a_typed_write_does_not_lean_on_a_trigger_of_another_definition() {
     let conn = Connection::open_in_memory().unwrap();
-    conn.execute_batch(
-        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT, created_at INTEGER)",
-    )
-    .unwrap();
+    conn.execute_batch(CREATE_NOTES.1).unwrap();
     let o = Outbox::new().coalescing(false);
     o.capture::<Note>(&conn).unwrap();
     conn.execute_batch("ALTER TABLE notes ADD COLUMN mood TEXT")
